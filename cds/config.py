@@ -1,0 +1,197 @@
+"""Typed, frozen settings: defaults, then KETAMINE_CDS_* environment variables, then explicit overrides.
+
+Validated once at start-up (`load_settings`), never per request: a bad value stops the service with a
+message naming the variable. Technical settings live here; clinical site policy (thresholds, windows,
+tiers) lives in the policy file that `policy_file` points to and is validated with the rules.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from cds.errors import ConfigError
+
+ENV_PREFIX = "KETAMINE_CDS_"
+
+
+@dataclass(frozen=True, slots=True)
+class TrustedIssuer:
+    """A CDS client (EHR) we accept JWTs from. Exactly one of `jwks_url` / `jwks_file`."""
+
+    iss: str
+    jwks_url: str | None = None
+    jwks_file: str | None = None
+    jku_allowlist: tuple[str, ...] = ()  # JWKS URLs a token's `jku` header may name
+    tenant: str | None = None  # when set, the token's `tenant` claim must equal it
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    dev_mode: bool = False
+    public_base_url: str | None = None  # e.g. https://cds.example.org ; the JWT `aud` is computed from it
+    # request limits
+    max_body_bytes: int = 16 * 1024 * 1024
+    max_json_depth: int = 64
+    max_resources: int = 20_000
+    request_time_budget_s: float = 8.0
+    # outbound FHIR
+    fhir_connect_timeout_s: float = 2.0
+    fhir_read_timeout_s: float = 5.0
+    fhir_time_budget_s: float = 4.0
+    fhir_max_pages: int = 100
+    fhir_max_bytes: int = 64 * 1024 * 1024
+    fhir_page_size: int = 200
+    fhir_allow_http: bool = False  # plain-http fhirServer; forced on in dev mode
+    fhir_server_allowlist: tuple[str, ...] = ()  # http(s) base URLs allowed even when not https
+    # browser clients
+    cors_origins: tuple[str, ...] = ()
+    # persistence and shared state
+    database_url: str = "sqlite:///ketamine-cds.sqlite3"
+    redis_url: str | None = None
+    audit_retention_days: int = 365
+    repeat_suppression_s: int = 3600  # 0 disables "no repeats across hooks"
+    # client authentication
+    trusted_issuers: tuple[TrustedIssuer, ...] = ()
+    jwt_leeway_s: int = 30
+    jwt_max_lifetime_s: int = 3600
+    jwks_timeout_s: float = 3.0
+    jwks_cache_s: int = 3600
+    # audit: patient ids are logged only as an HMAC with this key
+    audit_hash_key: str = field(default_factory=lambda: secrets.token_hex(32))
+    # clinical site policy (YAML); None means the evidence defaults shipped with the rules
+    policy_file: str | None = None
+    log_level: str = "INFO"
+    workers: int = 2
+
+
+def _parse_bool(name: str, raw: str) -> bool:
+    lowered = raw.strip().lower()
+    if lowered in {"1", "true", "yes", "on"}:
+        return True
+    if lowered in {"0", "false", "no", "off", ""}:
+        return False
+    raise ConfigError(f"{ENV_PREFIX}{name.upper()} must be true or false, got {raw!r}")
+
+
+def _parse_issuers(raw: str) -> tuple[TrustedIssuer, ...]:
+    """Issuers come as JSON: inline, or `@/path/to/file.json`."""
+    text = Path(raw[1:]).read_text(encoding="utf-8") if raw.startswith("@") else raw
+    try:
+        data = json.loads(text)
+    except (ValueError, OSError) as exc:
+        raise ConfigError(f"{ENV_PREFIX}TRUSTED_ISSUERS is not valid JSON: {exc}") from exc
+    if not isinstance(data, list):
+        raise ConfigError(f"{ENV_PREFIX}TRUSTED_ISSUERS must be a JSON list of issuers")
+    issuers = []
+    for item in data:
+        if not isinstance(item, dict) or not isinstance(item.get("iss"), str):
+            raise ConfigError(f"{ENV_PREFIX}TRUSTED_ISSUERS: every entry needs a string 'iss'")
+        issuers.append(
+            TrustedIssuer(
+                iss=item["iss"],
+                jwks_url=item.get("jwks_url"),
+                jwks_file=item.get("jwks_file"),
+                jku_allowlist=tuple(item.get("jku_allowlist", ())),
+                tenant=item.get("tenant"),
+            )
+        )
+    return tuple(issuers)
+
+
+def _coerce(name: str, current: Any, raw: str) -> Any:
+    if name == "trusted_issuers":
+        return _parse_issuers(raw)
+    if isinstance(current, bool):
+        return _parse_bool(name, raw)
+    if isinstance(current, int):
+        try:
+            return int(raw)
+        except ValueError as exc:
+            raise ConfigError(f"{ENV_PREFIX}{name.upper()} must be a whole number, got {raw!r}") from exc
+    if isinstance(current, float):
+        try:
+            return float(raw)
+        except ValueError as exc:
+            raise ConfigError(f"{ENV_PREFIX}{name.upper()} must be a number, got {raw!r}") from exc
+    if isinstance(current, tuple):
+        return tuple(part.strip() for part in raw.split(",") if part.strip())
+    return raw or None if current is None else raw
+
+
+def load_settings(
+    environ: Mapping[str, str] | None = None, overrides: Mapping[str, Any] | None = None
+) -> Settings:
+    """Defaults -> environment -> overrides, then validation. Raises ConfigError with the variable's name."""
+    env = os.environ if environ is None else environ
+    settings = Settings()
+    values: dict[str, Any] = {}
+    for f in fields(Settings):
+        raw = env.get(ENV_PREFIX + f.name.upper())
+        if raw is not None:
+            values[f.name] = _coerce(f.name, getattr(settings, f.name), raw)
+    values.update(overrides or {})
+    unknown = set(values) - {f.name for f in fields(Settings)}
+    if unknown:
+        raise ConfigError(f"unknown settings: {', '.join(sorted(unknown))}")
+    settings = replace(settings, **values)
+    validate(settings)
+    return settings
+
+
+def _check_url(name: str, value: str) -> None:
+    parts = urlsplit(value)
+    if parts.scheme not in {"http", "https"} or not parts.netloc:
+        raise ConfigError(f"{ENV_PREFIX}{name.upper()} must be an absolute http(s) URL, got {value!r}")
+
+
+def validate(settings: Settings) -> None:
+    positive = (
+        "max_body_bytes",
+        "max_json_depth",
+        "max_resources",
+        "request_time_budget_s",
+        "fhir_connect_timeout_s",
+        "fhir_read_timeout_s",
+        "fhir_time_budget_s",
+        "fhir_max_pages",
+        "fhir_max_bytes",
+        "fhir_page_size",
+        "jwks_timeout_s",
+        "workers",
+    )
+    for name in positive:
+        if getattr(settings, name) <= 0:
+            raise ConfigError(f"{ENV_PREFIX}{name.upper()} must be greater than zero")
+    for name in ("audit_retention_days", "repeat_suppression_s", "jwt_leeway_s"):
+        if getattr(settings, name) < 0:
+            raise ConfigError(f"{ENV_PREFIX}{name.upper()} must not be negative")
+    if settings.public_base_url:
+        _check_url("public_base_url", settings.public_base_url)
+    for url in settings.fhir_server_allowlist:
+        _check_url("fhir_server_allowlist", url)
+    if settings.redis_url and urlsplit(settings.redis_url).scheme not in {"redis", "rediss", "unix"}:
+        raise ConfigError(f"{ENV_PREFIX}REDIS_URL must be a redis:// or rediss:// URL")
+    for issuer in settings.trusted_issuers:
+        if (issuer.jwks_url is None) == (issuer.jwks_file is None):
+            raise ConfigError(f"trusted issuer {issuer.iss!r} needs exactly one of jwks_url or jwks_file")
+        if issuer.jwks_url:
+            _check_url("trusted_issuers", issuer.jwks_url)
+    if settings.log_level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
+        raise ConfigError(f"{ENV_PREFIX}LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR")
+    if not settings.dev_mode:
+        if not settings.trusted_issuers:
+            raise ConfigError(
+                "production mode needs at least one trusted issuer: set "
+                f"{ENV_PREFIX}TRUSTED_ISSUERS (see README), or run with --dev for local development"
+            )
+        if not settings.public_base_url:
+            raise ConfigError(
+                f"production mode needs {ENV_PREFIX}PUBLIC_BASE_URL: the JWT audience is computed from it"
+            )
