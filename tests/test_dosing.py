@@ -1,0 +1,804 @@
+"""Dosage -> daily mg: the arithmetic, the conservative readings, and refusal to guess."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from cds.dosing import PROBLEMS, DosingVocabulary, daily_dose, default_vocabulary_path, parse_strengths
+from cds.errors import ConfigError
+from cds.model import (
+    Coding,
+    Concept,
+    DoseStatus,
+    MedicationFact,
+    MedicationKind,
+    Quantity,
+    SourceRef,
+    Strength,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+VOCABULARY_FILE = ROOT / "fhir_profiles" / "tables" / "dosing-vocabulary.json"
+SHARED = Path("/work/shared")
+RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
+
+
+@pytest.fixture(scope="module")
+def vocab() -> DosingVocabulary:
+    return DosingVocabulary.load(VOCABULARY_FILE)
+
+
+def med(
+    display: str | None,
+    *dosages: Any,
+    text: str | None = None,
+    strengths: tuple[Strength, ...] = (),
+) -> MedicationFact:
+    codings = (Coding(RXNORM, "123", display),) if display else ()
+    return MedicationFact(
+        source=SourceRef("MedicationRequest", "1"),
+        kind=MedicationKind.REQUEST,
+        concept=Concept(codings, text),
+        status="active",
+        strengths=strengths,
+        dosages=tuple(dosages),
+    )
+
+
+def dose(value: Any = 1, unit: str | None = None, *, code: str | None = None) -> list[dict[str, Any]]:
+    quantity: dict[str, Any] = {"value": value}
+    if unit is not None:
+        quantity["unit"] = unit
+    if code is not None:
+        quantity["code"] = code
+        quantity["system"] = "http://unitsofmeasure.org"
+    return [{"doseQuantity": quantity}]
+
+
+def per(frequency: Any, period: Any = 1, unit: Any = "d", **more: Any) -> dict[str, Any]:
+    return {"repeat": {"frequency": frequency, "period": period, "periodUnit": unit, **more}}
+
+
+CLONAZEPAM_1 = "clonazepam 1 MG Oral Tablet"
+CLONAZEPAM_05 = "clonazepam 0.5 MG Oral Tablet"
+
+
+# ------------------------------------------------------------------------------------------ computed
+
+
+def test_synthea_shape_no_unit_four_times_a_day(vocab: DosingVocabulary) -> None:
+    dosage = {
+        "sequence": 1,
+        "timing": {"repeat": {"frequency": 4, "period": 1, "periodUnit": "d"}},
+        "doseAndRate": [{"doseQuantity": {"value": 1}}],
+    }
+    result = daily_dose(med("clonazePAM 0.25 MG Oral Tablet", dosage), "clonazepam", vocab)
+    assert result.status is DoseStatus.COMPUTED
+    assert result.ingredient == "clonazepam"
+    assert result.mg_per_day == pytest.approx(1.0)
+    assert result.explanation == "1 unit x 4/day x 0.25 mg/unit = 1 mg/day"
+    assert result.problem is None
+
+
+def test_clonazepam_one_mg_twice_daily(vocab: DosingVocabulary) -> None:
+    dosage = {"doseAndRate": dose(1, "tablet"), "timing": per(2)}
+    result = daily_dose(med(CLONAZEPAM_1, dosage), "clonazepam", vocab)
+    assert result.status is DoseStatus.COMPUTED
+    assert result.mg_per_day == pytest.approx(2.0)
+    assert result.explanation == "1 tablet x 2/day x 1 mg/tablet = 2 mg/day"
+
+
+def test_tablets_times_strength_from_a_coding_display(vocab: DosingVocabulary) -> None:
+    """The concept text says nothing useful; the second coding's display carries the strength."""
+    concept = Concept(
+        (Coding("urn:local", "x1", "Benzo tablet"), Coding(RXNORM, "197527", CLONAZEPAM_05)), "Klonopin"
+    )
+    fact = MedicationFact(
+        SourceRef("MedicationStatement", "2"),
+        MedicationKind.STATEMENT,
+        concept,
+        "active",
+        dosages=({"doseAndRate": dose(2, code="{tbl}"), "timing": per(3)},),
+    )
+    result = daily_dose(fact, "clonazepam", vocab)
+    assert result.mg_per_day == pytest.approx(3.0)
+    assert result.explanation == "2 tablet x 3/day x 0.5 mg/tablet = 3 mg/day"
+
+
+def test_strengths_from_medication_ingredient_win_over_the_name(vocab: DosingVocabulary) -> None:
+    own = (Strength("Clonazepam", Quantity(2, "mg")),)
+    dosage = {"doseAndRate": dose(1), "timing": per(1)}
+    result = daily_dose(med(CLONAZEPAM_05, dosage, strengths=own), "clonazepam", vocab)
+    assert result.mg_per_day == pytest.approx(2.0)
+
+
+def test_strength_with_a_count_denominator_is_per_unit(vocab: DosingVocabulary) -> None:
+    own = (Strength("clonazepam", Quantity(1, "MG"), Quantity(2, "{tbl}")),)
+    dosage = {"doseAndRate": dose(2, "TAB"), "timing": per(1)}
+    result = daily_dose(med("clonazepam", dosage, strengths=own), "clonazepam", vocab)
+    assert result.mg_per_day == pytest.approx(1.0)
+
+
+def test_split_doses_on_the_same_day_are_summed(vocab: DosingVocabulary) -> None:
+    morning = {"doseAndRate": dose(1, "mg"), "timing": {"repeat": {"when": ["MORN"]}}}
+    night = {"doseAndRate": dose(2, "mg"), "timing": {"repeat": {"when": ["HS"]}}}
+    result = daily_dose(med(CLONAZEPAM_1, morning, night), "clonazepam", vocab)
+    assert result.status is DoseStatus.COMPUTED
+    assert result.mg_per_day == pytest.approx(3.0)
+    assert result.explanation is not None
+    assert "total 3 mg/day" in result.explanation
+
+
+def test_same_sequence_is_concurrent(vocab: DosingVocabulary) -> None:
+    a = {"sequence": 1, "doseAndRate": dose(1, "tablet"), "timing": per(1)}
+    b = {"sequence": 1, "doseAndRate": dose(2, "tablet"), "timing": per(1)}
+    result = daily_dose(med(CLONAZEPAM_1, a, b), "clonazepam", vocab)
+    assert result.mg_per_day == pytest.approx(3.0)
+
+
+def test_consecutive_sequences_take_the_highest_day(vocab: DosingVocabulary) -> None:
+    """A taper: 2 tablets three times a day, then 1 tablet twice a day -> the first step counts."""
+    step1 = {"sequence": 1, "doseAndRate": dose(2, "tablet"), "timing": per(3)}
+    step2 = {"sequence": 2, "doseAndRate": dose(1, "tablet"), "timing": per(2)}
+    result = daily_dose(med(CLONAZEPAM_05, step2, step1), "clonazepam", vocab)
+    assert result.status is DoseStatus.COMPUTED
+    assert result.mg_per_day == pytest.approx(3.0)
+    assert result.explanation is not None
+    assert "sequence 1:" in result.explanation
+    assert "sequence 2:" in result.explanation
+    assert result.explanation.endswith("highest 3 mg/day")
+
+
+def test_taper_with_an_uncomputable_step_is_unknown(vocab: DosingVocabulary) -> None:
+    step1 = {"sequence": 1, "doseAndRate": dose(1, "tablet"), "timing": per(2)}
+    step2 = {"sequence": 2, "text": "then as directed"}
+    result = daily_dose(med(CLONAZEPAM_05, step1, step2), "clonazepam", vocab)
+    assert result.status is DoseStatus.UNKNOWN
+    assert result.problem == "no-dose-quantity"
+    assert result.mg_per_day is None
+
+
+def test_dose_range_uses_the_high_end(vocab: DosingVocabulary) -> None:
+    dosage = {
+        "doseAndRate": [{"doseRange": {"low": {"value": 1, "unit": "tablet"}, "high": {"value": 2}}}],
+        "timing": per(2),
+    }
+    result = daily_dose(med(CLONAZEPAM_05, dosage), "clonazepam", vocab)
+    assert result.mg_per_day == pytest.approx(2.0)  # 2 tablets, not 1 (nor 1.5)
+    assert result.explanation is not None
+    assert "high end" in result.explanation
+
+
+def test_dose_range_without_a_high_end_is_unknown(vocab: DosingVocabulary) -> None:
+    dosage = {"doseAndRate": [{"doseRange": {"low": {"value": 1}}}], "timing": per(2)}
+    result = daily_dose(med(CLONAZEPAM_05, dosage), "clonazepam", vocab)
+    assert result.status is DoseStatus.UNKNOWN
+    assert result.problem == "no-dose-quantity"
+
+
+def test_frequency_max_is_used(vocab: DosingVocabulary) -> None:
+    dosage = {"doseAndRate": dose(1, "tablet"), "timing": per(1, frequencyMax=3)}
+    result = daily_dose(med(CLONAZEPAM_05, dosage), "clonazepam", vocab)
+    assert result.mg_per_day == pytest.approx(1.5)
+    assert result.explanation is not None
+    assert "frequencyMax" in result.explanation
+
+
+def test_period_ignores_period_max(vocab: DosingVocabulary) -> None:
+    dosage = {"doseAndRate": dose(1, "tablet"), "timing": per(1, 12, "h", periodMax=24)}
+    result = daily_dose(med(CLONAZEPAM_05, dosage), "clonazepam", vocab)
+    assert result.mg_per_day == pytest.approx(1.0)
+    assert result.explanation == "1 tablet x 1 per 12 h (2/day) x 0.5 mg/tablet = 1 mg/day"
+
+
+def test_weekly_dose(vocab: DosingVocabulary) -> None:
+    dosage = {"doseAndRate": dose(70, "mg"), "timing": per(1, 1, "wk")}
+    result = daily_dose(med("diazepam 10 MG Oral Tablet", dosage), "diazepam", vocab)
+    assert result.mg_per_day == pytest.approx(10.0)
+
+
+def test_day_of_week_reduces_a_daily_schedule(vocab: DosingVocabulary) -> None:
+    dosage = {"doseAndRate": dose(7, "mg"), "timing": per(1, dayOfWeek=["mon", "wed", "fri"])}
+    result = daily_dose(med("diazepam 1 MG Oral Tablet", dosage), "diazepam", vocab)
+    assert result.mg_per_day == pytest.approx(3.0)
+
+
+def test_timing_code_bid(vocab: DosingVocabulary) -> None:
+    code = {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-GTSAbbreviation", "code": "BID"}]}
+    dosage = {"doseAndRate": dose(1, "{tbl}"), "timing": {"code": code}}
+    result = daily_dose(med(CLONAZEPAM_1, dosage), "clonazepam", vocab)
+    assert result.mg_per_day == pytest.approx(2.0)
+    assert result.explanation == "1 tablet x BID (2/day) x 1 mg/tablet = 2 mg/day"
+
+
+def test_timing_code_q8h_and_qod(vocab: DosingVocabulary) -> None:
+    q8h = {"doseAndRate": dose(1), "timing": {"code": {"coding": [{"code": "Q8H"}]}}}
+    qod = {"doseAndRate": dose(1), "timing": {"code": {"text": "qod"}}}
+    assert daily_dose(med(CLONAZEPAM_1, q8h), "clonazepam", vocab).mg_per_day == pytest.approx(3.0)
+    assert daily_dose(med(CLONAZEPAM_1, qod), "clonazepam", vocab).mg_per_day == pytest.approx(0.5)
+
+
+def test_time_of_day(vocab: DosingVocabulary) -> None:
+    dosage = {"doseAndRate": dose(1), "timing": {"repeat": {"timeOfDay": ["08:00:00", "20:00:00"]}}}
+    result = daily_dose(med(CLONAZEPAM_05, dosage), "clonazepam", vocab)
+    assert result.mg_per_day == pytest.approx(1.0)
+
+
+def test_when_codes_are_administrations(vocab: DosingVocabulary) -> None:
+    dosage = {"doseAndRate": dose(1), "timing": {"repeat": {"when": ["MORN", "NOON", "EVE"]}}}
+    result = daily_dose(med(CLONAZEPAM_05, dosage), "clonazepam", vocab)
+    assert result.mg_per_day == pytest.approx(1.5)
+
+
+def test_volume_times_concentration(vocab: DosingVocabulary) -> None:
+    dosage = {"doseAndRate": dose(0.5, "mL", code="mL"), "timing": per(3)}
+    result = daily_dose(med("lorazepam 2 MG/ML Oral Solution", dosage), "lorazepam", vocab)
+    assert result.mg_per_day == pytest.approx(3.0)
+    assert result.explanation == "0.5 mL x 3/day x 2 mg/mL = 3 mg/day"
+
+
+def test_mass_units_are_converted(vocab: DosingVocabulary) -> None:
+    micrograms = {"doseAndRate": dose(500, "mcg"), "timing": per(2)}
+    ucum = {"doseAndRate": dose(250, code="ug"), "timing": per(2)}
+    grams = {"doseAndRate": dose(0.002, "g"), "timing": per(1)}
+    milligrams = {"doseAndRate": dose(1, "MG"), "timing": per(1)}
+    for dosage, expected in ((micrograms, 1.0), (ucum, 0.5), (grams, 2.0), (milligrams, 1.0)):
+        result = daily_dose(med(CLONAZEPAM_05, dosage), "clonazepam", vocab)
+        assert result.status is DoseStatus.COMPUTED
+        assert result.mg_per_day == pytest.approx(expected)
+    result = daily_dose(med(CLONAZEPAM_05, micrograms), "clonazepam", vocab)
+    assert result.explanation == "500 mcg (0.5 mg) x 2/day = 1 mg/day"
+
+
+def test_microgram_strength_in_the_name(vocab: DosingVocabulary) -> None:
+    dosage = {"doseAndRate": dose(2), "timing": per(2)}
+    result = daily_dose(med("clonidine hydrochloride 100 MCG Oral Tablet", dosage), "clonidine", vocab)
+    assert result.mg_per_day == pytest.approx(0.4)
+
+
+def test_tablets_of_a_combination_use_the_ingredient_strength(vocab: DosingVocabulary) -> None:
+    dosage = {"doseAndRate": dose(1), "timing": per(4)}
+    fact = med("Acetaminophen 325 MG / Oxycodone Hydrochloride 5 MG Oral Tablet", dosage)
+    assert daily_dose(fact, "oxycodone", vocab).mg_per_day == pytest.approx(20.0)
+    assert daily_dose(fact, "acetaminophen", vocab).mg_per_day == pytest.approx(1300.0)
+
+
+def test_mass_dose_whose_unit_names_the_ingredient_is_accepted_on_a_combination(
+    vocab: DosingVocabulary,
+) -> None:
+    fact = med(
+        "Acetaminophen 325 MG / Oxycodone Hydrochloride 5 MG Oral Tablet",
+        {"doseAndRate": dose(5, "mg oxycodone", code="mg"), "timing": per(2)},
+    )
+    assert daily_dose(fact, "oxycodone", vocab).mg_per_day == pytest.approx(10.0)
+    assert daily_dose(fact, "acetaminophen", vocab).problem == "ambiguous-combination"
+    unknown_unit = med(fact.concept.label(), {"doseAndRate": dose(5, "mg oxycodone"), "timing": per(2)})
+    assert daily_dose(unknown_unit, "oxycodone", vocab).problem == "unit-not-convertible"
+
+
+# ------------------------------------------------------------------------------------------ as needed
+
+
+def test_as_needed_without_a_maximum(vocab: DosingVocabulary) -> None:
+    dosage = {"asNeededBoolean": True, "doseAndRate": dose(1), "timing": per(1)}
+    result = daily_dose(med(CLONAZEPAM_05, dosage), "clonazepam", vocab)
+    assert result.status is DoseStatus.AS_NEEDED
+    assert result.mg_per_day is None
+
+
+def test_synthea_as_needed_without_dose(vocab: DosingVocabulary) -> None:
+    result = daily_dose(med(CLONAZEPAM_05, {"asNeededBoolean": True, "sequence": 1}), "clonazepam", vocab)
+    assert result.status is DoseStatus.AS_NEEDED
+    assert result.mg_per_day is None
+
+
+def test_as_needed_with_max_dose_per_period(vocab: DosingVocabulary) -> None:
+    dosage = {
+        "asNeededCodeableConcept": {"text": "anxiety"},
+        "doseAndRate": dose(1, "tablet"),
+        "maxDosePerPeriod": {
+            "numerator": {"value": 4, "unit": "tablet"},
+            "denominator": {"value": 1, "unit": "day", "code": "d"},
+        },
+    }
+    result = daily_dose(med(CLONAZEPAM_05, dosage), "clonazepam", vocab)
+    assert result.status is DoseStatus.AS_NEEDED
+    assert result.mg_per_day == pytest.approx(2.0)
+    assert result.explanation == "as needed, at most 4 tablet per 1 d x 0.5 mg/tablet = 2 mg/day"
+
+
+def test_max_dose_per_period_is_converted_to_a_day(vocab: DosingVocabulary) -> None:
+    dosage = {
+        "asNeededBoolean": True,
+        "maxDosePerPeriod": {
+            "numerator": {"value": 1, "unit": "mg"},
+            "denominator": {"value": 6, "code": "h"},
+        },
+    }
+    result = daily_dose(med(CLONAZEPAM_05, dosage), "clonazepam", vocab)
+    assert result.mg_per_day == pytest.approx(4.0)
+
+
+def test_regular_plus_as_needed_counts_the_regular_total(vocab: DosingVocabulary) -> None:
+    regular = {"doseAndRate": dose(1, "tablet"), "timing": per(2)}
+    prn = {"asNeededBoolean": True, "doseAndRate": dose(1, "tablet")}
+    result = daily_dose(med(CLONAZEPAM_05, regular, prn), "clonazepam", vocab)
+    assert result.status is DoseStatus.COMPUTED
+    assert result.mg_per_day == pytest.approx(1.0)
+    assert result.explanation is not None
+    assert "as needed" in result.explanation
+
+
+# ------------------------------------------------------------------------------------------ unknown
+
+
+def test_missing_frequency_is_unknown_not_once_daily(vocab: DosingVocabulary) -> None:
+    for timing in (None, {}, {"repeat": {}}, {"repeat": {"frequency": 3}}, {"code": {"text": "as directed"}}):
+        dosage: dict[str, Any] = {"doseAndRate": dose(1, "tablet")}
+        if timing is not None:
+            dosage["timing"] = timing
+        result = daily_dose(med(CLONAZEPAM_1, dosage), "clonazepam", vocab)
+        assert result.status is DoseStatus.UNKNOWN, timing
+        assert result.problem == "no-frequency", timing
+        assert result.mg_per_day is None
+
+
+def test_missing_strength_is_unknown(vocab: DosingVocabulary) -> None:
+    dosage = {"doseAndRate": dose(1, "tablet"), "timing": per(2)}
+    result = daily_dose(med(None, dosage, text="clonazepam"), "clonazepam", vocab)
+    assert result.status is DoseStatus.UNKNOWN
+    assert result.problem == "no-strength"
+
+
+def test_ingredient_not_in_the_product(vocab: DosingVocabulary) -> None:
+    tablets = {"doseAndRate": dose(1), "timing": per(2)}
+    milligrams = {"doseAndRate": dose(5, "mg"), "timing": per(2)}
+    for dosage in (tablets, milligrams):
+        result = daily_dose(med("diazepam 5 MG Oral Tablet", dosage), "clonazepam", vocab)
+        assert result.problem == "no-strength"
+
+
+def test_mass_dose_without_known_strength_is_computed_for_a_single_ingredient(
+    vocab: DosingVocabulary,
+) -> None:
+    dosage = {"doseAndRate": dose(2, "mg"), "timing": per(2)}
+    result = daily_dose(med(None, dosage, text="Clonazepam"), "clonazepam", vocab)
+    assert result.mg_per_day == pytest.approx(4.0)
+
+
+def test_mass_dose_of_a_combination_is_ambiguous(vocab: DosingVocabulary) -> None:
+    dosage = {"doseAndRate": dose(5, "mg"), "timing": per(4)}
+    fact = med("Acetaminophen 325 MG / Oxycodone Hydrochloride 5 MG Oral Tablet", dosage)
+    result = daily_dose(fact, "oxycodone", vocab)
+    assert result.status is DoseStatus.UNKNOWN
+    assert result.problem == "ambiguous-combination"
+    unparsed = med(None, dosage, text="Mestranol / Norethynodrel")
+    assert daily_dose(unparsed, "mestranol", vocab).problem == "ambiguous-combination"
+
+
+def test_no_dosage_and_no_dose_quantity(vocab: DosingVocabulary) -> None:
+    assert daily_dose(med(CLONAZEPAM_1), "clonazepam", vocab).problem == "no-dosage"
+    text_only = {"text": "take as directed", "timing": per(1)}
+    assert daily_dose(med(CLONAZEPAM_1, text_only), "clonazepam", vocab).problem == "no-dose-quantity"
+    rate_only = {"doseAndRate": [{"rateQuantity": {"value": 1, "unit": "mL/h"}}], "timing": per(1)}
+    assert daily_dose(med(CLONAZEPAM_1, rate_only), "clonazepam", vocab).problem == "no-dose-quantity"
+
+
+def test_units_that_cannot_be_converted(vocab: DosingVocabulary) -> None:
+    drops = {"doseAndRate": dose(5, "drops", code="[drp]"), "timing": per(2)}
+    assert daily_dose(med("diazepam 5 MG/ML Oral Solution", drops), "diazepam", vocab).problem == (
+        "unit-not-convertible"
+    )
+    millilitres_of_tablets = {"doseAndRate": dose(5, "mL"), "timing": per(2)}
+    assert daily_dose(med(CLONAZEPAM_1, millilitres_of_tablets), "clonazepam", vocab).problem == (
+        "unit-not-convertible"
+    )
+    tablets_of_liquid = {"doseAndRate": dose(1), "timing": per(2)}
+    assert daily_dose(
+        med("diazepam 5 MG/ML Oral Solution", tablets_of_liquid), "diazepam", vocab
+    ).problem == ("unit-not-convertible")
+
+
+GARBAGE_DOSAGES: list[Any] = [
+    "take one daily",
+    None,
+    42,
+    {"doseAndRate": dose("1"), "timing": per(2)},
+    {"doseAndRate": dose(-1), "timing": per(2)},
+    {"doseAndRate": dose(0), "timing": per(2)},
+    {"doseAndRate": dose(float("nan")), "timing": per(2)},
+    {"doseAndRate": dose(float("inf")), "timing": per(2)},
+    {"doseAndRate": dose(1e308), "timing": per(2)},
+    {"doseAndRate": dose(10**400), "timing": per(2)},
+    {"doseAndRate": dose(True), "timing": per(2)},
+    {"doseAndRate": dose(1, unit=7), "timing": per(2)},  # type: ignore[arg-type]
+    {"doseAndRate": "1 tablet", "timing": per(2)},
+    {"doseAndRate": [["x"]], "timing": per(2)},
+    {"doseAndRate": dose(1), "timing": per("2")},
+    {"doseAndRate": dose(1), "timing": per(2, -1)},
+    {"doseAndRate": dose(1), "timing": per(2, 1, "fortnight")},
+    {"doseAndRate": dose(1), "timing": per(float("nan"))},
+    {"doseAndRate": dose(1), "timing": per(1e9, 1, "s")},
+    {"doseAndRate": dose(1), "timing": "BID"},
+    {"doseAndRate": dose(1), "timing": {"repeat": "BID"}},
+    {"doseAndRate": dose(1), "timing": {"repeat": {"when": "MORN"}}},
+    {"doseAndRate": dose(1), "timing": {"repeat": {"timeOfDay": [8]}}},
+    {"doseAndRate": dose(1), "timing": per(1, dayOfWeek=["someday"])},
+    {"doseAndRate": dose(1), "timing": per(1), "asNeededBoolean": "yes"},
+]
+
+
+@pytest.mark.parametrize("dosage", GARBAGE_DOSAGES)
+def test_garbage_is_unknown_with_a_problem_code(vocab: DosingVocabulary, dosage: Any) -> None:
+    result = daily_dose(med(CLONAZEPAM_1, dosage), "clonazepam", vocab)
+    assert result.status is DoseStatus.UNKNOWN
+    assert result.mg_per_day is None
+    assert result.problem in PROBLEMS
+
+
+def test_garbage_next_to_a_good_entry_spoils_the_total(vocab: DosingVocabulary) -> None:
+    good = {"doseAndRate": dose(1), "timing": per(2)}
+    bad = {"doseAndRate": dose(-3), "timing": per(2)}
+    assert daily_dose(med(CLONAZEPAM_1, good, bad), "clonazepam", vocab).status is DoseStatus.UNKNOWN
+
+
+def test_garbage_strengths_and_ingredient(vocab: DosingVocabulary) -> None:
+    good = {"doseAndRate": dose(1), "timing": per(2)}
+    nan_strength = (Strength("clonazepam", Quantity(float("nan"), "mg")),)
+    assert daily_dose(med(None, good, strengths=nan_strength), "clonazepam", vocab).problem == (
+        "unreadable-dosage"
+    )
+    odd_unit = (Strength("clonazepam", Quantity(1, "[iU]")),)
+    assert daily_dose(med(None, good, strengths=odd_unit), "clonazepam", vocab).problem == (
+        "unit-not-convertible"
+    )
+    assert daily_dose(med(CLONAZEPAM_1, good), "", vocab).status is DoseStatus.UNKNOWN
+
+
+# ------------------------------------------------------------------------------------------ names
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("clonazePAM 0.25 MG Oral Tablet", [("clonazepam", 0.25, "mg", None)]),
+        ("24 HR lamotrigine 300 MG Extended Release Oral Tablet", [("lamotrigine", 300, "mg", None)]),
+        (
+            "Acetaminophen 325 MG / Oxycodone Hydrochloride 5 MG Oral Tablet",
+            [("acetaminophen", 325, "mg", None), ("oxycodone", 5, "mg", None)],
+        ),
+        ("diazepam 5 MG/ML Oral Solution", [("diazepam", 5, "mg", (1, "mL"))]),
+        ("{30 (clonazepam 0.5 MG Oral Tablet) } Pack", [("clonazepam", 0.5, "mg", None)]),
+        ("lorazepam 2 MG/ML Injectable Solution", [("lorazepam", 2, "mg", (1, "mL"))]),
+        ("clonazepam 0.5 MG Oral Tablet [Klonopin]", [("clonazepam", 0.5, "mg", None)]),
+        ("lithium carbonate 300 MG Oral Tablet", [("lithium", 300, "mg", None)]),
+        ("clonidine 100 MCG Oral Tablet", [("clonidine", 0.1, "mg", None)]),
+        ("amoxicillin 1 G Oral Tablet", [("amoxicillin", 1000, "mg", None)]),
+        ("fentanyl 0.025 MG/HR Transdermal System", [("fentanyl", 0.025, "mg", (1, "h"))]),
+        ("0.7 ML midazolam 14.3 MG/ML Auto-Injector", [("midazolam", 14.3, "mg", (1, "mL"))]),
+        (
+            "Abuse-Deterrent 12 HR Oxycodone Hydrochloride 15 MG Extended Release Oral Tablet",
+            [("oxycodone", 15, "mg", None)],
+        ),
+        (
+            "{1 (0.1 ML) (diazepam 100 MG/ML Nasal Spray [Valtoco]) } Pack [Valtoco 10 MG Dose Kit]",
+            [("diazepam", 100, "mg", (1, "mL"))],
+        ),
+        ("Camila 28 Day Pack", []),
+        ("NuvaRing 0.12/0.015 MG per 24HR 21 Day Vaginal System", []),
+        ("", []),
+    ],
+)
+def test_parse_strengths(name: str, expected: list[tuple[str, float, str, Any]]) -> None:
+    found = [
+        (
+            s.ingredient,
+            s.numerator.value,
+            s.numerator.unit,
+            (s.denominator.value, s.denominator.unit) if s.denominator else None,
+        )
+        for s in parse_strengths(name)
+    ]
+    assert found == [(i, pytest.approx(v), u, d) for i, v, u, d in expected]
+
+
+def test_parse_strengths_tolerates_junk() -> None:
+    assert parse_strengths(None) == ()  # type: ignore[arg-type]
+    assert parse_strengths("9" * 500 + " MG x") == ()
+    assert parse_strengths("x " + "1 MG / " * 3000) is not None
+
+
+def _csv_rows(path: Path) -> list[dict[str, str]]:
+    with path.open(encoding="utf-8") as handle:
+        return list(csv.DictReader(line for line in handle if not line.startswith("#")))
+
+
+BENZO_SUFFIXES = ("azepam", "azolam", "azepate", "azepoxide", "bazam")
+
+
+def test_every_cdc_benzodiazepine_display_yields_a_benzodiazepine_strength() -> None:
+    path = SHARED / "clinical" / "valuesets" / "cdc-benzodiazepine-medications.csv"
+    if not path.is_file():
+        pytest.skip("shared clinical value sets not present")
+    rows = _csv_rows(path)
+    assert len(rows) > 200
+    for row in rows:
+        strengths = parse_strengths(row["display"])
+        benzos = [s for s in strengths if s.ingredient.endswith(BENZO_SUFFIXES)]
+        assert benzos, row["display"]
+        for strength in benzos:
+            assert strength.ingredient in row["display"].lower()
+            assert strength.numerator.unit == "mg"
+            assert strength.numerator.value > 0
+
+
+def test_synthea_fixtures_compute_or_explain() -> None:
+    files = sorted((SHARED / "fhir-test-data").glob("*.trimmed.json"))
+    if not files:
+        pytest.skip("shared FHIR test data not present")
+    vocab = DosingVocabulary.load(VOCABULARY_FILE)
+    computed = 0
+    seen: dict[tuple[str, str], Any] = {}
+    for file in files:
+        for entry in json.loads(file.read_text(encoding="utf-8"))["entry"]:
+            resource = entry["resource"]
+            if resource["resourceType"] != "MedicationRequest":
+                continue
+            cc = resource.get("medicationCodeableConcept") or {}
+            codings = tuple(
+                Coding(c.get("system"), c.get("code"), c.get("display")) for c in cc.get("coding", [])
+            )
+            fact = MedicationFact(
+                SourceRef("MedicationRequest", resource["id"]),
+                MedicationKind.REQUEST,
+                Concept(codings, cc.get("text")),
+                resource.get("status"),
+                dosages=tuple(resource.get("dosageInstruction") or ()),
+            )
+            names = [c.display for c in codings if c.display]
+            for ingredient in {s.ingredient for n in names for s in parse_strengths(n)}:
+                result = daily_dose(fact, ingredient, vocab)
+                if result.status is DoseStatus.COMPUTED:
+                    computed += 1
+                    assert result.mg_per_day is not None
+                    assert math.isfinite(result.mg_per_day)
+                    assert result.mg_per_day > 0
+                else:
+                    assert result.mg_per_day is None or result.mg_per_day > 0
+                seen[(" | ".join(names), ingredient)] = result
+    assert computed > 0
+    percocet = seen[
+        ("Acetaminophen 325 MG / Oxycodone Hydrochloride 10 MG Oral Tablet [Percocet]", "oxycodone")
+    ]
+    assert percocet.status is DoseStatus.COMPUTED
+    assert percocet.mg_per_day == pytest.approx(40.0)  # 1 tablet x 4/day x 10 mg
+    assert percocet.explanation == "1 unit x 4/day x 10 mg/unit = 40 mg/day"
+    every_six_hours = seen[("Acetaminophen 325 MG / oxyCODONE Hydrochloride 5 MG Oral Tablet", "oxycodone")]
+    assert every_six_hours.mg_per_day == pytest.approx(20.0)  # 1 per 6 h
+
+
+# ------------------------------------------------------------------------------------------ vocabulary
+
+
+def test_the_shipped_vocabulary_is_the_default(vocab: DosingVocabulary) -> None:
+    assert default_vocabulary_path().resolve() == VOCABULARY_FILE.resolve()
+    assert vocab.mass_factor("MCG") == pytest.approx(0.001)
+    assert vocab.count_label("") == "unit"
+    assert vocab.period_days("wk") == 7
+    assert "hydrochloride" in vocab.salt_words
+
+
+def test_malformed_vocabularies_stop_start_up(tmp_path: Path) -> None:
+    good = json.loads(VOCABULARY_FILE.read_text(encoding="utf-8"))
+    broken: list[Any] = ["{not json", json.dumps([1, 2])]
+    for key, value in (
+        ("mass_units_to_mg", {"mg": -1}),
+        ("mass_units_to_mg", {}),
+        ("period_units_to_days", {"d": "one"}),
+        ("count_units", {"tablet": 3}),
+        ("timing_codes", {"BID": {"frequency": 2}}),
+        ("days_of_week", ["mon"]),
+        ("limits", {"max_quantity_value": 0}),
+    ):
+        broken.append(json.dumps({**good, key: value}))
+    missing = dict(good)
+    del missing["volume_units_to_ml"]
+    broken.append(json.dumps(missing))
+    broken.append(json.dumps({**good, "volume_units_to_ml": {"mg": 1}}))  # a unit of two kinds
+    for number, text in enumerate(broken):
+        path = tmp_path / f"vocabulary-{number}.json"
+        path.write_text(text, encoding="utf-8")
+        with pytest.raises(ConfigError):
+            DosingVocabulary.load(path)
+    with pytest.raises(ConfigError):
+        DosingVocabulary.load(tmp_path / "absent.json")
+
+
+# ------------------------------------------------------------------------------------------ property
+
+json_leaf = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(10**30), max_value=10**30),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=8),
+    st.sampled_from(
+        ["mg", "mL", "tablet", "{tbl}", "g", "ug", "d", "h", "wk", "BID", "MORN", "08:00:00", ""]
+    ),
+)
+json_value = st.recursive(
+    json_leaf,
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=6), inner, max_size=3)
+    ),
+    max_leaves=10,
+)
+number = st.one_of(
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.integers(min_value=-(10**30), max_value=10**30),
+    json_value,
+)
+quantity = st.one_of(
+    json_value,
+    st.fixed_dictionaries(
+        {},
+        optional={
+            "value": number,
+            "unit": st.one_of(st.sampled_from(["mg", "mL", "tablet", "mcg", "g", "d", "h"]), json_value),
+            "code": st.one_of(st.sampled_from(["mg", "mL", "{tbl}", "ug", "d", "h"]), json_value),
+            "comparator": st.sampled_from(["<", "<=", ">", ">="]),
+        },
+    ),
+)
+repeat = st.one_of(
+    json_value,
+    st.fixed_dictionaries(
+        {},
+        optional={
+            "frequency": number,
+            "frequencyMax": number,
+            "period": number,
+            "periodMax": number,
+            "periodUnit": st.one_of(st.sampled_from(["s", "min", "h", "d", "wk", "mo", "a"]), json_value),
+            "when": st.one_of(st.lists(st.sampled_from(["MORN", "HS", "AC", "C"]), max_size=4), json_value),
+            "timeOfDay": st.one_of(st.lists(st.sampled_from(["08:00:00", "20:00"]), max_size=3), json_value),
+            "dayOfWeek": st.one_of(st.lists(st.sampled_from(["mon", "fri", "xyz"]), max_size=3), json_value),
+        },
+    ),
+)
+timing = st.one_of(
+    json_value,
+    st.fixed_dictionaries(
+        {},
+        optional={
+            "repeat": repeat,
+            "code": st.one_of(
+                st.fixed_dictionaries(
+                    {"coding": st.lists(st.fixed_dictionaries({"code": json_leaf}), max_size=2)}
+                ),
+                json_value,
+            ),
+            "event": st.one_of(
+                st.lists(st.sampled_from(["2026-01-01T08:00:00Z", "2026-01-01"]), max_size=3), json_value
+            ),
+        },
+    ),
+)
+dose_and_rate = st.one_of(
+    json_value,
+    st.lists(
+        st.one_of(
+            json_value,
+            st.fixed_dictionaries(
+                {},
+                optional={
+                    "doseQuantity": quantity,
+                    "doseRange": st.one_of(
+                        json_value, st.fixed_dictionaries({}, optional={"low": quantity, "high": quantity})
+                    ),
+                },
+            ),
+        ),
+        max_size=3,
+    ),
+)
+dosage_dict = st.fixed_dictionaries(
+    {},
+    optional={
+        "sequence": st.one_of(st.integers(min_value=-3, max_value=3), json_value),
+        "timing": timing,
+        "doseAndRate": dose_and_rate,
+        "asNeededBoolean": st.one_of(st.booleans(), json_value),
+        "asNeededCodeableConcept": json_value,
+        "maxDosePerPeriod": st.one_of(
+            json_value, st.fixed_dictionaries({}, optional={"numerator": quantity, "denominator": quantity})
+        ),
+    },
+)
+nice = st.one_of(st.sampled_from([1, 2, 0.5, 3, 12]), number)
+plausible_dosage = st.fixed_dictionaries(
+    {
+        "doseAndRate": st.lists(
+            st.fixed_dictionaries(
+                {
+                    "doseQuantity": st.fixed_dictionaries(
+                        {"value": nice},
+                        optional={"unit": st.sampled_from(["mg", "mL", "tablet", "mcg", "g", "[drp]", ""])},
+                    )
+                }
+            ),
+            min_size=1,
+            max_size=2,
+        ),
+        "timing": st.fixed_dictionaries(
+            {
+                "repeat": st.fixed_dictionaries(
+                    {"frequency": nice, "period": nice, "periodUnit": st.sampled_from(["h", "d", "wk", "x"])},
+                    optional={
+                        "frequencyMax": nice,
+                        "when": st.lists(st.sampled_from(["MORN", "AC"]), max_size=2),
+                    },
+                )
+            }
+        ),
+    },
+    optional={
+        "sequence": st.one_of(st.integers(min_value=1, max_value=3), json_value),
+        "asNeededBoolean": st.booleans(),
+        "maxDosePerPeriod": st.fixed_dictionaries(
+            {
+                "numerator": quantity,
+                "denominator": st.fixed_dictionaries({"value": nice, "unit": st.just("d")}),
+            }
+        ),
+    },
+)
+strength = st.builds(
+    Strength,
+    st.sampled_from(["clonazepam", "Clonazepam", "oxycodone", ""]),
+    st.builds(
+        Quantity, st.floats(allow_nan=True, allow_infinity=True), st.sampled_from(["mg", "g", "ug", "x"])
+    ),
+    st.one_of(
+        st.none(),
+        st.builds(
+            Quantity, st.floats(allow_nan=True, allow_infinity=True), st.sampled_from(["mL", "1", "h"])
+        ),
+    ),
+)
+
+
+_VOCAB = DosingVocabulary.load(VOCABULARY_FILE)
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    dosages=st.lists(st.one_of(plausible_dosage, dosage_dict, json_value), max_size=4),
+    display=st.sampled_from(
+        [CLONAZEPAM_05, "clonazepam 2 MG/ML Oral Solution", "Acetaminophen 325 MG / Oxycodone 5 MG", ""]
+    ),
+    strengths=st.lists(strength, max_size=2),
+    ingredient=st.sampled_from(["clonazepam", "oxycodone", "CLONAZEPAM", ""]),
+)
+def test_daily_dose_never_raises_nor_returns_a_negative_or_non_finite_amount(
+    dosages: list[Any], display: str, strengths: list[Strength], ingredient: str
+) -> None:
+    result = daily_dose(med(display or None, *dosages, strengths=tuple(strengths)), ingredient, _VOCAB)
+    assert result.status in set(DoseStatus)
+    if result.mg_per_day is not None:
+        assert math.isfinite(result.mg_per_day)
+        assert result.mg_per_day >= 0
+    if result.status is DoseStatus.COMPUTED:
+        assert result.mg_per_day is not None
+        assert result.explanation
+    if result.status is DoseStatus.UNKNOWN:
+        assert result.problem in PROBLEMS
+        assert result.mg_per_day is None
