@@ -1,0 +1,282 @@
+"""HTTP edge: discovery, service calls, feedback, health. Parse -> screen -> respond; no clinical logic.
+
+Every error leaves through `_error_response`, the one place the exception tree becomes HTTP: a status and
+an OperationOutcome naming the failing JSON path. Nothing of the caller's data, no stack trace and no
+token is ever echoed or logged.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid as uuid_module
+from collections.abc import Iterable
+from datetime import datetime, timezone
+from typing import Any
+
+from flask import Blueprint, Response, current_app, g, request
+from jsonschema import Draft202012Validator
+from werkzeug.exceptions import HTTPException
+
+from cds.errors import (
+    BadRequest,
+    CdsError,
+    Issue,
+    MethodNotAllowed,
+    NotFound,
+    PayloadTooLarge,
+    UnsupportedMedia,
+    operation_outcome,
+)
+from cds.runtime import Runtime
+from cds.store import FeedbackItem
+
+log = logging.getLogger("cds.api")
+audit_log = logging.getLogger("cds.audit")
+
+bp = Blueprint("cds", __name__)
+
+JSON = "application/json"
+
+
+def runtime() -> Runtime:
+    found: Runtime = current_app.extensions["ketamine_cds"]
+    return found
+
+
+def _json_response(payload: Any, status: int = 200, content_type: str = JSON) -> Response:
+    return Response(json.dumps(payload, separators=(",", ":")), status=status, content_type=content_type)
+
+
+def _error_response(exc: CdsError) -> Response:
+    return _json_response(operation_outcome(exc.issues), exc.status, "application/fhir+json")
+
+
+def _json_path(path: Iterable[Any]) -> str:
+    out = "$"
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else f".{part}"
+    return out
+
+
+def _depth_exceeds(value: Any, limit: int) -> bool:
+    """Iterative nesting check: a deep body must not exhaust the stack anywhere downstream."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > limit:
+            return True
+        if isinstance(node, dict):
+            stack.extend((child, depth + 1) for child in node.values() if isinstance(child, (dict, list)))
+        elif isinstance(node, list):
+            stack.extend((child, depth + 1) for child in node if isinstance(child, (dict, list)))
+    return False
+
+
+def _read_json(validator: Draft202012Validator) -> dict[str, Any]:
+    rt = runtime()
+    mimetype = request.mimetype or ""
+    if mimetype != JSON and not mimetype.endswith("+json"):
+        raise UnsupportedMedia("the request body must be application/json")
+    length = request.content_length
+    if length is not None and length > rt.settings.max_body_bytes:
+        raise PayloadTooLarge(f"the request body is over {rt.settings.max_body_bytes} bytes")
+    raw = request.get_data(cache=False)
+    if len(raw) > rt.settings.max_body_bytes:
+        raise PayloadTooLarge(f"the request body is over {rt.settings.max_body_bytes} bytes")
+    try:
+        body = json.loads(raw)
+    except (ValueError, RecursionError) as exc:
+        message = exc.msg if isinstance(exc, json.JSONDecodeError) else "nesting too deep"
+        raise BadRequest(f"the request body is not valid JSON: {message}") from None
+    if not isinstance(body, dict):
+        raise BadRequest("the request body must be a JSON object", issues=[Issue("invalid", "expected an object", "$")])
+    if _depth_exceeds(body, rt.settings.max_json_depth):
+        raise BadRequest(f"the request body is nested deeper than {rt.settings.max_json_depth} levels")
+    errors = sorted(validator.iter_errors(body), key=lambda e: (len(e.absolute_path), list(map(str, e.absolute_path))))
+    if errors:
+        issues = [
+            Issue("structure", _schema_message(error), _json_path(error.absolute_path)) for error in errors[:10]
+        ]
+        raise BadRequest("the request does not match the CDS Hooks 2.0 schema", issues=issues)
+    return body
+
+
+def _schema_message(error: Any) -> str:
+    """The validator's message without the offending value itself (it may be patient data)."""
+    if error.validator in {"required", "dependentRequired"}:
+        return str(error.message)
+    if error.validator in {"enum", "const"}:
+        return f"value is not one of the allowed values: {error.validator_value}"
+    if error.validator == "type":
+        return f"value must be of type {error.validator_value}"
+    if error.validator == "pattern":
+        return "value does not have the required format"
+    return f"value fails the {error.validator} constraint"
+
+
+def _count_resources(body: dict[str, Any]) -> int:
+    count = 0
+    for value in (body.get("prefetch") or {}).values():
+        if isinstance(value, dict):
+            entries = value.get("entry")
+            count += len(entries) if isinstance(entries, list) else 1
+    drafts = body.get("context", {}).get("draftOrders")
+    if isinstance(drafts, dict) and isinstance(drafts.get("entry"), list):
+        count += len(drafts["entry"])
+    return count
+
+
+# ------------------------------------------------------------------------------------------------ routes
+
+
+@bp.get("/cds-services")
+def discovery() -> Response:
+    rt = runtime()
+    return _json_response({"services": [s.document for s in rt.knowledge.services.values()]})
+
+
+@bp.post("/cds-services/<service_id>")
+def call_service(service_id: str) -> Response:
+    rt = runtime()
+    service = rt.knowledge.services.get(service_id)
+    if service is None:
+        raise NotFound(f"no CDS service with id {service_id!r}")
+    body = _read_json(rt.knowledge.request_validator)
+    if body["hook"] != service.hook:
+        raise BadRequest(
+            f"this service answers the {service.hook} hook",
+            issues=[Issue("invalid", f"hook must be {service.hook!r} for this service", "$.hook")],
+        )
+    if _count_resources(body) > rt.settings.max_resources:
+        raise PayloadTooLarge(f"the request carries more than {rt.settings.max_resources} resources")
+    g.hook_instance = body["hookInstance"]
+    result = rt.screener().screen(service, body)
+    cards = rt.suppress_repeats(service, body, result)
+    g.rule_ids = [f.rule.id for f in result.findings]
+    g.card_uuids = [c["uuid"] for c in cards]
+    g.patient_ref = result.patient_ref
+    g.fetched = list(result.fetched)
+    rt.record_cards(service, body, result, cards)
+    return _json_response({"cards": cards})
+
+
+@bp.post("/cds-services/<service_id>/feedback")
+def feedback(service_id: str) -> Response:
+    rt = runtime()
+    if service_id not in rt.knowledge.services:
+        raise NotFound(f"no CDS service with id {service_id!r}")
+    body = _read_json(rt.knowledge.feedback_validator)
+    received = datetime.now(timezone.utc)
+    items = []
+    for entry in body["feedback"]:
+        reason = (entry.get("overrideReason") or {}).get("reason") or {}
+        items.append(
+            FeedbackItem(
+                card_uuid=entry["card"],
+                outcome=entry["outcome"],
+                override_system=reason.get("system"),
+                override_code=reason.get("code"),
+                override_display=reason.get("display"),
+                user_comment=(entry.get("overrideReason") or {}).get("userComment"),
+                accepted_suggestions=tuple(s["id"] for s in entry.get("acceptedSuggestions", [])),
+                outcome_at=datetime.fromisoformat(entry["outcomeTimestamp"].replace("Z", "+00:00")),
+                received_at=received,
+            )
+        )
+    rt.store.record_feedback(service_id, items)
+    g.feedback_items = len(items)
+    return Response(status=200)
+
+
+@bp.get("/healthz")
+def health() -> Response:
+    rt = runtime()
+    return _json_response(
+        {
+            "status": "ok",
+            "mode": "development (client authentication OFF)" if rt.settings.dev_mode else "production",
+            "services": len(rt.knowledge.services),
+            "rules": len(rt.knowledge.rules),
+        }
+    )
+
+
+@bp.get("/metrics")
+def metrics() -> Response:
+    body, content_type = runtime().metrics.render()
+    return Response(body, content_type=content_type)
+
+
+@bp.get("/analytics/overrides")
+def analytics() -> Response:
+    rt = runtime()
+    since_raw = request.args.get("since")
+    since = None
+    if since_raw:
+        try:
+            since = datetime.fromisoformat(since_raw).replace(tzinfo=timezone.utc)
+        except ValueError:
+            raise BadRequest("since must be an ISO date", issues=[Issue("value", "not a date", "since")]) from None
+    from cds.report import render_report
+
+    return Response(render_report(rt.store.report(since), "json"), content_type=JSON)
+
+
+# ------------------------------------------------------------------------------------- request plumbing
+
+
+@bp.before_app_request
+def _before() -> Response | None:
+    g.started = time.perf_counter()
+    g.request_id = str(uuid_module.uuid4())
+    rt = runtime()
+    if request.method == "OPTIONS":
+        return rt.cors.preflight(request)
+    if request.path.startswith(("/cds-services", "/analytics")):
+        g.client = rt.authenticate(request)
+    return None
+
+
+@bp.after_app_request
+def _after(response: Response) -> Response:
+    rt = runtime()
+    rt.cors.decorate(request, response)
+    response.headers.setdefault("Cache-Control", "no-store")
+    response.headers.setdefault("X-Content-Type-Options", "nosniff")
+    if request.path.startswith("/cds-services") and request.method == "POST":
+        rt.audit(request, response, time.perf_counter() - g.get("started", time.perf_counter()))
+    return response
+
+
+@bp.app_errorhandler(CdsError)
+def _cds_error(exc: CdsError) -> Response:
+    if exc.status >= 500:
+        log.error("internal error: %s", type(exc).__name__)
+    return _error_response(exc)
+
+
+@bp.app_errorhandler(HTTPException)
+def _http_error(exc: HTTPException) -> Response:
+    code = exc.code or 500
+    if code == 404:
+        return _error_response(NotFound("no such endpoint"))
+    if code == 405:
+        return _error_response(MethodNotAllowed("method not allowed on this endpoint"))
+    if code == 413:
+        return _error_response(PayloadTooLarge("the request body is too large"))
+    if code < 500:
+        return _error_response(BadRequest(exc.description or "bad request"))
+    return _error_response(CdsError("internal error"))
+
+
+@bp.app_errorhandler(Exception)
+def _unexpected(exc: Exception) -> Response:
+    # Type and location only: exception messages can carry request data.
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    where = f"{tb.tb_frame.f_code.co_filename}:{tb.tb_lineno}" if tb else "?"
+    log.error("unexpected %s at %s", type(exc).__name__, where)
+    return _error_response(CdsError("internal error"))

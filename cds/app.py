@@ -1,0 +1,70 @@
+"""The app factory: settings -> knowledge -> store and shared state -> Flask app. No globals.
+
+Everything that can be wrong (configuration, rules, value sets, the database) fails here, at start-up,
+with a message naming what to fix.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from datetime import datetime, timezone
+from typing import Any
+
+from flask import Flask
+
+from cds.api import bp
+from cds.auth import ClientAuthenticator
+from cds.config import Settings, load_settings
+from cds.cors import CorsPolicy
+from cds.knowledge import Knowledge, load_knowledge
+from cds.logs import configure
+from cds.metrics import Metrics
+from cds.runtime import Runtime
+from cds.shared_state import make_shared_state
+from cds.store import Store
+
+log = logging.getLogger("cds.app")
+
+
+def _utc_now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def create_app(
+    settings: Settings | None = None,
+    *,
+    overrides: Mapping[str, Any] | None = None,
+    knowledge: Knowledge | None = None,
+    clock: Callable[[], datetime] = _utc_now,
+    new_uuid: Callable[[], str] | None = None,
+) -> Flask:
+    settings = settings or load_settings(overrides=overrides)
+    configure(settings.log_level)
+    knowledge = knowledge or load_knowledge(settings.policy_file)
+    store = Store.open(settings.database_url)
+    store.migrate()
+    seen, replay_cache = make_shared_state(settings)
+    authenticator = None if settings.dev_mode else ClientAuthenticator(settings, replay_cache=replay_cache)
+    if settings.dev_mode:
+        log.warning(
+            "DEVELOPMENT MODE: client authentication is OFF and plain-http FHIR servers are allowed. "
+            "Never expose this instance to patient data."
+        )
+    app = Flask("cds")
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+    app.extensions["ketamine_cds"] = Runtime(
+        settings=settings,
+        knowledge=knowledge,
+        store=store,
+        seen=seen,
+        replay_cache=replay_cache,
+        metrics=Metrics(),
+        clock=clock,
+        cors=CorsPolicy(frozenset(settings.cors_origins)),
+        authenticator=authenticator,
+        new_uuid=new_uuid,
+    )
+    app.register_blueprint(bp)
+    return app

@@ -1,0 +1,145 @@
+"""`ketamine-cds serve | screen | report | migrate`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from datetime import date, datetime, time, timezone
+from pathlib import Path
+from typing import Any
+
+import requests
+
+from cds.config import load_settings
+from cds.errors import BadRequest, CdsError, ConfigError, Issue, operation_outcome
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from gunicorn.app.base import BaseApplication
+
+    overrides: dict[str, Any] = {}
+    if args.dev:
+        overrides["dev_mode"] = True
+    if args.workers:
+        overrides["workers"] = args.workers
+    settings = load_settings(overrides=overrides)
+
+    class Server(BaseApplication):  # type: ignore[misc]
+        def load_config(self) -> None:
+            self.cfg.set("bind", f"{args.host}:{args.port}")
+            self.cfg.set("workers", settings.workers)
+            self.cfg.set("worker_class", "gthread")
+            self.cfg.set("threads", 4)
+            self.cfg.set("timeout", 30)
+            self.cfg.set("graceful_timeout", 10)
+            self.cfg.set("accesslog", None)  # our own audit line replaces it; access logs carry query strings
+
+        def load(self) -> Any:
+            from cds.app import create_app
+
+            return create_app(settings)
+
+    # Fail before forking workers: build once so a broken rule or database stops us with a message.
+    from cds.app import create_app
+
+    create_app(settings)
+    Server().run()
+    return 0
+
+
+def _screen(args: argparse.Namespace) -> int:
+    from cds.knowledge import load_knowledge
+    from cds.screening import Screener
+
+    settings = load_settings(overrides={"dev_mode": True})
+    knowledge = load_knowledge(settings.policy_file)
+    try:
+        body = json.loads(Path(args.request).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise BadRequest(f"cannot read {args.request}: {exc}") from exc
+    if not isinstance(body, dict):
+        raise BadRequest("the request must be a JSON object")
+    errors = list(knowledge.request_validator.iter_errors(body))
+    if errors:
+        path = "$" + "".join(f".{p}" for p in errors[0].absolute_path)
+        raise BadRequest("request does not match the schema", issues=[Issue("structure", errors[0].message, path)])
+    service = next((s for s in knowledge.services.values() if s.hook == body["hook"]), None)
+    if service is None:
+        raise BadRequest(f"no service for hook {body['hook']!r}")
+    now = datetime.now(timezone.utc)
+    if args.now:
+        now = datetime.combine(date.fromisoformat(args.now), time(12, 0), tzinfo=timezone.utc)
+    screener = Screener(knowledge, settings, requests.Session(), lambda: now)
+    result = screener.screen(service, body)
+    json.dump({"cards": result.cards}, sys.stdout, indent=2)
+    sys.stdout.write("\n")
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from cds.report import render_report
+    from cds.store import Store
+
+    settings = load_settings(overrides={"dev_mode": True})
+    store = Store.open(settings.database_url)
+    store.migrate()
+    since = datetime.fromisoformat(args.since).replace(tzinfo=timezone.utc) if args.since else None
+    text = render_report(store.report(since), args.format)
+    if args.output:
+        Path(args.output).write_text(text, encoding="utf-8")
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def _migrate(_args: argparse.Namespace) -> int:
+    from cds.store import Store
+
+    settings = load_settings(overrides={"dev_mode": True})
+    Store.open(settings.database_url).migrate()
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ketamine-cds", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="run the CDS Hooks service under gunicorn")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8080)
+    serve.add_argument("--workers", type=int)
+    serve.add_argument(
+        "--dev", action="store_true", help="development mode: no client authentication, plain-http FHIR allowed"
+    )
+    serve.set_defaults(func=_serve)
+    screen = sub.add_parser("screen", help="screen one CDS Hooks request offline and print the cards")
+    screen.add_argument("request", help="a CDS Hooks request JSON file")
+    screen.add_argument("--now", help="screen as of this date (YYYY-MM-DD)")
+    screen.set_defaults(func=_screen)
+    report = sub.add_parser("report", help="override analytics per rule")
+    report.add_argument("--since", help="only cards issued from this date (YYYY-MM-DD)")
+    report.add_argument("--format", choices=("html", "csv", "json"), default="html")
+    report.add_argument("--output", help="write to this file instead of standard output")
+    report.set_defaults(func=_report)
+    migrate = sub.add_parser("migrate", help="apply database migrations")
+    migrate.set_defaults(func=_migrate)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        result: int = args.func(args)
+    except ConfigError as exc:
+        print(f"ketamine-cds: configuration error: {exc.message}", file=sys.stderr)
+        return 2
+    except CdsError as exc:
+        json.dump(operation_outcome(exc.issues), sys.stderr, indent=2)
+        sys.stderr.write("\n")
+        return 2
+    return result
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,619 @@
+"""The screening engine: rules x patient facts x situation -> findings. Pure: no Flask, no I/O, no clock.
+
+Each rule yields at most one finding (one card per problem). A rule's bands are tried against every fact
+of the kind the band reads; a fact counts for the first band it satisfies, and the finding takes the most
+severe band any fact reached (ties: the band listed first). Facts that could not be read are never
+dropped silently: they either satisfy an "unknown" band of the rule or reach the data-quality rule.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import date, timedelta
+from typing import Any
+
+from cds.dosing import DosingVocabulary, daily_dose
+from cds.model import (
+    AllergyFact,
+    BloodPressureFact,
+    Coding,
+    ConditionFact,
+    DailyDose,
+    DoseStatus,
+    MedicationFact,
+    MedicationKind,
+    PatientFacts,
+    SourceRef,
+)
+from cds.policy import SitePolicy
+from cds.rules import INDICATOR_RANK, Band, Rule
+from cds.terminology import Terminology, TermMatch
+
+FULL = "full"
+INTERACTION = "interaction"
+NONE = "none"
+
+
+@dataclass(frozen=True, slots=True)
+class StatusSemantics:
+    """Which FHIR statuses count, loaded from fhir_profiles/tables/status-semantics.json."""
+
+    statement_counts: frozenset[str]
+    request_counts: frozenset[str]
+    request_intents: frozenset[str]
+    condition_active: frozenset[str]
+    verification_excluded: frozenset[str]
+    allergy_active: frozenset[str]
+
+
+@dataclass(frozen=True, slots=True)
+class Situation:
+    mode: str  # FULL, INTERACTION or NONE
+    hook: str
+    products: frozenset[str]  # treatments the screen is about
+    reference_date: date  # planned start of treatment, else today
+    reference_from_order: bool
+    focus: frozenset[SourceRef] = frozenset()  # INTERACTION: the ordered medicines under review
+    ketamine_orders: tuple[MedicationFact, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Hit:
+    """One record that satisfied a band: the evidence trail's row."""
+
+    source: SourceRef
+    label: str | None
+    coding: Coding | None = None
+    match_method: str | None = None
+    date: date | None = None
+    date_basis: str | None = None  # "onset", "recorded", "taken", "authored"
+    figures: str | None = None  # dose arithmetic or a reading
+    notes: tuple[str, ...] = ()  # note codes rendered by the card layer (stale, as-needed, ...)
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    rule: Rule
+    band: Band
+    indicator: str
+    hits: tuple[Hit, ...]
+    values: Mapping[str, str]  # template values for the band's summary and detail
+    parameters_used: tuple[str, ...]
+    fingerprint: str
+    other_hits: tuple[Hit, ...] = ()  # records that satisfied less severe bands, listed for context
+
+
+@dataclass(frozen=True, slots=True)
+class EngineContext:
+    terminology: Terminology
+    dosing: DosingVocabulary
+    statuses: StatusSemantics
+    policy: SitePolicy
+    product_names: Mapping[str, str]  # "ketamine" -> "ketamine infusion"; "both" -> "..."
+    treatment_valuesets: Mapping[str, str]  # product -> value set URL
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+
+
+def months_before(day: date, months: int | float) -> date:
+    """Calendar arithmetic: the date `months` whole months before `day` (day clipped to month length)."""
+    whole = int(months)
+    year, month = divmod(day.month - 1 - whole, 12)
+    year += day.year
+    month += 1
+    for candidate in (day.day, 30, 29, 28):
+        try:
+            shifted = day.replace(year=year, month=month, day=min(day.day, candidate))
+        except ValueError:
+            continue
+        break
+    fraction = months - whole
+    return shifted - timedelta(days=round(fraction * 30.4375))
+
+
+def months_between(earlier: date, later: date) -> int:
+    if earlier >= later:
+        return 0
+    months = (later.year - earlier.year) * 12 + later.month - earlier.month
+    if later.day < earlier.day:
+        months -= 1
+    return max(months, 0)
+
+
+def fmt_number(value: float) -> str:
+    if not math.isfinite(value):
+        return "?"
+    rounded = round(value, 2)
+    return f"{rounded:.2f}".rstrip("0").rstrip(".") if rounded != int(rounded) else str(int(rounded))
+
+
+def product_text(ctx: EngineContext, products: frozenset[str]) -> str:
+    if len(products) == 1:
+        return ctx.product_names[next(iter(products))]
+    return ctx.product_names["both"]
+
+
+def _first_match(ctx: EngineContext, urls: Sequence[str], concepts: Iterable[Any]) -> TermMatch | None:
+    for concept in concepts:
+        for url in urls:
+            found = ctx.terminology.match(url, concept)
+            if found is not None:
+                return found
+    return None
+
+
+# ------------------------------------------------------------------------------------- fact selection
+
+
+def medication_counts(med: MedicationFact, statuses: StatusSemantics) -> bool:
+    """Whether a medication record describes current or planned use."""
+    if med.is_draft_order:
+        return True
+    status = (med.status or "").lower()
+    if med.kind is MedicationKind.STATEMENT:
+        return not status or status in statuses.statement_counts
+    if status and status not in statuses.request_counts:
+        return False
+    intent = (med.intent or "").lower()
+    return not intent or intent in statuses.request_intents
+
+
+def _condition_counts(fact: ConditionFact, rule: Rule, statuses: StatusSemantics) -> bool:
+    if (fact.verification_status or "").lower() in statuses.verification_excluded:
+        return False
+    if rule.clinical_status == "any":
+        return True
+    status = (fact.clinical_status or "").lower()
+    # A condition recorded with no clinical status is treated as active: absence is not evidence of cure.
+    return not status or status in statuses.condition_active
+
+
+def _allergy_counts(fact: AllergyFact, statuses: StatusSemantics) -> bool:
+    if (fact.verification_status or "").lower() in statuses.verification_excluded:
+        return False
+    status = (fact.clinical_status or "").lower()
+    return not status or status in statuses.allergy_active
+
+
+def _stale_notes(med: MedicationFact, situation: Situation, policy: SitePolicy) -> tuple[str, ...]:
+    if med.is_draft_order or med.recorded is None:
+        return ()
+    age = (situation.reference_date - med.recorded).days
+    return ("stale",) if age > policy.stale_after_days else ()
+
+
+# ------------------------------------------------------------------------------------------ evaluators
+
+
+@dataclass(slots=True)
+class _BandResult:
+    band: Band
+    hits: list[Hit] = field(default_factory=list)
+    values: dict[str, str] = field(default_factory=dict)
+
+
+def _param(ctx: EngineContext, rule: Rule, name: str) -> Any:
+    return ctx.policy.value(rule.id, name)
+
+
+def _condition_band_hits(
+    ctx: EngineContext, rule: Rule, band: Band, fact: ConditionFact, situation: Situation
+) -> Hit | None:
+    found = _first_match(ctx, band.match, (fact.concept,))
+    if found is None:
+        return None
+    when_date, basis = (fact.onset, "onset") if fact.onset else (fact.recorded, "recorded")
+    ref = situation.reference_date
+    when = band.when
+    if "onset_unknown" in when and when_date is not None:
+        return None
+    if "onset_within_months" in when:
+        window = _param(ctx, rule, when["onset_within_months"])
+        if when_date is None or when_date < months_before(ref, window):
+            return None
+    if "onset_before_months" in when:
+        window = _param(ctx, rule, when["onset_before_months"])
+        if when_date is None or when_date >= months_before(ref, window):
+            return None
+    notes = ("recorded-date-fallback",) if basis == "recorded" and when_date else ()
+    if fact.unreadable:
+        notes += ("unreadable",)
+    return Hit(
+        source=fact.source,
+        label=fact.concept.label(),
+        coding=found.coding,
+        match_method=found.method,
+        date=when_date,
+        date_basis=basis if when_date else None,
+        notes=notes,
+    )
+
+
+def _allergy_hit(ctx: EngineContext, band: Band, fact: AllergyFact) -> Hit | None:
+    found = _first_match(ctx, band.match, fact.concepts)
+    if found is None:
+        return None
+    label = next((c.label() for c in fact.concepts if c.label()), None)
+    notes: tuple[str, ...] = ()
+    if (fact.verification_status or "").lower() == "unconfirmed":
+        notes = ("unconfirmed",)
+    return Hit(
+        source=fact.source,
+        label=label,
+        coding=found.coding,
+        match_method=found.method,
+        date=fact.recorded,
+        date_basis="recorded" if fact.recorded else None,
+        notes=notes,
+    )
+
+
+def _medication_hit(
+    ctx: EngineContext, band: Band, med: MedicationFact, situation: Situation
+) -> Hit | None:
+    found = _first_match(ctx, band.match, (med.concept,))
+    if found is None:
+        return None
+    return Hit(
+        source=med.source,
+        label=med.concept.label(),
+        coding=found.coding,
+        match_method=found.method,
+        date=med.recorded,
+        date_basis="authored" if med.recorded else None,
+        notes=_stale_notes(med, situation, ctx.policy),
+    )
+
+
+@dataclass(slots=True)
+class _DoseSummary:
+    regular_total: float = 0.0
+    regular: list[Hit] = field(default_factory=list)
+    as_needed: list[Hit] = field(default_factory=list)
+    unknown: list[Hit] = field(default_factory=list)
+    excluded: list[Hit] = field(default_factory=list)  # rescue / procedural forms
+    unit: str = "mg/day"
+
+
+def _dedupe(meds: Sequence[MedicationFact]) -> tuple[list[MedicationFact], list[MedicationFact]]:
+    """Drop statements derived from an order that is itself present (one therapy recorded twice)."""
+    present = {med.source.reference() for med in meds}
+    kept: list[MedicationFact] = []
+    dropped: list[MedicationFact] = []
+    for med in meds:
+        if med.kind is MedicationKind.STATEMENT and any(ref in present for ref in med.derived_from):
+            dropped.append(med)
+        else:
+            kept.append(med)
+    return kept, dropped
+
+
+def _dose_summary(
+    ctx: EngineContext, rule: Rule, meds: Sequence[MedicationFact], situation: Situation
+) -> tuple[_DoseSummary, set[SourceRef]]:
+    spec = rule.dose
+    assert spec is not None  # guaranteed by the rule loader for dose bands
+    basis = _param(ctx, rule, spec.basis_param)
+    source = _param(ctx, rule, spec.equivalence_source_param) if spec.equivalence_source_param else None
+    class_ingredients: set[str] = set()
+    for url in spec.match:
+        class_ingredients |= ctx.terminology.valueset_ingredients(url)
+    summary = _DoseSummary(unit=str(ctx.policy.param(rule.id, spec.basis_param).value))
+    matched: list[tuple[MedicationFact, TermMatch]] = []
+    for med in meds:
+        found = _first_match(ctx, spec.match, (med.concept,))
+        if found is not None:
+            matched.append((med, found))
+    kept, _dropped = _dedupe([med for med, _ in matched])
+    kept_refs = {med.source for med in kept}
+    seen_therapies: set[tuple[str, str, str]] = set()
+    sources: set[SourceRef] = set()
+    for med, found in matched:
+        if med.source not in kept_refs:
+            continue
+        sources.add(med.source)
+        notes = list(_stale_notes(med, situation, ctx.policy))
+        base = Hit(
+            source=med.source,
+            label=med.concept.label(),
+            coding=found.coding,
+            match_method=found.method,
+            date=med.recorded,
+            date_basis="authored" if med.recorded else None,
+        )
+        if _first_match(ctx, spec.exclude, (med.concept,)) is not None:
+            summary.excluded.append(_with(base, notes=(*notes, "rescue-or-procedural")))
+            continue
+        ingredients = [i for i in ctx.terminology.ingredients(med.concept) if i in class_ingredients]
+        if not ingredients:
+            summary.unknown.append(_with(base, notes=(*notes, "dose:no-strength")))
+            continue
+        for ingredient in ingredients:
+            dose = daily_dose(med, ingredient, ctx.dosing)
+            converted, figures, problem = _convert(ctx, dose, basis, source)
+            hit = _with(base, figures=figures)
+            if dose.status is DoseStatus.AS_NEEDED:
+                summary.as_needed.append(_with(hit, notes=(*notes, "as-needed")))
+            elif converted is None:
+                summary.unknown.append(_with(hit, notes=(*notes, f"dose:{problem or 'unknown'}")))
+            else:
+                therapy = (ingredient, ",".join(sorted(c.code or "" for c in med.concept.codings)), figures)
+                if therapy in seen_therapies:
+                    summary.excluded.append(_with(hit, notes=(*notes, "duplicate-record")))
+                    continue
+                seen_therapies.add(therapy)
+                summary.regular_total += converted
+                summary.regular.append(_with(hit, notes=tuple(notes)))
+    return summary, sources
+
+
+def _convert(
+    ctx: EngineContext, dose: DailyDose, basis: str, source: str | None
+) -> tuple[float | None, str | None, str | None]:
+    """mg/day of one ingredient -> the rule's basis (drug mg, or diazepam-equivalent mg)."""
+    if dose.status is not DoseStatus.COMPUTED or dose.mg_per_day is None:
+        return None, dose.explanation, dose.problem
+    if basis == "diazepam-equivalent":
+        equivalent = ctx.terminology.diazepam_mg_equivalent(dose.ingredient, source or "ashton")
+        if not equivalent:
+            return None, dose.explanation, "no-equivalence"
+        value = dose.mg_per_day * 10.0 / equivalent
+        figures = f"{dose.explanation} = {fmt_number(value)} mg/day diazepam-equivalent"
+        return value, figures, None
+    return dose.mg_per_day, dose.explanation, None
+
+
+def _with(hit: Hit, **changes: Any) -> Hit:
+    values = {name: getattr(hit, name) for name in hit.__slots__}
+    values.update(changes)
+    return Hit(**values)
+
+
+def _latest_bp(facts: Sequence[BloodPressureFact]) -> BloodPressureFact | None:
+    dated = [bp for bp in facts if bp.taken is not None and (bp.systolic or bp.diastolic)]
+    return max(dated, key=lambda bp: bp.taken or 0) if dated else None  # type: ignore[arg-type,return-value]
+
+
+# ------------------------------------------------------------------------------------------- the rule
+
+
+def _counted_meds(facts: PatientFacts, ctx: EngineContext) -> list[MedicationFact]:
+    return [m for m in facts.medications if m.unreadable is None and medication_counts(m, ctx.statuses)]
+
+
+def _evaluate_band(
+    ctx: EngineContext,
+    rule: Rule,
+    band: Band,
+    facts: PatientFacts,
+    situation: Situation,
+    claimed: set[SourceRef],
+    dose_cache: dict[str, tuple[_DoseSummary, set[SourceRef]]],
+) -> _BandResult | None:
+    if not band.products & situation.products:
+        return None
+    enabled = band.when.get("enabled")
+    if enabled is not None and not _param(ctx, rule, enabled):
+        return None
+    result = _BandResult(band)
+    if band.facts == "condition":
+        for fact in facts.conditions:
+            if fact.source in claimed or not _condition_counts(fact, rule, ctx.statuses):
+                continue
+            hit = _condition_band_hits(ctx, rule, band, fact, situation)
+            if hit:
+                result.hits.append(hit)
+    elif band.facts == "allergy":
+        for allergy in facts.allergies:
+            if allergy.source in claimed or not _allergy_counts(allergy, ctx.statuses):
+                continue
+            hit = _allergy_hit(ctx, band, allergy)
+            if hit:
+                result.hits.append(hit)
+    elif band.facts == "medication":
+        meds = _counted_meds(facts, ctx)
+        if rule.dose is not None and set(band.when) & {
+            "total_above",
+            "regular_use",
+            "as_needed_only",
+            "dose_unknown",
+        }:
+            if rule.id not in dose_cache:
+                dose_cache[rule.id] = _dose_summary(ctx, rule, meds, situation)
+            summary, _ = dose_cache[rule.id]
+            if not _dose_band_holds(ctx, rule, band, summary):
+                return None
+            result.hits = [*summary.regular, *summary.unknown, *summary.as_needed, *summary.excluded]
+            result.values.update(
+                total=fmt_number(summary.regular_total),
+                basis_unit=summary.unit,
+            )
+        else:
+            _dose_merged, _ = _dedupe(meds)
+            for med in _dose_merged:
+                if med.source in claimed:
+                    continue
+                hit = _medication_hit(ctx, band, med, situation)
+                if hit:
+                    result.hits.append(hit)
+        if result.hits:
+            labels = sorted({h.label for h in result.hits if h.label})
+            result.values["medication"] = "; ".join(labels) or "?"
+    elif band.facts == "blood-pressure":
+        latest = _latest_bp(facts.blood_pressures)
+        if latest is None or not _bp_band_holds(ctx, rule, band, latest, situation):
+            return None
+        result.hits.append(
+            Hit(
+                source=latest.source,
+                label=None,
+                date=latest.taken.date() if latest.taken else None,
+                date_basis="taken",
+                figures=f"{fmt_number(latest.systolic or math.nan)}/{fmt_number(latest.diastolic or math.nan)} mmHg",
+            )
+        )
+        result.values.update(
+            systolic=fmt_number(latest.systolic) if latest.systolic else "?",
+            diastolic=fmt_number(latest.diastolic) if latest.diastolic else "?",
+            reading_date=latest.taken.date().isoformat() if latest.taken else "?",
+        )
+    elif band.facts == "order":
+        for order in situation.ketamine_orders:
+            result.hits.append(Hit(source=order.source, label=order.concept.label()))
+    elif band.facts == "unreadable":
+        for unreadable in _unreadable(facts):
+            result.hits.append(unreadable)
+        if facts.gaps:
+            result.values["categories"] = ", ".join(sorted({gap.category for gap in facts.gaps}))
+        result.values["count"] = str(len(result.hits))
+    if not result.hits and not (band.facts == "unreadable" and facts.gaps):
+        return None
+    if situation.mode == INTERACTION and not any(h.source in situation.focus for h in result.hits):
+        return None
+    first = result.hits[0] if result.hits else None
+    if first is not None and band.facts == "condition":
+        result.values.update(
+            condition=first.label or "?",
+            onset=first.date.isoformat() if first.date else "?",
+            months_ago=str(months_between(first.date, situation.reference_date)) if first.date else "?",
+        )
+    if first is not None and band.facts == "allergy":
+        result.values["substance"] = first.label or "?"
+    return result
+
+
+def _dose_band_holds(ctx: EngineContext, rule: Rule, band: Band, summary: _DoseSummary) -> bool:
+    when = band.when
+    if "total_above" in when and not summary.regular_total > float(_param(ctx, rule, when["total_above"])):
+        return False
+    if "regular_use" in when and not summary.regular:
+        return False
+    if "dose_unknown" in when and not summary.unknown:
+        return False
+    if "as_needed_only" in when and (summary.regular or summary.unknown or not summary.as_needed):
+        return False
+    return bool(summary.regular or summary.unknown or summary.as_needed or summary.excluded)
+
+
+def _bp_band_holds(
+    ctx: EngineContext, rule: Rule, band: Band, bp: BloodPressureFact, situation: Situation
+) -> bool:
+    when = band.when
+    if "reading_within_days" in when and bp.taken is not None:
+        days = int(_param(ctx, rule, when["reading_within_days"]))
+        if bp.taken.date() < situation.reference_date - timedelta(days=days):
+            return False
+    high = False
+    if "systolic_at_least" in when and bp.systolic is not None:
+        high |= bp.systolic >= float(_param(ctx, rule, when["systolic_at_least"]))
+    if "diastolic_at_least" in when and bp.diastolic is not None:
+        high |= bp.diastolic >= float(_param(ctx, rule, when["diastolic_at_least"]))
+    return high
+
+
+def _unreadable(facts: PatientFacts) -> list[Hit]:
+    hits: list[Hit] = []
+    groups: tuple[Sequence[Any], ...] = (
+        facts.medications,
+        facts.conditions,
+        facts.allergies,
+        facts.blood_pressures,
+    )
+    for group in groups:
+        for fact in group:
+            if fact.unreadable:
+                hits.append(Hit(source=fact.source, label=None, notes=(f"unreadable:{fact.unreadable}",)))
+    return hits
+
+
+def _indicator(ctx: EngineContext, rule: Rule, band: Band) -> str:
+    if band.indicator is not None:
+        return band.indicator
+    assert band.indicator_param is not None
+    return str(_param(ctx, rule, band.indicator_param))
+
+
+def _fingerprint(rule: Rule, band: Band, hits: Sequence[Hit], values: Mapping[str, str]) -> str:
+    digest = hashlib.sha256()
+    digest.update(f"{rule.id}|{rule.version}|{band.id}".encode())
+    for hit in sorted(hits, key=lambda h: h.source.reference()):
+        digest.update(f"|{hit.source.reference()}|{hit.figures}|{hit.date}".encode())
+    for key in sorted(values):
+        digest.update(f"|{key}={values[key]}".encode())
+    return digest.hexdigest()[:32]
+
+
+def evaluate_rule(ctx: EngineContext, rule: Rule, facts: PatientFacts, situation: Situation) -> Finding | None:
+    claimed: set[SourceRef] = set()
+    results: list[_BandResult] = []
+    dose_cache: dict[str, tuple[_DoseSummary, set[SourceRef]]] = {}
+    for band in rule.bands:
+        result = _evaluate_band(ctx, rule, band, facts, situation, claimed, dose_cache)
+        if result is None:
+            continue
+        results.append(result)
+        # Condition, allergy and presence facts count once: for the first (most specific) band they meet.
+        if band.facts in {"condition", "allergy"} or (band.facts == "medication" and rule.dose is None):
+            claimed.update(hit.source for hit in result.hits)
+        if rule.dose is not None and band.facts == "medication":
+            break  # dose bands describe one total: the first that holds is the answer
+    if not results:
+        return None
+    best = max(results, key=lambda r: (INDICATOR_RANK[_indicator(ctx, rule, r.band)], -results.index(r)))
+    others = tuple(hit for r in results if r is not best for hit in r.hits)
+    values = dict(best.values)
+    values["product"] = product_text(ctx, situation.products)
+    values["reference_date"] = situation.reference_date.isoformat()
+    used = [value for key, value in best.band.when.items() if isinstance(value, str) and key != "enabled"]
+    if best.band.indicator_param:
+        used.append(best.band.indicator_param)
+    if rule.dose is not None and best.band.facts == "medication":
+        used.append(rule.dose.basis_param)
+        if rule.dose.equivalence_source_param:
+            used.append(rule.dose.equivalence_source_param)
+    parameters_used = tuple(dict.fromkeys(used))
+    for name in rule.parameters:
+        values[name] = _format_param(_param(ctx, rule, name))
+    return Finding(
+        rule=rule,
+        band=best.band,
+        indicator=_indicator(ctx, rule, best.band),
+        hits=tuple(best.hits),
+        values=values,
+        parameters_used=parameters_used,
+        fingerprint=_fingerprint(rule, best.band, best.hits, best.values),
+        other_hits=others,
+    )
+
+
+def _format_param(value: Any) -> str:
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, (int, float)):
+        return fmt_number(float(value))
+    return str(value)
+
+
+def evaluate(
+    ctx: EngineContext, rules: Sequence[Rule], facts: PatientFacts, situation: Situation
+) -> list[Finding]:
+    """Findings in a stable order: most severe first, then by rule id."""
+    if situation.mode == NONE:
+        return []
+    findings: list[Finding] = []
+    for rule in rules:
+        if rule.id in ctx.policy.disabled_rules:
+            continue
+        if situation.mode == INTERACTION and rule.category != "interaction":
+            continue
+        if rule.category == "procedure" and not situation.ketamine_orders:
+            continue
+        finding = evaluate_rule(ctx, rule, facts, situation)
+        if finding is not None:
+            findings.append(finding)
+    findings.sort(key=lambda f: (-INDICATOR_RANK[f.indicator], f.rule.id))
+    return findings

@@ -1,0 +1,440 @@
+"""Raw FHIR R4 JSON -> normalised facts (cds.model). Tolerant by design, never silent.
+
+Real clients send odd shapes (checklist section 3): a Bundle without `type`, a draft MedicationRequest with
+no medication yet, `category` as an object. Everything is read defensively from plain dicts, which keeps
+the hot path fast; a resource the rules would need but cannot read is kept with `unreadable` set so the
+engine can say so. Partial dates resolve to the *latest* day they could mean: for "within the last N
+months" checks, that is the cautious reading.
+"""
+
+from __future__ import annotations
+
+import calendar
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import date, datetime, timezone
+from typing import Any
+
+from cds.model import (
+    AllergyFact,
+    BloodPressureFact,
+    Coding,
+    Concept,
+    ConditionFact,
+    DataGap,
+    MedicationFact,
+    MedicationKind,
+    PatientFacts,
+    Quantity,
+    SourceRef,
+    Strength,
+)
+
+_DATE = re.compile(r"^(\d{4})(?:-(\d{2})(?:-(\d{2}))?)?")
+_DATETIME = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}:\d{2})?$")
+
+
+def parse_date(value: Any) -> date | None:
+    """FHIR date, dateTime or instant -> date; partial dates -> the last day they cover; junk -> None."""
+    if not isinstance(value, str):
+        return None
+    found = _DATE.match(value.strip())
+    if not found:
+        return None
+    year, month, day = found.group(1), found.group(2), found.group(3)
+    try:
+        y = int(year)
+        if month is None:
+            return date(y, 12, 31)
+        m = int(month)
+        if day is None:
+            return date(y, m, calendar.monthrange(y, m)[1])
+        return date(y, m, int(day))
+    except ValueError:
+        return None
+
+
+def parse_datetime(value: Any) -> datetime | None:
+    if not isinstance(value, str):
+        return None
+    text = value.strip()
+    if _DATETIME.match(text):
+        try:
+            parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
+        except ValueError:
+            return None
+        return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
+    day = parse_date(text)
+    return datetime(day.year, day.month, day.day, tzinfo=timezone.utc) if day else None
+
+
+def _str(value: Any) -> str | None:
+    return value if isinstance(value, str) and value.strip() else None
+
+
+def _list(value: Any) -> list[Any]:
+    if isinstance(value, list):
+        return value
+    return [value] if isinstance(value, dict) else []
+
+
+def concept(value: Any) -> Concept:
+    """A CodeableConcept (or a bare Coding, which some senders use) -> Concept with every coding."""
+    if not isinstance(value, dict):
+        return Concept()
+    codings = []
+    for item in _list(value.get("coding")):
+        if isinstance(item, dict):
+            code = item.get("code")
+            codings.append(
+                Coding(
+                    system=_str(item.get("system")),
+                    code=str(code) if isinstance(code, (str, int)) else None,
+                    display=_str(item.get("display")),
+                )
+            )
+    if not codings and ("code" in value or "system" in value):
+        codings.append(Coding(_str(value.get("system")), _str(value.get("code")), _str(value.get("display"))))
+    return Concept(codings=tuple(codings), text=_str(value.get("text")))
+
+
+def _status_code(value: Any) -> str | None:
+    """clinicalStatus / verificationStatus are CodeableConcepts in R4 (plain strings in older senders)."""
+    if isinstance(value, str):
+        return value
+    for coding in concept(value).codings:
+        if coding.code:
+            return coding.code
+    return None
+
+
+def _ref(resource: Mapping[str, Any]) -> SourceRef:
+    rid = resource.get("id")
+    return SourceRef(str(resource.get("resourceType", "?")), str(rid) if isinstance(rid, (str, int)) else None)
+
+
+# ------------------------------------------------------------------------------------------ medications
+
+
+def _quantity(value: Any) -> Quantity | None:
+    if not isinstance(value, dict):
+        return None
+    number = value.get("value")
+    if isinstance(number, bool) or not isinstance(number, (int, float)):
+        return None
+    unit = _str(value.get("code")) or _str(value.get("unit")) or "1"
+    return Quantity(float(number), unit)
+
+
+def _strengths(medication: Mapping[str, Any]) -> tuple[Strength, ...]:
+    strengths = []
+    for item in _list(medication.get("ingredient")):
+        if not isinstance(item, dict):
+            continue
+        name = concept(item.get("itemCodeableConcept")).label()
+        ratio = item.get("strength")
+        if not name or not isinstance(ratio, dict):
+            continue
+        numerator = _quantity(ratio.get("numerator"))
+        denominator = _quantity(ratio.get("denominator"))
+        if numerator is None:
+            continue
+        if denominator is not None and denominator.value == 1 and denominator.unit in {"1", "{tbl}", "TAB"}:
+            denominator = None
+        strengths.append(Strength(name.lower(), numerator, denominator))
+    return tuple(strengths)
+
+
+def _reference_id(reference: str) -> str | None:
+    """'Medication/12', 'https://ehr/fhir/Medication/12' or 'Medication/12/_history/3' -> 'Medication/12'."""
+    parts = [p for p in reference.split("/") if p]
+    if "_history" in parts:
+        parts = parts[: parts.index("_history")]
+    if len(parts) >= 2 and parts[-2] == "Medication":
+        return f"Medication/{parts[-1]}"
+    return None
+
+
+def _medication_concept(
+    resource: Mapping[str, Any], medications: Mapping[str, Mapping[str, Any]]
+) -> tuple[Concept, tuple[Strength, ...], str | None]:
+    """(concept, strengths from Medication.ingredient, unreadable reason)."""
+    if "medicationCodeableConcept" in resource:
+        found = concept(resource["medicationCodeableConcept"])
+        return found, (), None if (found.codings or found.text) else "medication-not-coded"
+    reference = resource.get("medicationReference")
+    if not isinstance(reference, dict):
+        return Concept(), (), "no-medication"
+    target = _str(reference.get("reference"))
+    display = _str(reference.get("display"))
+    medication: Mapping[str, Any] | None = None
+    if target and target.startswith("#"):
+        for contained in _list(resource.get("contained")):
+            if isinstance(contained, dict) and contained.get("id") == target[1:]:
+                medication = contained
+                break
+    elif target:
+        key = _reference_id(target)
+        medication = medications.get(key) if key else None
+    if medication is not None and medication.get("resourceType") == "Medication":
+        found = concept(medication.get("code"))
+        if not found.codings and not found.text and display:
+            found = Concept(text=display)
+        return found, _strengths(medication), None if (found.codings or found.text) else "medication-not-coded"
+    if display:
+        return Concept(text=display), (), None
+    return Concept(), (), "medication-reference-unresolved"
+
+
+def _planned_start(resource: Mapping[str, Any]) -> date | None:
+    candidates: list[date] = []
+    for dosage in _list(resource.get("dosageInstruction")):
+        timing = dosage.get("timing") if isinstance(dosage, dict) else None
+        if not isinstance(timing, dict):
+            continue
+        for event in _list(timing.get("event")) if isinstance(timing.get("event"), list) else []:
+            day = parse_date(event)
+            if day:
+                candidates.append(day)
+        repeat = timing.get("repeat")
+        if isinstance(repeat, dict) and isinstance(repeat.get("boundsPeriod"), dict):
+            day = parse_date(repeat["boundsPeriod"].get("start"))
+            if day:
+                candidates.append(day)
+    dispense = resource.get("dispenseRequest")
+    if not candidates and isinstance(dispense, dict) and isinstance(dispense.get("validityPeriod"), dict):
+        day = parse_date(dispense["validityPeriod"].get("start"))
+        if day:
+            candidates.append(day)
+    return min(candidates) if candidates else None
+
+
+def medication_fact(
+    resource: Mapping[str, Any],
+    medications: Mapping[str, Mapping[str, Any]],
+    *,
+    draft: bool = False,
+    selected: bool = False,
+) -> MedicationFact:
+    kind = (
+        MedicationKind.STATEMENT
+        if resource.get("resourceType") == "MedicationStatement"
+        else MedicationKind.REQUEST
+    )
+    found, strengths, unreadable = _medication_concept(resource, medications)
+    if kind is MedicationKind.STATEMENT:
+        dosages = _list(resource.get("dosage"))
+        effective = resource.get("effectivePeriod")
+        dates = [
+            parse_date(resource.get("dateAsserted")),
+            parse_date(resource.get("effectiveDateTime")),
+            parse_date(effective.get("start")) if isinstance(effective, dict) else None,
+        ]
+        recorded = max((d for d in dates if d), default=None)
+    else:
+        dosages = _list(resource.get("dosageInstruction"))
+        recorded = parse_date(resource.get("authoredOn"))
+    derived = tuple(
+        ref
+        for item in _list(resource.get("derivedFrom"))
+        if isinstance(item, dict) and (ref := _str(item.get("reference")))
+    )
+    return MedicationFact(
+        source=_ref(resource),
+        kind=kind,
+        concept=found,
+        status=_str(resource.get("status")),
+        intent=_str(resource.get("intent")),
+        is_draft_order=draft,
+        is_selected=selected,
+        recorded=recorded,
+        planned_start=_planned_start(resource) if kind is MedicationKind.REQUEST else None,
+        strengths=strengths,
+        dosages=tuple(d for d in dosages if isinstance(d, dict)),
+        derived_from=derived,
+        unreadable=unreadable,
+    )
+
+
+# ----------------------------------------------------------------------------- conditions and allergies
+
+
+def _onset(resource: Mapping[str, Any], birth: date | None) -> tuple[date | None, bool]:
+    """(onset date, whether an onset was given but unreadable)."""
+    for key in ("onsetDateTime",):
+        if key in resource:
+            day = parse_date(resource[key])
+            return day, day is None
+    if "onsetPeriod" in resource:
+        period = resource["onsetPeriod"]
+        day = parse_date(period.get("start")) if isinstance(period, dict) else None
+        if day is None and isinstance(period, dict):
+            day = parse_date(period.get("end"))
+        return day, day is None
+    if "onsetAge" in resource:
+        age = _quantity(resource["onsetAge"])
+        if age is not None and birth is not None and age.unit in {"a", "yr", "year", "years"}:
+            # The last day of that year of life: the cautious reading for a "how recent" check.
+            year = birth.year + int(age.value) + 1
+            if 1 <= year <= 9999:
+                day = min(birth.day, calendar.monthrange(year, birth.month)[1])
+                return date.fromordinal(date(year, birth.month, day).toordinal() - 1), False
+        return None, True
+    if "onsetString" in resource or "onsetRange" in resource:
+        return None, True
+    return None, False
+
+
+def condition_fact(resource: Mapping[str, Any], birth: date | None) -> ConditionFact:
+    code = concept(resource.get("code"))
+    # An onset that is present but unreadable counts as missing: undated bands then ask for the date.
+    onset, _onset_unreadable = _onset(resource, birth)
+    abatement = parse_date(resource.get("abatementDateTime"))
+    return ConditionFact(
+        source=_ref(resource),
+        concept=code,
+        clinical_status=_status_code(resource.get("clinicalStatus")),
+        verification_status=_status_code(resource.get("verificationStatus")),
+        onset=onset,
+        recorded=parse_date(resource.get("recordedDate")),
+        abatement=abatement,
+        unreadable=None if (code.codings or code.text) else "condition-not-coded",
+    )
+
+
+def allergy_fact(resource: Mapping[str, Any]) -> AllergyFact:
+    concepts = [concept(resource.get("code"))]
+    for reaction in _list(resource.get("reaction")):
+        if isinstance(reaction, dict) and "substance" in reaction:
+            concepts.append(concept(reaction["substance"]))
+    concepts = [c for c in concepts if c.codings or c.text]
+    return AllergyFact(
+        source=_ref(resource),
+        concepts=tuple(concepts),
+        clinical_status=_status_code(resource.get("clinicalStatus")),
+        verification_status=_status_code(resource.get("verificationStatus")),
+        recorded=parse_date(resource.get("recordedDate")),
+        criticality=_str(resource.get("criticality")),
+        unreadable=None if concepts else "allergy-not-coded",
+    )
+
+
+# ------------------------------------------------------------------------------------------ observations
+
+
+def _value(quantity: Any) -> float | None:
+    found = _quantity(quantity)
+    if found is None or not 0 < found.value < 400:
+        return None
+    return found.value
+
+
+def blood_pressure_fact(
+    resource: Mapping[str, Any], panel: set[tuple[str, str]], systolic: set[tuple[str, str]], diastolic: set[tuple[str, str]]
+) -> BloodPressureFact | None:
+    """An Observation -> a reading, or None when it is not a blood pressure at all."""
+
+    def keys(value: Any) -> set[tuple[str, str]]:
+        return {(c.system or "", c.code or "") for c in concept(value).codings}
+
+    status = _str(resource.get("status"))
+    if status in {"entered-in-error", "cancelled"}:
+        return None
+    codes = keys(resource.get("code"))
+    sys_value = dia_value = None
+    if codes & systolic:
+        sys_value = _value(resource.get("valueQuantity"))
+    elif codes & diastolic:
+        dia_value = _value(resource.get("valueQuantity"))
+    elif codes & panel:
+        for component in _list(resource.get("component")):
+            if not isinstance(component, dict):
+                continue
+            component_codes = keys(component.get("code"))
+            if component_codes & systolic:
+                sys_value = _value(component.get("valueQuantity"))
+            elif component_codes & diastolic:
+                dia_value = _value(component.get("valueQuantity"))
+    else:
+        return None
+    period = resource.get("effectivePeriod")
+    taken = parse_datetime(resource.get("effectiveDateTime")) or (
+        parse_datetime(period.get("start")) if isinstance(period, dict) else None
+    )
+    taken = taken or parse_datetime(resource.get("issued"))
+    unreadable = None
+    if sys_value is None and dia_value is None:
+        unreadable = "bp-value-unreadable"
+    elif taken is None:
+        unreadable = "bp-date-unreadable"
+    return BloodPressureFact(_ref(resource), taken, sys_value, dia_value, unreadable)
+
+
+# ------------------------------------------------------------------------------------------- assembling
+
+
+def draft_order_resources(context: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    """MedicationRequests from context.draftOrders (a Bundle, `type` optional)."""
+    bundle = context.get("draftOrders")
+    if not isinstance(bundle, dict):
+        return []
+    resources = []
+    for entry in _list(bundle.get("entry")):
+        resource = entry.get("resource") if isinstance(entry, dict) else None
+        if isinstance(resource, dict) and resource.get("resourceType") == "MedicationRequest":
+            resources.append(resource)
+    return resources
+
+
+def _of_type(resources: Iterable[Any], resource_type: str) -> list[Mapping[str, Any]]:
+    return [r for r in resources if isinstance(r, dict) and r.get("resourceType") == resource_type]
+
+
+def build_facts(
+    *,
+    patient_ref: str | None,
+    resources: Mapping[str, Sequence[Any]],
+    medications: Mapping[str, Mapping[str, Any]],
+    context: Mapping[str, Any],
+    bp_codes: tuple[set[tuple[str, str]], set[tuple[str, str]], set[tuple[str, str]]],
+    gaps: Sequence[DataGap] = (),
+) -> PatientFacts:
+    patient = next(iter(_of_type(resources.get("patient", ()), "Patient")), None)
+    birth = parse_date(patient.get("birthDate")) if patient else None
+    selections = {s for s in _list(context.get("selections")) if isinstance(s, str)}
+    meds: list[MedicationFact] = []
+    draft_refs: set[str] = set()
+    for resource in draft_order_resources(context):
+        fact = medication_fact(
+            resource,
+            medications,
+            draft=True,
+            selected=f"MedicationRequest/{resource.get('id')}" in selections,
+        )
+        draft_refs.add(fact.source.reference())
+        meds.append(fact)
+    for key, resource_type in (
+        ("medicationRequests", "MedicationRequest"),
+        ("medicationStatements", "MedicationStatement"),
+    ):
+        for resource in _of_type(resources.get(key, ()), resource_type):
+            fact = medication_fact(resource, medications)
+            if fact.source.reference() not in draft_refs:  # a draft the EHR already saved is the draft
+                meds.append(fact)
+    conditions = tuple(condition_fact(r, birth) for r in _of_type(resources.get("conditions", ()), "Condition"))
+    allergies = tuple(allergy_fact(r) for r in _of_type(resources.get("allergies", ()), "AllergyIntolerance"))
+    panel, systolic, diastolic = bp_codes
+    readings = []
+    for resource in _of_type(resources.get("bloodPressure", ()), "Observation"):
+        reading = blood_pressure_fact(resource, panel, systolic, diastolic)
+        if reading is not None:
+            readings.append(reading)
+    return PatientFacts(
+        patient_ref=patient_ref,
+        birth_date=birth,
+        medications=tuple(meds),
+        conditions=conditions,
+        allergies=allergies,
+        blood_pressures=tuple(readings),
+        gaps=tuple(gaps),
+    )

@@ -1,0 +1,203 @@
+"""Load and cross-check every knowledge artifact once, at start-up.
+
+Services (hooks/), rules and site policy (rules/), value sets, code systems, tables and schemas
+(fhir_profiles/). Anything malformed or dangling (a rule naming a value set that does not exist, a
+placeholder no band can fill, an override reason nobody defined) raises ConfigError before the service
+answers a single request.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from jsonschema import Draft202012Validator
+
+from cds.cards import CardText, OverrideReason
+from cds.dosing import DosingVocabulary
+from cds.engine import EngineContext, StatusSemantics
+from cds.errors import ConfigError
+from cds.policy import SitePolicy, load_policy
+from cds.rules import Rule, load_rules
+from cds.terminology import Terminology
+
+# Values each fact kind can put into a band's text, besides the rule's own parameters.
+PLACEHOLDERS: Mapping[str, frozenset[str]] = {
+    "condition": frozenset({"product", "reference_date", "condition", "onset", "months_ago"}),
+    "allergy": frozenset({"product", "reference_date", "substance"}),
+    "medication": frozenset({"product", "reference_date", "medication", "total", "basis_unit"}),
+    "blood-pressure": frozenset({"product", "reference_date", "systolic", "diastolic", "reading_date"}),
+    "order": frozenset({"product", "reference_date"}),
+    "unreadable": frozenset({"product", "reference_date", "count", "categories"}),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceDefinition:
+    id: str
+    hook: str
+    prefetch: Mapping[str, str]
+    document: Mapping[str, Any]  # served verbatim by discovery
+
+
+@dataclass(frozen=True, slots=True)
+class Knowledge:
+    root: Path
+    services: Mapping[str, ServiceDefinition]
+    rules: tuple[Rule, ...]
+    policy: SitePolicy
+    terminology: Terminology
+    dosing: DosingVocabulary
+    statuses: StatusSemantics
+    card_text: CardText
+    override_reasons: Mapping[str, OverrideReason]
+    treatments: Mapping[str, str]  # product -> value set URL
+    interaction_valuesets: tuple[str, ...]
+    request_validator: Draft202012Validator
+    feedback_validator: Draft202012Validator
+    response_validator: Draft202012Validator
+    bp_codes: tuple[set[tuple[str, str]], set[tuple[str, str]], set[tuple[str, str]]]
+
+    def engine_context(self) -> EngineContext:
+        return EngineContext(
+            terminology=self.terminology,
+            dosing=self.dosing,
+            statuses=self.statuses,
+            policy=self.policy,
+            product_names=self.card_text.raw["products"],
+            treatment_valuesets=self.treatments,
+        )
+
+
+def knowledge_root() -> Path:
+    """Inside an installed wheel the knowledge sits in cds/_knowledge; in a checkout, at the repo top."""
+    packaged = Path(__file__).resolve().parent / "_knowledge"
+    if (packaged / "rules").is_dir():
+        return packaged
+    return Path(__file__).resolve().parent.parent
+
+
+def _json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cannot read {path.name}: {exc}") from exc
+
+
+def _validator(path: Path) -> Draft202012Validator:
+    schema = _json(path)
+    Draft202012Validator.check_schema(schema)
+    return Draft202012Validator(schema)
+
+
+def _services(root: Path) -> dict[str, ServiceDefinition]:
+    validator = _validator(root / "fhir_profiles" / "schemas" / "service-definition.schema.json")
+    services: dict[str, ServiceDefinition] = {}
+    for path in sorted((root / "hooks").glob("*.json")):
+        document = _json(path)
+        errors = list(validator.iter_errors(document))
+        if errors:
+            raise ConfigError(f"hooks/{path.name}: {errors[0].message}")
+        if document["id"] in services:
+            raise ConfigError(f"hooks/{path.name}: duplicate service id {document['id']}")
+        services[document["id"]] = ServiceDefinition(
+            id=document["id"], hook=document["hook"], prefetch=document.get("prefetch", {}), document=document
+        )
+    if not services:
+        raise ConfigError("no service definitions in hooks/")
+    return services
+
+
+def _override_reasons(root: Path) -> dict[str, OverrideReason]:
+    reasons: dict[str, OverrideReason] = {}
+    for path in sorted((root / "fhir_profiles" / "codesystems").glob("*.json")):
+        system = _json(path)
+        for concept in system.get("concept", []):
+            if concept["code"] in reasons:
+                raise ConfigError(f"override reason {concept['code']} defined twice")
+            reasons[concept["code"]] = OverrideReason(system["url"], concept["code"], concept["display"])
+    return reasons
+
+
+def _statuses(path: Path) -> StatusSemantics:
+    data = _json(path)
+    try:
+        return StatusSemantics(
+            statement_counts=frozenset(data["medication_statement_counts"]),
+            request_counts=frozenset(data["medication_request_counts"]),
+            request_intents=frozenset(data["medication_request_intents"]),
+            condition_active=frozenset(data["condition_active"]),
+            verification_excluded=frozenset(data["verification_excluded"]),
+            allergy_active=frozenset(data["allergy_active"]),
+        )
+    except KeyError as exc:
+        raise ConfigError(f"{path.name} lacks {exc}") from exc
+
+
+def load_knowledge(policy_file: str | None = None, root: Path | None = None) -> Knowledge:
+    root = root or knowledge_root()
+    profiles = root / "fhir_profiles"
+    terminology = Terminology.load(profiles)
+    dosing = DosingVocabulary.load(profiles / "tables" / "dosing-vocabulary.json")
+    override_reasons = _override_reasons(root)
+    card_text = CardText(yaml.safe_load((root / "rules" / "card-text.yaml").read_text(encoding="utf-8")))
+    for category, codes in card_text.raw["default_override_reasons"].items():
+        for code in codes:
+            if code not in override_reasons:
+                raise ConfigError(f"card-text.yaml: default override reason {code!r} ({category}) is undefined")
+    rules = load_rules(
+        root / "rules",
+        profiles / "schemas" / "rule.schema.json",
+        placeholders=PLACEHOLDERS,
+        valueset_known=terminology.known,
+        override_reason_known=override_reasons.__contains__,
+    )
+    policy = load_policy(
+        root / "rules" / "site-policy.yaml",
+        Path(policy_file) if policy_file else None,
+        profiles / "schemas" / "site-policy.schema.json",
+        rules,
+    )
+    treatments_doc = yaml.safe_load((root / "rules" / "_treatments.yaml").read_text(encoding="utf-8"))
+    treatments = {product: spec["valueset"] for product, spec in treatments_doc.items()}
+    for url in treatments.values():
+        if not terminology.known(url):
+            raise ConfigError(f"rules/_treatments.yaml names unknown value set {url}")
+    interaction_valuesets = tuple(
+        sorted(
+            {
+                url
+                for rule in rules
+                if rule.category == "interaction"
+                for url in ([*rule.dose.match] if rule.dose else []) + [u for b in rule.bands for u in b.match]
+            }
+        )
+    )
+    bp = terminology.blood_pressure_codes()
+    bp_codes = (
+        {(c.system or "", c.code or "") for c in bp.panel},
+        {(c.system or "", c.code or "") for c in bp.systolic},
+        {(c.system or "", c.code or "") for c in bp.diastolic},
+    )
+    schemas = profiles / "schemas"
+    return Knowledge(
+        root=root,
+        services=_services(root),
+        rules=rules,
+        policy=policy,
+        terminology=terminology,
+        dosing=dosing,
+        statuses=_statuses(profiles / "tables" / "status-semantics.json"),
+        card_text=card_text,
+        override_reasons=override_reasons,
+        treatments=treatments,
+        interaction_valuesets=interaction_valuesets,
+        request_validator=_validator(schemas / "hook-request.schema.json"),
+        feedback_validator=_validator(schemas / "feedback.schema.json"),
+        response_validator=_validator(schemas / "hook-response.schema.json"),
+        bp_codes=bp_codes,
+    )

@@ -1,0 +1,42 @@
+"""Structured JSON logs. Callers pass only safe fields: ids we mint, rule ids, counts, hashes.
+
+Nothing here inspects messages for secrets; the rule is that no caller ever logs a token, a JWT, a
+resource body, a patient id or a name in the first place (a test captures the whole suite's logs to
+check it).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from datetime import datetime, timezone
+from typing import Any
+
+SAFE_EXTRA = "fields"
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        payload: dict[str, Any] = {
+            "time": datetime.fromtimestamp(record.created, timezone.utc).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        fields = getattr(record, SAFE_EXTRA, None)
+        if isinstance(fields, dict):
+            payload.update(fields)
+        return json.dumps(payload, default=str, separators=(",", ":"))
+
+
+def configure(level: str) -> None:
+    root = logging.getLogger("cds")
+    if any(isinstance(h.formatter, JsonFormatter) for h in root.handlers):
+        root.setLevel(level.upper())
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter())
+    root.addHandler(handler)
+    root.setLevel(level.upper())
+    root.propagate = True

@@ -1,0 +1,270 @@
+"""Clinical rules as data: parse `rules/*.yaml`, validate against the rule schema, cross-check references.
+
+A rule file is the whole of one clinical check: which facts it reads, the bands (severity steps) it can
+reach, the site-policy parameters behind its thresholds, its card text and its citations. Python here only
+knows the *shape* of a rule; every clinical fact comes from the file.
+"""
+
+from __future__ import annotations
+
+import json
+import string
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from jsonschema import Draft202012Validator
+
+from cds.errors import ConfigError
+
+INDICATOR_RANK = {"info": 0, "warning": 1, "critical": 2}
+PRODUCTS = ("ketamine", "esketamine")
+
+
+@dataclass(frozen=True, slots=True)
+class Parameter:
+    name: str
+    default: Any
+    description: str
+    source: str
+    unit: str | None = None
+    allowed: tuple[Any, ...] | None = None
+    minimum: float | None = None
+    maximum: float | None = None
+    presets: Mapping[str, Any] | None = None
+
+    def check(self, value: Any, where: str) -> None:
+        """Reject a site value of the wrong type or outside the declared range."""
+        if isinstance(self.default, bool) != isinstance(value, bool) or (
+            isinstance(self.default, (int, float)) and not isinstance(value, (int, float))
+        ):
+            raise ConfigError(f"{where}: {self.name} must be like {self.default!r}, got {value!r}")
+        if isinstance(self.default, str) and not isinstance(value, str):
+            raise ConfigError(f"{where}: {self.name} must be text, got {value!r}")
+        if self.allowed is not None and value not in self.allowed:
+            raise ConfigError(f"{where}: {self.name} must be one of {list(self.allowed)}, got {value!r}")
+        if self.minimum is not None and isinstance(value, (int, float)) and value < self.minimum:
+            raise ConfigError(f"{where}: {self.name} must be at least {self.minimum}, got {value!r}")
+        if self.maximum is not None and isinstance(value, (int, float)) and value > self.maximum:
+            raise ConfigError(f"{where}: {self.name} must be at most {self.maximum}, got {value!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class Band:
+    id: str
+    facts: str
+    match: tuple[str, ...]
+    products: frozenset[str]
+    when: Mapping[str, Any]
+    indicator: str | None  # fixed indicator, or None when `indicator_param` names a parameter
+    indicator_param: str | None
+    summary: string.Template
+    detail: string.Template
+
+
+@dataclass(frozen=True, slots=True)
+class DoseSpec:
+    match: tuple[str, ...]
+    exclude: tuple[str, ...]
+    basis_param: str
+    equivalence_source_param: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Citation:
+    label: str
+    url: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    id: str
+    version: str
+    title: str
+    category: str
+    evidence_tier: str
+    clinical_status: str
+    parameters: Mapping[str, Parameter]
+    bands: tuple[Band, ...]
+    dose: DoseSpec | None
+    suggest_remove_order: frozenset[str]
+    override_reasons: tuple[str, ...]
+    citations: tuple[Citation, ...]
+    policy_note: str | None
+    when_then: str  # the plain-language comment that opens the file
+
+    def valuesets(self) -> set[str]:
+        urls = {url for band in self.bands for url in band.match}
+        if self.dose:
+            urls.update(self.dose.match)
+            urls.update(self.dose.exclude)
+        return urls
+
+
+def _load_schema(schema_path: Path) -> Draft202012Validator:
+    schema = json.loads(schema_path.read_text(encoding="utf-8"))
+    Draft202012Validator.check_schema(schema)
+    return Draft202012Validator(schema)
+
+
+def _leading_comment(text: str) -> str:
+    lines = []
+    for line in text.splitlines():
+        if not line.startswith("#"):
+            break
+        lines.append(line.lstrip("#").strip())
+    return " ".join(part for part in lines if part)
+
+
+def _template(text: str, where: str, names: Iterable[str]) -> string.Template:
+    template = string.Template(text)
+    if not template.is_valid():
+        raise ConfigError(f"{where}: invalid $placeholder syntax")
+    unknown = set(template.get_identifiers()) - set(names)
+    if unknown:
+        raise ConfigError(f"{where}: unknown placeholders {sorted(unknown)}")
+    return template
+
+
+def _parse_rule(
+    data: Mapping[str, Any], when_then: str, where: str, placeholders: Mapping[str, frozenset[str]]
+) -> Rule:
+    parameters = {
+        name: Parameter(
+            name=name,
+            default=spec["default"],
+            description=spec["description"],
+            source=spec["source"],
+            unit=spec.get("unit"),
+            allowed=tuple(spec["allowed"]) if "allowed" in spec else None,
+            minimum=spec.get("minimum"),
+            maximum=spec.get("maximum"),
+            presets=spec.get("presets"),
+        )
+        for name, spec in data.get("parameters", {}).items()
+    }
+    for parameter in parameters.values():
+        parameter.check(parameter.default, f"{where} default")
+        for preset, value in (parameter.presets or {}).items():
+            parameter.check(value, f"{where} preset {preset}")
+
+    def param(name: str, context: str) -> str:
+        if name not in parameters:
+            raise ConfigError(f"{where}: {context} names undeclared parameter {name!r}")
+        return name
+
+    rule_facts = data.get("facts")
+    bands = []
+    for raw in data["bands"]:
+        facts = raw.get("facts", rule_facts)
+        if facts is None:
+            raise ConfigError(f"{where}: band {raw['id']} has no facts kind (set it on the rule or band)")
+        if facts in {"condition", "allergy"} and not raw.get("match"):
+            raise ConfigError(f"{where}: band {raw['id']} reads {facts} facts but matches no value set")
+        when = dict(raw.get("when", {}))
+        for key, value in when.items():
+            if isinstance(value, str):
+                param(value, f"band {raw['id']} when.{key}")
+        indicator = raw["indicator"]
+        indicator_param = None
+        if isinstance(indicator, dict):
+            indicator_param = param(indicator["param"], f"band {raw['id']} indicator")
+            allowed = parameters[indicator_param].allowed or ()
+            if not set(allowed) <= set(INDICATOR_RANK):
+                raise ConfigError(f"{where}: parameter {indicator_param} must only allow card indicators")
+            indicator = None
+        names = placeholders[facts] | frozenset(parameters)
+        bands.append(
+            Band(
+                id=raw["id"],
+                facts=facts,
+                match=tuple(raw.get("match", ())),
+                products=frozenset(raw.get("products", PRODUCTS)),
+                when=when,
+                indicator=indicator,
+                indicator_param=indicator_param,
+                summary=_template(raw["summary"], f"{where} band {raw['id']} summary", names),
+                detail=_template(raw["detail"], f"{where} band {raw['id']} detail", names),
+            )
+        )
+    if len({band.id for band in bands}) != len(bands):
+        raise ConfigError(f"{where}: band ids must be unique")
+
+    dose = None
+    if "dose" in data:
+        spec = data["dose"]
+        dose = DoseSpec(
+            match=tuple(spec["match"]),
+            exclude=tuple(spec.get("exclude", ())),
+            basis_param=param(spec["basis"], "dose.basis"),
+            equivalence_source_param=(
+                param(spec["equivalence_source"], "dose.equivalence_source")
+                if "equivalence_source" in spec
+                else None
+            ),
+        )
+    needs_dose = {"total_above", "regular_use", "as_needed_only", "dose_unknown"}
+    if any(needs_dose & set(band.when) for band in bands) and dose is None:
+        raise ConfigError(f"{where}: dose bands need a `dose` block")
+
+    return Rule(
+        id=data["id"],
+        version=data["version"],
+        title=data["title"],
+        category=data["category"],
+        evidence_tier=data["evidence_tier"],
+        clinical_status=data.get("clinical_status", "active"),
+        parameters=parameters,
+        bands=tuple(bands),
+        dose=dose,
+        suggest_remove_order=frozenset(data.get("suggest_remove_order", ())),
+        override_reasons=tuple(data.get("override_reasons", ())),
+        citations=tuple(Citation(c["label"], c.get("url")) for c in data["citations"]),
+        policy_note=data.get("policy_note"),
+        when_then=when_then,
+    )
+
+
+def load_rules(
+    rules_dir: Path,
+    schema_path: Path,
+    *,
+    placeholders: Mapping[str, frozenset[str]],
+    valueset_known: Callable[[str], bool],
+    override_reason_known: Callable[[str], bool],
+) -> tuple[Rule, ...]:
+    """Every `rules/*.yaml` except files starting with `_` or named `site-policy*`; sorted by id."""
+    validator = _load_schema(schema_path)
+    rules: list[Rule] = []
+    for path in sorted(rules_dir.glob("*.yaml")):
+        if path.name.startswith(("_", "site-policy", "card-text")):
+            continue
+        where = f"rules/{path.name}"
+        text = path.read_text(encoding="utf-8")
+        when_then = _leading_comment(text)
+        if not (when_then.startswith("When") and " Then " in when_then):
+            raise ConfigError(f"{where}: must open with a plain-language '# When ... Then ...' comment")
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{where}: not valid YAML: {exc}") from exc
+        errors = sorted(validator.iter_errors(data), key=lambda e: list(e.absolute_path))
+        if errors:
+            first = errors[0]
+            location = "/".join(str(p) for p in first.absolute_path) or "(root)"
+            raise ConfigError(f"{where}: {location}: {first.message}")
+        rule = _parse_rule(data, when_then, where, placeholders)
+        if f"{rule.id}.yaml" != path.name:
+            raise ConfigError(f"{where}: file name must be the rule id ({rule.id}.yaml)")
+        for url in sorted(rule.valuesets()):
+            if not valueset_known(url):
+                raise ConfigError(f"{where}: unknown value set {url}")
+        for code in rule.override_reasons:
+            if not override_reason_known(code):
+                raise ConfigError(f"{where}: unknown override reason {code!r}")
+        rules.append(rule)
+    if not rules:
+        raise ConfigError(f"no rules found in {rules_dir}")
+    return tuple(sorted(rules, key=lambda r: r.id))

@@ -1,0 +1,122 @@
+"""One hook call, end to end, without HTTP: decide the situation, gather data, evaluate, render.
+
+Data is fetched only when the situation needs it: an order for an unrelated medicine needs nothing; an
+interacting medicine ordered outside a ketamine order needs the medication list (to see whether a
+course is running); a ketamine order or an open chart needs everything the rules read. Required data that
+cannot be obtained ends the call with 412 (raised by cds.prefetch), never with an empty screen.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import requests
+
+from cds.cards import render_cards
+from cds.config import Settings
+from cds.engine import FULL, INTERACTION, Finding, Situation, evaluate
+from cds.facts import build_facts
+from cds.fhir_client import FhirClient
+from cds.knowledge import Knowledge, ServiceDefinition
+from cds.model import PatientFacts
+from cds.prefetch import Gathered, gather
+from cds.situation import decide
+
+MEDICATION_KEYS = ("medicationStatements", "medicationRequests")
+FULL_SCREEN_KEYS = (*MEDICATION_KEYS, "conditions", "allergies", "bloodPressure")
+
+
+@dataclass(frozen=True, slots=True)
+class ScreenResult:
+    cards: list[dict[str, Any]]
+    findings: list[Finding]
+    situation: Situation
+    fetched: tuple[str, ...]
+    patient_ref: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Screener:
+    knowledge: Knowledge
+    settings: Settings
+    http: requests.Session
+    clock: Callable[[], datetime]
+    new_uuid: Callable[[], str] | None = None
+
+    def _client_factory(self, body: Mapping[str, Any], deadline: float) -> Callable[[], FhirClient | None]:
+        def factory() -> FhirClient | None:
+            base = body.get("fhirServer")
+            if not isinstance(base, str) or not base:
+                return None
+            auth = body.get("fhirAuthorization")
+            token = auth.get("access_token") if isinstance(auth, dict) else None
+            return FhirClient(base, session=self.http, access_token=token, settings=self.settings, deadline=deadline)
+
+        return factory
+
+    def _facts(self, gathered: Gathered, body: Mapping[str, Any], patient_ref: str | None) -> PatientFacts:
+        return build_facts(
+            patient_ref=patient_ref,
+            resources=gathered.resources,
+            medications=gathered.medications,
+            context=body.get("context", {}),
+            bp_codes=self.knowledge.bp_codes,
+        )
+
+    def screen(self, service: ServiceDefinition, body: Mapping[str, Any]) -> ScreenResult:
+        knowledge = self.knowledge
+        deadline = time.monotonic() + self.settings.fhir_time_budget_s
+        factory = self._client_factory(body, deadline)
+        context = body.get("context", {})
+        patient_id = context.get("patientId")
+        patient_ref = f"Patient/{patient_id}" if isinstance(patient_id, str) else None
+        today = self.clock().date()
+
+        def situation_for(gathered: Gathered, loaded: bool) -> tuple[Situation | None, PatientFacts]:
+            facts = self._facts(gathered, body, patient_ref)
+            found = decide(
+                hook=service.hook,
+                medications=facts.medications,
+                chart_loaded=loaded,
+                terminology=knowledge.terminology,
+                treatments=knowledge.treatments,
+                interaction_valuesets=knowledge.interaction_valuesets,
+                statuses=knowledge.statuses,
+                policy=knowledge.policy,
+                today=today,
+            )
+            return found, facts
+
+        # Draft orders first: they alone often settle that there is nothing to say.
+        gathered = gather(service.prefetch, body, (), client_factory=factory)
+        situation, facts = situation_for(gathered, loaded=False)
+        fetched: tuple[str, ...] = gathered.fetched
+        if situation is None or situation.mode == FULL:
+            keys = FULL_SCREEN_KEYS if situation is not None or service.hook == "patient-view" else MEDICATION_KEYS
+            gathered = gather(service.prefetch, body, keys, client_factory=factory)
+            fetched = gathered.fetched
+            situation, facts = situation_for(gathered, loaded=True)
+            if situation is not None and situation.mode == FULL and keys != FULL_SCREEN_KEYS:
+                gathered = gather(service.prefetch, body, FULL_SCREEN_KEYS, client_factory=factory)
+                fetched = gathered.fetched
+                situation, facts = situation_for(gathered, loaded=True)
+        assert situation is not None  # with the chart loaded, decide() always decides
+        findings = (
+            evaluate(knowledge.engine_context(), knowledge.rules, facts, situation)
+            if situation.mode in {FULL, INTERACTION}
+            else []
+        )
+        extra = {"new_uuid": self.new_uuid} if self.new_uuid else {}
+        cards = render_cards(
+            findings,
+            situation,
+            ctx=knowledge.engine_context(),
+            text=knowledge.card_text,
+            override_catalogue=knowledge.override_reasons,
+            **extra,
+        )
+        return ScreenResult(cards, findings, situation, fetched, patient_ref)
