@@ -1,0 +1,492 @@
+"""Value-set matching over every coding, ingredient and brand names, equivalents: both directions."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cds.errors import ConfigError
+from cds.model import Coding, Concept
+from cds.terminology import Terminology
+
+ROOT = Path(__file__).resolve().parents[1]
+PROFILES = ROOT / "fhir_profiles"
+BASE = "https://ketamine-cds.example.org/fhir/ValueSet/"
+RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
+SNOMED = "http://snomed.info/sct"
+ICD = "http://hl7.org/fhir/sid/icd-10-cm"
+LOINC = "http://loinc.org"
+
+BENZO = BASE + "benzodiazepine-medications"
+RESCUE = BASE + "benzodiazepine-rescue-procedural"
+KETAMINE = BASE + "ketamine-racemic-medications"
+ESKETAMINE = BASE + "esketamine-medications"
+SUBSTANCES = BASE + "ketamine-substances"
+MI_ACUTE = BASE + "mi-acute"
+MI_HISTORY = BASE + "mi-history"
+
+
+@pytest.fixture(scope="module")
+def term() -> Terminology:
+    return Terminology.load(PROFILES)
+
+
+def expansion_codes(set_id: str) -> set[tuple[str, str]]:
+    data = json.loads((PROFILES / "valuesets" / f"{set_id}.json").read_text(encoding="utf-8"))
+    return {(c["system"], c["code"]) for c in data["expansion"]["contains"]}
+
+
+def rx(code: str, display: str | None = None) -> Coding:
+    return Coding(RXNORM, code, display)
+
+
+def concept(*codings: Coding, text: str | None = None) -> Concept:
+    return Concept(codings=codings, text=text)
+
+
+# ------------------------------------------------------------------------------------- code matches
+
+
+def test_every_coding_is_examined_not_only_the_first(term: Terminology) -> None:
+    unrelated = Coding(SNOMED, "38341003", "Hypertensive disorder")
+    stemi = Coding(ICD, "I21.4", "Non-ST elevation (NSTEMI) myocardial infarction")
+    found = term.match(MI_ACUTE, concept(unrelated, stemi))
+    assert found is not None
+    assert (found.method, found.coding, found.term) == ("code", stemi, None)
+    assert found.valueset == MI_ACUTE
+    assert term.match(MI_ACUTE, concept(unrelated)) is None
+
+
+@pytest.mark.parametrize("code", ["I21.4", "I214", "i21.4", " I21.4 "])
+def test_icd_codes_compare_without_dots_and_case(term: Terminology, code: str) -> None:
+    found = term.match(MI_ACUTE, concept(Coding(ICD, code)))
+    assert found is not None
+    assert found.method == "code"
+
+
+def test_icd_subtree_code_not_listed_in_the_expansion_matches(term: Terminology) -> None:
+    assert (ICD, "I21.A3") not in expansion_codes("mi-acute")  # a future code under I21
+    assert term.match(MI_ACUTE, concept(Coding(ICD, "I21.A3"))) is not None
+    assert (ICD, "T41.295D") in expansion_codes("anaesthetic-allergy-history")
+    assert term.match(BASE + "anaesthetic-allergy-history", concept(Coding(ICD, "T41295D"))) is not None
+
+
+@pytest.mark.parametrize("code", ["I25.2", "I2", "I20.9", "I12.0"])
+def test_icd_codes_outside_the_subtrees_do_not_match(term: Terminology, code: str) -> None:
+    assert term.match(MI_ACUTE, concept(Coding(ICD, code))) is None
+
+
+def test_icd_filter_is_not_applied_to_other_code_systems(term: Terminology) -> None:
+    assert term.match(MI_ACUTE, concept(Coding(SNOMED, "I21"))) is None
+
+
+@pytest.mark.parametrize(
+    "system",
+    [
+        "urn:oid:2.16.840.1.113883.6.90",
+        "http://hl7.org/fhir/sid/icd-10-cm/",
+        "HTTP://HL7.ORG/fhir/sid/icd-10-cm",
+    ],
+)
+def test_icd_system_aliases(term: Terminology, system: str) -> None:
+    assert term.match(MI_ACUTE, concept(Coding(system, "I22.1"))) is not None
+
+
+@pytest.mark.parametrize(
+    "system",
+    [
+        "urn:oid:2.16.840.1.113883.6.88",
+        "http://www.nlm.nih.gov/research/umls/rxnorm/",
+        "https://www.nlm.nih.gov/research/umls/rxnorm",
+    ],
+)
+def test_rxnorm_system_aliases(term: Terminology, system: str) -> None:
+    found = term.match(BENZO, concept(Coding(system, "197591")))  # diazepam 5 MG Oral Tablet
+    assert found is not None
+    assert found.method == "code"
+
+
+def test_snomed_oid_alias(term: Terminology) -> None:
+    assert term.match(MI_ACUTE, concept(Coding("urn:oid:2.16.840.1.113883.6.96", "22298006"))) is not None
+
+
+def test_same_code_in_another_system_does_not_match(term: Terminology) -> None:
+    assert term.match(BENZO, concept(Coding("http://hl7.org/fhir/sid/ndc", "197591"))) is None
+    assert term.match(BENZO, concept(Coding(None, "197591"))) is None
+    assert term.match(BENZO, concept(Coding(RXNORM, None))) is None
+
+
+def test_synthea_condition_codes(term: Terminology) -> None:
+    mi = concept(Coding(SNOMED, "22298006", "Myocardial infarction (disorder)"))
+    history = concept(Coding(SNOMED, "399211009", "History of myocardial infarction (situation)"))
+    stroke = concept(Coding(SNOMED, "230690007", "Cerebrovascular accident (disorder)"))
+    assert term.match(MI_ACUTE, mi) is not None
+    assert term.match(MI_HISTORY, mi) is None
+    assert term.match(MI_HISTORY, history) is not None
+    assert term.match(MI_ACUTE, history) is None
+    assert term.match(BASE + "stroke", stroke) is not None
+    assert term.match(BASE + "seizure-disorder", concept(Coding(SNOMED, "84757009"))) is not None
+    assert term.match(BASE + "seizure-disorder", stroke) is None
+
+
+def test_condition_sets_never_match_by_name(term: Terminology) -> None:
+    assert term.match(MI_ACUTE, concept(text="myocardial infarction")) is None
+
+
+def test_substance_use_excludes_nicotine_and_ketamine_use_is_its_own_set(term: Terminology) -> None:
+    sud = BASE + "substance-use-disorder"
+    ketamine_use = BASE + "ketamine-use-disorder"
+    assert term.match(sud, concept(Coding(ICD, "F17.210"))) is None
+    assert term.match(sud, concept(Coding(ICD, "F10.20"))) is not None
+    assert term.match(ketamine_use, concept(Coding(SNOMED, "724713006"))) is not None
+    assert term.match(ketamine_use, concept(Coding(ICD, "F16.20"))) is not None
+    assert term.match(ketamine_use, concept(Coding(ICD, "F10.20"))) is None
+
+
+def test_psychosis_block_is_expanded_into_categories(term: Terminology) -> None:
+    psychosis = BASE + "psychotic-disorder"
+    assert term.match(psychosis, concept(Coding(ICD, "F25.0"))) is not None
+    assert term.match(psychosis, concept(Coding(ICD, "F32.3"))) is not None
+    assert term.match(psychosis, concept(Coding(ICD, "F32.2"))) is None  # severe, without psychosis
+
+
+def test_hypertensive_crisis_is_only_i16(term: Terminology) -> None:
+    crisis = BASE + "hypertensive-crisis"
+    assert term.match(crisis, concept(Coding(ICD, "I16.1"))) is not None
+    assert term.match(crisis, concept(Coding(ICD, "I10"))) is None
+
+
+# ------------------------------------------------------------------------------ ingredients and names
+
+
+def test_synthea_clonazepam_is_found_by_name(term: Terminology) -> None:
+    coding = rx("204892", "clonazePAM 0.25 MG Oral Tablet")
+    assert (RXNORM, "204892") not in expansion_codes("benzodiazepine-medications")
+    found = term.match(BENZO, concept(coding))
+    assert found is not None
+    assert (found.method, found.term, found.coding) == ("name", "clonazepam", None)
+    assert term.ingredients(concept(coding)) == ("clonazepam",)
+
+
+def test_brand_only_text(term: Terminology) -> None:
+    klonopin = concept(text="Klonopin 1 mg")
+    found = term.match(BENZO, klonopin)
+    assert found is not None
+    assert (found.method, found.term) == ("name", "klonopin")
+    assert term.ingredients(klonopin) == ("clonazepam",)
+    assert term.match(BASE + "lamotrigine-medications", klonopin) is None
+
+
+def test_name_in_a_later_display(term: Terminology) -> None:
+    found = term.match(
+        BENZO, concept(Coding("urn:example:local", "X1", "house formulary 17"), rx("1", "LORazepam"))
+    )
+    assert found is not None
+    assert found.term == "lorazepam"
+
+
+def test_ingredient_code_matches_and_code_takes_precedence(term: Terminology) -> None:
+    clonazepam_in = rx("2598", "clonazepam")
+    found = term.match(BENZO, concept(clonazepam_in))
+    assert found is not None
+    assert (found.method, found.coding) == ("ingredient-code", clonazepam_in)
+    product = rx("197591", "diazepam 5 MG Oral Tablet")
+    found = term.match(BENZO, concept(clonazepam_in, product))
+    assert found is not None
+    assert (found.method, found.coding) == ("code", product)
+    found = term.match(BENZO, concept(clonazepam_in, text="clonazepam"))
+    assert found is not None
+    assert found.method == "ingredient-code"
+    assert term.match(BASE + "lamotrigine-medications", concept(clonazepam_in)) is None
+    lamotrigine_in = rx("28439")
+    found = term.match(BASE + "lamotrigine-medications", concept(lamotrigine_in))
+    assert found is not None
+    assert found.method == "ingredient-code"
+
+
+def test_z_drugs_are_not_benzodiazepines(term: Terminology) -> None:
+    assert term.match(BENZO, concept(rx("39993", "zolpidem"), text="zolpidem 10 mg at night")) is None
+    assert term.match(BENZO, concept(text="Ambien 5 mg")) is None
+    assert "zolpidem" not in term.valueset_ingredients(BENZO)
+
+
+def test_esketamine_is_not_racemic_ketamine(term: Terminology) -> None:
+    spravato = concept(rx("2201625", "esketamine Nasal Spray [Spravato]"))
+    assert term.match(KETAMINE, spravato) is None
+    assert term.match(KETAMINE, concept(text="esketamine 56 mg intranasal")) is None
+    assert term.match(KETAMINE, concept(text="Spravato 84 mg")) is None
+    found = term.match(ESKETAMINE, spravato)
+    assert found is not None
+    assert found.method == "code"
+    found = term.match(ESKETAMINE, concept(text="Spravato 84 mg"))
+    assert found is not None
+    assert found.term == "spravato"
+    assert term.ingredients(spravato) == ("esketamine",)
+
+
+def test_ketamine_is_not_esketamine(term: Terminology) -> None:
+    ketamine_text = concept(text="Ketamine 0.5 mg/kg IV over 40 minutes")
+    assert term.match(ESKETAMINE, ketamine_text) is None
+    assert term.match(ESKETAMINE, concept(rx("6130", "ketamine"))) is None
+    found = term.match(KETAMINE, ketamine_text)
+    assert found is not None
+    assert (found.method, found.term) == ("name", "ketamine")
+    found = term.match(KETAMINE, concept(text="KETALAR 500 mg/10 mL"))
+    assert found is not None
+    assert found.term == "ketalar"
+    assert term.ingredients(ketamine_text) == ("ketamine",)
+
+
+def test_ketamine_allergy_substances(term: Terminology) -> None:
+    assert term.match(SUBSTANCES, concept(Coding(SNOMED, "373464007", "Ketamine (substance)"))) is not None
+    assert term.match(SUBSTANCES, concept(rx("6130"))) is not None
+    for text in ("ketamine", "Esketamine", "Spravato", "Ketalar"):
+        assert term.match(SUBSTANCES, concept(text=text)) is not None, text
+    assert term.match(SUBSTANCES, concept(Coding(SNOMED, "373476007", "Midazolam (substance)"))) is None
+    assert term.match(SUBSTANCES, concept(text="penicillin")) is None
+
+
+def test_multi_ingredient_product_gives_every_ingredient(term: Terminology) -> None:
+    display = "amitriptyline hydrochloride 12.5 MG / chlordiazepoxide 5 MG Oral Tablet"
+    assert term.ingredients(concept(rx("856769", display))) == ("amitriptyline", "chlordiazepoxide")
+    assert term.ingredients(concept(rx("856769"))) == ("amitriptyline", "chlordiazepoxide")  # from the set
+    assert term.ingredients(concept(text="Lybalvi 10 mg/10 mg")) == ("olanzapine", "samidorphan")
+    assert term.ingredients(concept(rx("2598"))) == ("clonazepam",)
+    assert term.ingredients(concept(text="paracetamol 500 mg")) == ()
+
+
+def test_word_boundaries(term: Terminology) -> None:
+    assert (
+        term.match(BASE + "psychostimulant-medications", concept(text="dextroamphetamine 5 mg")) is not None
+    )
+    assert term.ingredients(concept(text="dextroamphetamine 5 mg")) == ("dextroamphetamine",)
+    assert term.ingredients(concept(text="lisdexamfetamine 30 mg")) == ("lisdexamfetamine",)
+    assert term.ingredients(concept(text="armodafinil 150 mg")) == ("armodafinil",)
+    assert term.ingredients(concept(text="Xanax XR 1 mg")) == ("alprazolam",)
+
+
+def test_rescue_and_procedural_benzodiazepines(term: Terminology) -> None:
+    valtoco = concept(rx("2272619", "diazepam 100 MG/ML Nasal Spray [Valtoco]"))
+    oral = concept(rx("197591", "Diazepam 5 MG Oral Tablet"))
+    assert term.match(RESCUE, valtoco) is not None
+    assert term.match(BENZO, valtoco) is not None
+    assert term.match(RESCUE, oral) is None
+    assert term.match(BENZO, oral) is not None
+    assert term.match(RESCUE, concept(text="Valtoco 10 mg")) is not None
+    assert term.match(RESCUE, concept(text="midazolam 2 mg IV")) is not None
+    assert term.match(RESCUE, concept(text="diazepam 5 mg tablet")) is None
+
+
+def test_antipsychotic_sets_split_cleanly(term: Terminology) -> None:
+    risp_olanz = BASE + "risperidone-olanzapine-medications"
+    other = BASE + "other-antipsychotic-medications"
+    naltrexone = BASE + "naltrexone-medications"
+    quetiapine = concept(rx("312743", "quetiapine 100 MG Oral Tablet"))
+    assert term.match(other, quetiapine) is not None
+    assert term.match(risp_olanz, quetiapine) is None
+    lybalvi = concept(text="Lybalvi")
+    assert term.match(risp_olanz, lybalvi) is not None
+    assert term.match(naltrexone, lybalvi) is not None
+    assert term.match(other, lybalvi) is None
+    assert term.match(other, concept(text="risperidone 2 mg")) is None
+    assert term.match(naltrexone, concept(text="Vivitrol 380 mg")) is not None
+    assert term.match(naltrexone, concept(text="naloxone 0.4 mg")) is None
+
+
+def test_theophylline_and_stimulants(term: Terminology) -> None:
+    assert term.match(BASE + "theophylline-medications", concept(text="Theo-24 300 mg")) is not None
+    found = term.match(BASE + "theophylline-medications", concept(rx("689")))
+    assert found is not None
+    assert found.method == "code"
+    stimulants = BASE + "psychostimulant-medications"
+    assert term.match(stimulants, concept(text="Focalin XR 10 mg")) is not None
+    assert term.match(stimulants, concept(rx("6901"))) is not None
+    assert term.match(stimulants, concept(text="topiramate 50 mg")) is None
+
+
+def test_valueset_ingredients(term: Terminology) -> None:
+    assert term.valueset_ingredients(KETAMINE) == frozenset({"ketamine"})
+    assert term.valueset_ingredients(SUBSTANCES) == frozenset({"ketamine", "esketamine"})
+    assert term.valueset_ingredients(MI_ACUTE) == frozenset()
+    assert {"clonazepam", "alprazolam", "midazolam"} <= term.valueset_ingredients(BENZO)
+
+
+# ------------------------------------------------------------------------------ tables and lookups
+
+
+def test_diazepam_equivalents(term: Terminology) -> None:
+    assert term.diazepam_mg_equivalent("clonazepam", "ashton") == 0.5
+    assert term.diazepam_mg_equivalent("clonazepam", "va_dod") == 1.0
+    assert term.diazepam_mg_equivalent("Clonazepam", "ashton") == 0.5
+    assert term.diazepam_mg_equivalent("bromazepam", "ashton") == 5.5  # midpoint of 5-6
+    assert term.diazepam_mg_equivalent("bromazepam", "va_dod") is None
+    assert term.diazepam_mg_equivalent("lorazepam", "va_dod") == 2.0
+    assert term.diazepam_mg_equivalent("midazolam", "ashton") is None
+    assert term.diazepam_mg_equivalent("lamotrigine", "ashton") is None
+    with pytest.raises(ConfigError):
+        term.diazepam_mg_equivalent("clonazepam", "who")
+
+
+def test_blood_pressure_codes(term: Terminology) -> None:
+    codes = term.blood_pressure_codes()
+    assert (codes.panel[0].system, codes.panel[0].code) == (LOINC, "85354-9")
+    assert (codes.systolic[0].system, codes.systolic[0].code) == (LOINC, "8480-6")
+    assert (codes.diastolic[0].system, codes.diastolic[0].code) == (LOINC, "8462-4")
+    assert codes.systolic[0].display == "Systolic blood pressure"
+    systolic_pairs = {(c.system, c.code) for c in codes.systolic}
+    assert ("urn:oid:2.16.840.1.113883.6.1", "8480-6") in systolic_pairs  # the OID alias, for raw comparison
+    assert {c.code for c in codes.panel} == {"85354-9"}
+    assert not systolic_pairs & {(c.system, c.code) for c in codes.diastolic}
+    bp = BASE + "blood-pressure-observations"
+    assert term.match(bp, concept(Coding("urn:oid:2.16.840.1.113883.6.1", "8480-6"))) is not None
+    assert term.match(bp, concept(Coding(LOINC, "8867-4"))) is None  # heart rate
+
+
+def test_unknown_value_set_is_a_config_error(term: Terminology) -> None:
+    assert not term.known(BASE + "no-such-set")
+    assert term.known(MI_ACUTE)
+    assert term.known(MI_ACUTE + "|1.0")
+    assert MI_ACUTE in term.urls()
+    assert term.title(MI_ACUTE) == "Myocardial infarction (acute or recent)"
+    with pytest.raises(ConfigError):
+        term.match(BASE + "no-such-set", concept(text="x"))
+    with pytest.raises(ConfigError):
+        term.title(BASE + "no-such-set")
+
+
+def test_coding_key(term: Terminology) -> None:
+    assert term.coding_key(Coding("urn:oid:2.16.840.1.113883.6.90", "i21.4")) == (ICD, "I214")
+    assert term.coding_key(Coding("http://example.org/unknown", "1")) is None
+
+
+def test_code_match_is_fast(term: Terminology) -> None:
+    hit = concept(Coding(SNOMED, "38341003"), Coding(ICD, "I21.4"))
+    term.match(MI_ACUTE, hit)
+    rounds = 20_000
+    start = time.perf_counter()
+    for _ in range(rounds):
+        term.match(MI_ACUTE, hit)
+    per_call = (time.perf_counter() - start) / rounds
+    assert per_call < 50e-6, f"{per_call * 1e6:.1f} us per match"  # about 3 us on a developer machine
+
+
+# ------------------------------------------------------------------------------------ load errors
+
+
+@pytest.fixture
+def profiles_copy(tmp_path: Path) -> Path:
+    target = tmp_path / "fhir_profiles"
+    (target / "tables").mkdir(parents=True)
+    shutil.copytree(PROFILES / "valuesets", target / "valuesets")
+    for name in (
+        "ingredients.json",
+        "code-systems.json",
+        "diazepam-equivalence.json",
+        "blood-pressure-codes.json",
+    ):
+        shutil.copy(PROFILES / "tables" / name, target / "tables" / name)
+    return target
+
+
+def edit(path: Path, change: Callable[[Any], None]) -> None:
+    data = json.loads(path.read_text(encoding="utf-8"))
+    change(data)
+    path.write_text(json.dumps(data), encoding="utf-8")
+
+
+def test_copy_loads(profiles_copy: Path) -> None:
+    assert Terminology.load(profiles_copy).known(MI_ACUTE)
+
+
+def _set_op(data: Any) -> None:
+    data["compose"]["include"][-1]["filter"][0]["op"] = "descendent-of"
+
+
+def _unknown_system(data: Any) -> None:
+    data["expansion"]["contains"][0]["system"] = "http://example.org/unknown"
+
+
+def _empty_expansion(data: Any) -> None:
+    data["expansion"]["contains"] = []
+
+
+def _compose_not_expanded(data: Any) -> None:
+    data["compose"]["include"][0]["concept"].append({"code": "99999999"})
+
+
+def _no_title(data: Any) -> None:
+    del data["title"]
+
+
+def _unknown_brand(data: Any) -> None:
+    data["extension"].append(
+        {
+            "url": "https://ketamine-cds.example.org/fhir/StructureDefinition/match-brand",
+            "valueString": "Nope",
+        }
+    )
+
+
+@pytest.mark.parametrize(
+    ("file", "change"),
+    [
+        ("mi-acute.json", _set_op),
+        ("mi-acute.json", _unknown_system),
+        ("mi-acute.json", _empty_expansion),
+        ("benzodiazepine-medications.json", _compose_not_expanded),
+        ("pregnancy.json", _no_title),
+        ("benzodiazepine-medications.json", _unknown_brand),
+    ],
+)
+def test_malformed_value_sets_stop_loading(
+    profiles_copy: Path, file: str, change: Callable[[Any], None]
+) -> None:
+    edit(profiles_copy / "valuesets" / file, change)
+    with pytest.raises(ConfigError, match=re.escape(file)):
+        Terminology.load(profiles_copy)
+
+
+def test_duplicate_url_stops_loading(profiles_copy: Path) -> None:
+    shutil.copy(profiles_copy / "valuesets" / "mi-acute.json", profiles_copy / "valuesets" / "zz-copy.json")
+    with pytest.raises(ConfigError, match="two value sets"):
+        Terminology.load(profiles_copy)
+
+
+def test_broken_json_and_missing_tables_stop_loading(profiles_copy: Path) -> None:
+    (profiles_copy / "valuesets" / "stroke.json").write_text("{not json", encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"stroke\.json"):
+        Terminology.load(profiles_copy)
+    (profiles_copy / "tables" / "code-systems.json").unlink()
+    with pytest.raises(ConfigError, match=r"code-systems\.json"):
+        Terminology.load(profiles_copy)
+
+
+def test_bad_tables_stop_loading(profiles_copy: Path) -> None:
+    edit(
+        profiles_copy / "tables" / "diazepam-equivalence.json",
+        lambda d: d["ingredients"]["clonazepam"].update(ashton="half"),
+    )
+    with pytest.raises(ConfigError, match="clonazepam"):
+        Terminology.load(profiles_copy)
+
+
+def test_brand_of_unknown_ingredient_stops_loading(profiles_copy: Path) -> None:
+    edit(profiles_copy / "tables" / "ingredients.json", lambda d: d["brands"].update(Foo=["nothing"]))
+    with pytest.raises(ConfigError, match="Foo"):
+        Terminology.load(profiles_copy)
+
+
+def test_ambiguous_alias_stops_loading(profiles_copy: Path) -> None:
+    def clash(data: Any) -> None:
+        data["systems"]["http://loinc.org"]["aliases"].append("urn:oid:2.16.840.1.113883.6.96")
+
+    edit(profiles_copy / "tables" / "code-systems.json", clash)
+    with pytest.raises(ConfigError, match="two code systems"):
+        Terminology.load(profiles_copy)
