@@ -12,7 +12,7 @@ import logging
 import time
 import uuid as uuid_module
 from collections.abc import Iterable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from flask import Blueprint, Response, current_app, g, request
@@ -29,6 +29,7 @@ from cds.errors import (
     UnsupportedMedia,
     operation_outcome,
 )
+from cds.report import render_report
 from cds.runtime import Runtime
 from cds.store import FeedbackItem
 
@@ -91,13 +92,18 @@ def _read_json(validator: Draft202012Validator) -> dict[str, Any]:
         message = exc.msg if isinstance(exc, json.JSONDecodeError) else "nesting too deep"
         raise BadRequest(f"the request body is not valid JSON: {message}") from None
     if not isinstance(body, dict):
-        raise BadRequest("the request body must be a JSON object", issues=[Issue("invalid", "expected an object", "$")])
+        raise BadRequest(
+            "the request body must be a JSON object", issues=[Issue("invalid", "expected an object", "$")]
+        )
     if _depth_exceeds(body, rt.settings.max_json_depth):
         raise BadRequest(f"the request body is nested deeper than {rt.settings.max_json_depth} levels")
-    errors = sorted(validator.iter_errors(body), key=lambda e: (len(e.absolute_path), list(map(str, e.absolute_path))))
+    errors = sorted(
+        validator.iter_errors(body), key=lambda e: (len(e.absolute_path), list(map(str, e.absolute_path)))
+    )
     if errors:
         issues = [
-            Issue("structure", _schema_message(error), _json_path(error.absolute_path)) for error in errors[:10]
+            Issue("structure", _schema_message(error), _json_path(error.absolute_path))
+            for error in errors[:10]
         ]
         raise BadRequest("the request does not match the CDS Hooks 2.0 schema", issues=issues)
     return body
@@ -168,7 +174,7 @@ def feedback(service_id: str) -> Response:
     if service_id not in rt.knowledge.services:
         raise NotFound(f"no CDS service with id {service_id!r}")
     body = _read_json(rt.knowledge.feedback_validator)
-    received = datetime.now(timezone.utc)
+    received = datetime.now(UTC)
     items = []
     for entry in body["feedback"]:
         reason = (entry.get("overrideReason") or {}).get("reason") or {}
@@ -216,11 +222,11 @@ def analytics() -> Response:
     since = None
     if since_raw:
         try:
-            since = datetime.fromisoformat(since_raw).replace(tzinfo=timezone.utc)
+            since = datetime.fromisoformat(since_raw).replace(tzinfo=UTC)
         except ValueError:
-            raise BadRequest("since must be an ISO date", issues=[Issue("value", "not a date", "since")]) from None
-    from cds.report import render_report
-
+            raise BadRequest(
+                "since must be an ISO date", issues=[Issue("value", "not a date", "since")]
+            ) from None
     return Response(render_report(rt.store.report(since), "json"), content_type=JSON)
 
 

@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from cds.engine import Finding, Hit, Situation, product_text, EngineContext
+from cds.engine import EngineContext, Finding, Hit, Situation, product_text
 from cds.policy import DEFAULT_ORIGIN, SITE_ORIGIN
 from cds.rules import Rule
 
@@ -73,7 +73,7 @@ def _record_line(text: CardText, hit: Hit, policy_values: Mapping[str, str]) -> 
     return text.fill(
         text.t("record"),
         reference=hit.source.reference(),
-        label=hit.label or text.t("unlabelled"),
+        label=hit.label or text.raw["resource_labels"].get(hit.source.resource_type, text.t("unlabelled")),
         coding=coding,
         date=date,
         figures=figures,
@@ -129,7 +129,9 @@ def _detail(text: CardText, ctx: EngineContext, finding: Finding, situation: Sit
         finding.band.when
     ):
         key = "order" if situation.reference_from_order else "today"
-        policy.append("- " + text.fill(text.t("reference_date", key), date=situation.reference_date.isoformat()))
+        policy.append(
+            "- " + text.fill(text.t("reference_date", key), date=situation.reference_date.isoformat())
+        )
     if finding.rule.policy_note:
         policy.append("- " + finding.rule.policy_note.strip())
     if policy:
@@ -137,9 +139,7 @@ def _detail(text: CardText, ctx: EngineContext, finding: Finding, situation: Sit
         parts.append("\n".join(policy))
     parts.append(text.t("headings", "sources"))
     parts.append(
-        "\n".join(
-            f"- [{c.label}]({c.url})" if c.url else f"- {c.label}" for c in finding.rule.citations
-        )
+        "\n".join(f"- [{c.label}]({c.url})" if c.url else f"- {c.label}" for c in finding.rule.citations)
     )
     parts.append(
         text.fill(
@@ -157,7 +157,8 @@ def _override_reasons(
 ) -> list[dict[str, str]]:
     codes = rule.override_reasons or tuple(text.raw["default_override_reasons"][rule.category])
     return [
-        {"system": catalogue[c].system, "code": catalogue[c].code, "display": catalogue[c].display} for c in codes
+        {"system": catalogue[c].system, "code": catalogue[c].code, "display": catalogue[c].display}
+        for c in codes
     ]
 
 
@@ -201,7 +202,9 @@ def render_cards(
                     "actions": [
                         {
                             "type": "delete",
-                            "description": text.fill(text.t("suggestion_remove_order_action"), product=product),
+                            "description": text.fill(
+                                text.t("suggestion_remove_order_action"), product=product
+                            ),
                             "resourceId": order.source.reference(),
                         }
                         for order in situation.ketamine_orders

@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
-from datetime import date, datetime, time, timezone
+from datetime import UTC, date, datetime, time
 from pathlib import Path
 from typing import Any
 
@@ -64,13 +64,15 @@ def _screen(args: argparse.Namespace) -> int:
     errors = list(knowledge.request_validator.iter_errors(body))
     if errors:
         path = "$" + "".join(f".{p}" for p in errors[0].absolute_path)
-        raise BadRequest("request does not match the schema", issues=[Issue("structure", errors[0].message, path)])
+        raise BadRequest(
+            "request does not match the schema", issues=[Issue("structure", errors[0].message, path)]
+        )
     service = next((s for s in knowledge.services.values() if s.hook == body["hook"]), None)
     if service is None:
         raise BadRequest(f"no service for hook {body['hook']!r}")
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     if args.now:
-        now = datetime.combine(date.fromisoformat(args.now), time(12, 0), tzinfo=timezone.utc)
+        now = datetime.combine(date.fromisoformat(args.now), time(12, 0), tzinfo=UTC)
     screener = Screener(knowledge, settings, requests.Session(), lambda: now)
     result = screener.screen(service, body)
     json.dump({"cards": result.cards}, sys.stdout, indent=2)
@@ -85,7 +87,7 @@ def _report(args: argparse.Namespace) -> int:
     settings = load_settings(overrides={"dev_mode": True})
     store = Store.open(settings.database_url)
     store.migrate()
-    since = datetime.fromisoformat(args.since).replace(tzinfo=timezone.utc) if args.since else None
+    since = datetime.fromisoformat(args.since).replace(tzinfo=UTC) if args.since else None
     text = render_report(store.report(since), args.format)
     if args.output:
         Path(args.output).write_text(text, encoding="utf-8")
@@ -110,7 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=8080)
     serve.add_argument("--workers", type=int)
     serve.add_argument(
-        "--dev", action="store_true", help="development mode: no client authentication, plain-http FHIR allowed"
+        "--dev",
+        action="store_true",
+        help="development mode: no client authentication, plain-http FHIR allowed",
     )
     serve.set_defaults(func=_serve)
     screen = sub.add_parser("screen", help="screen one CDS Hooks request offline and print the cards")

@@ -93,6 +93,7 @@ class EngineContext:
     statuses: StatusSemantics
     policy: SitePolicy
     product_names: Mapping[str, str]  # "ketamine" -> "ketamine infusion"; "both" -> "..."
+    dose_units: Mapping[str, str]  # dose basis -> how a total is written ("mg/day diazepam-equivalent")
     treatment_valuesets: Mapping[str, str]  # product -> value set URL
 
 
@@ -219,7 +220,7 @@ def _condition_band_hits(
         window = _param(ctx, rule, when["onset_before_months"])
         if when_date is None or when_date >= months_before(ref, window):
             return None
-    notes = ("recorded-date-fallback",) if basis == "recorded" and when_date else ()
+    notes: tuple[str, ...] = ("recorded-date-fallback",) if basis == "recorded" and when_date else ()
     if fact.unreadable:
         notes += ("unreadable",)
     return Hit(
@@ -252,9 +253,7 @@ def _allergy_hit(ctx: EngineContext, band: Band, fact: AllergyFact) -> Hit | Non
     )
 
 
-def _medication_hit(
-    ctx: EngineContext, band: Band, med: MedicationFact, situation: Situation
-) -> Hit | None:
+def _medication_hit(ctx: EngineContext, band: Band, med: MedicationFact, situation: Situation) -> Hit | None:
     found = _first_match(ctx, band.match, (med.concept,))
     if found is None:
         return None
@@ -302,7 +301,7 @@ def _dose_summary(
     class_ingredients: set[str] = set()
     for url in spec.match:
         class_ingredients |= ctx.terminology.valueset_ingredients(url)
-    summary = _DoseSummary(unit=str(ctx.policy.param(rule.id, spec.basis_param).value))
+    summary = _DoseSummary(unit=ctx.dose_units.get(str(basis), str(basis)))
     matched: list[tuple[MedicationFact, TermMatch]] = []
     for med in meds:
         found = _first_match(ctx, spec.match, (med.concept,))
@@ -310,7 +309,7 @@ def _dose_summary(
             matched.append((med, found))
     kept, _dropped = _dedupe([med for med, _ in matched])
     kept_refs = {med.source for med in kept}
-    seen_therapies: set[tuple[str, str, str]] = set()
+    seen_therapies: set[tuple[str, str, str | None]] = set()
     sources: set[SourceRef] = set()
     for med, found in matched:
         if med.source not in kept_refs:
@@ -375,7 +374,7 @@ def _with(hit: Hit, **changes: Any) -> Hit:
 
 def _latest_bp(facts: Sequence[BloodPressureFact]) -> BloodPressureFact | None:
     dated = [bp for bp in facts if bp.taken is not None and (bp.systolic or bp.diastolic)]
-    return max(dated, key=lambda bp: bp.taken or 0) if dated else None  # type: ignore[arg-type,return-value]
+    return max(dated, key=lambda bp: bp.taken.timestamp() if bp.taken else 0.0) if dated else None
 
 
 # ------------------------------------------------------------------------------------------- the rule
@@ -385,104 +384,131 @@ def _counted_meds(facts: PatientFacts, ctx: EngineContext) -> list[MedicationFac
     return [m for m in facts.medications if m.unreadable is None and medication_counts(m, ctx.statuses)]
 
 
-def _evaluate_band(
-    ctx: EngineContext,
-    rule: Rule,
-    band: Band,
-    facts: PatientFacts,
-    situation: Situation,
-    claimed: set[SourceRef],
-    dose_cache: dict[str, tuple[_DoseSummary, set[SourceRef]]],
-) -> _BandResult | None:
-    if not band.products & situation.products:
-        return None
-    enabled = band.when.get("enabled")
-    if enabled is not None and not _param(ctx, rule, enabled):
-        return None
-    result = _BandResult(band)
-    if band.facts == "condition":
-        for fact in facts.conditions:
-            if fact.source in claimed or not _condition_counts(fact, rule, ctx.statuses):
-                continue
-            hit = _condition_band_hits(ctx, rule, band, fact, situation)
-            if hit:
-                result.hits.append(hit)
-    elif band.facts == "allergy":
-        for allergy in facts.allergies:
-            if allergy.source in claimed or not _allergy_counts(allergy, ctx.statuses):
-                continue
-            hit = _allergy_hit(ctx, band, allergy)
-            if hit:
-                result.hits.append(hit)
-    elif band.facts == "medication":
-        meds = _counted_meds(facts, ctx)
-        if rule.dose is not None and set(band.when) & {
-            "total_above",
-            "regular_use",
-            "as_needed_only",
-            "dose_unknown",
-        }:
-            if rule.id not in dose_cache:
-                dose_cache[rule.id] = _dose_summary(ctx, rule, meds, situation)
-            summary, _ = dose_cache[rule.id]
-            if not _dose_band_holds(ctx, rule, band, summary):
-                return None
-            result.hits = [*summary.regular, *summary.unknown, *summary.as_needed, *summary.excluded]
-            result.values.update(
-                total=fmt_number(summary.regular_total),
-                basis_unit=summary.unit,
-            )
-        else:
-            _dose_merged, _ = _dedupe(meds)
-            for med in _dose_merged:
-                if med.source in claimed:
-                    continue
-                hit = _medication_hit(ctx, band, med, situation)
-                if hit:
-                    result.hits.append(hit)
-        if result.hits:
-            labels = sorted({h.label for h in result.hits if h.label})
-            result.values["medication"] = "; ".join(labels) or "?"
-    elif band.facts == "blood-pressure":
-        latest = _latest_bp(facts.blood_pressures)
-        if latest is None or not _bp_band_holds(ctx, rule, band, latest, situation):
-            return None
-        result.hits.append(
-            Hit(
-                source=latest.source,
-                label=None,
-                date=latest.taken.date() if latest.taken else None,
-                date_basis="taken",
-                figures=f"{fmt_number(latest.systolic or math.nan)}/{fmt_number(latest.diastolic or math.nan)} mmHg",
-            )
-        )
-        result.values.update(
-            systolic=fmt_number(latest.systolic) if latest.systolic else "?",
-            diastolic=fmt_number(latest.diastolic) if latest.diastolic else "?",
-            reading_date=latest.taken.date().isoformat() if latest.taken else "?",
-        )
-    elif band.facts == "order":
-        for order in situation.ketamine_orders:
-            result.hits.append(Hit(source=order.source, label=order.concept.label()))
-    elif band.facts == "unreadable":
-        for unreadable in _unreadable(facts):
-            result.hits.append(unreadable)
-        if facts.gaps:
-            result.values["categories"] = ", ".join(sorted({gap.category for gap in facts.gaps}))
-        result.values["count"] = str(len(result.hits))
-    if not result.hits and not (band.facts == "unreadable" and facts.gaps):
-        return None
-    if situation.mode == INTERACTION and not any(h.source in situation.focus for h in result.hits):
-        return None
+DOSE_CONDITIONS = frozenset({"total_above", "regular_use", "as_needed_only", "dose_unknown"})
+
+
+@dataclass(slots=True)
+class _BandInput:
+    ctx: EngineContext
+    rule: Rule
+    band: Band
+    facts: PatientFacts
+    situation: Situation
+    claimed: set[SourceRef]
+    dose_cache: dict[str, tuple[_DoseSummary, set[SourceRef]]]
+
+
+def _collect_conditions(inp: _BandInput, result: _BandResult) -> bool:
+    for fact in inp.facts.conditions:
+        if fact.source in inp.claimed or not _condition_counts(fact, inp.rule, inp.ctx.statuses):
+            continue
+        hit = _condition_band_hits(inp.ctx, inp.rule, inp.band, fact, inp.situation)
+        if hit:
+            result.hits.append(hit)
     first = result.hits[0] if result.hits else None
-    if first is not None and band.facts == "condition":
+    if first is not None:
         result.values.update(
             condition=first.label or "?",
             onset=first.date.isoformat() if first.date else "?",
-            months_ago=str(months_between(first.date, situation.reference_date)) if first.date else "?",
+            months_ago=str(months_between(first.date, inp.situation.reference_date)) if first.date else "?",
         )
-    if first is not None and band.facts == "allergy":
-        result.values["substance"] = first.label or "?"
+    return True
+
+
+def _collect_allergies(inp: _BandInput, result: _BandResult) -> bool:
+    for allergy in inp.facts.allergies:
+        if allergy.source in inp.claimed or not _allergy_counts(allergy, inp.ctx.statuses):
+            continue
+        hit = _allergy_hit(inp.ctx, inp.band, allergy)
+        if hit:
+            result.hits.append(hit)
+    if result.hits:
+        result.values["substance"] = result.hits[0].label or "?"
+    return True
+
+
+def _collect_medications(inp: _BandInput, result: _BandResult) -> bool:
+    meds = _counted_meds(inp.facts, inp.ctx)
+    if inp.rule.dose is not None and DOSE_CONDITIONS & set(inp.band.when):
+        if inp.rule.id not in inp.dose_cache:
+            inp.dose_cache[inp.rule.id] = _dose_summary(inp.ctx, inp.rule, meds, inp.situation)
+        summary, _ = inp.dose_cache[inp.rule.id]
+        if not _dose_band_holds(inp.ctx, inp.rule, inp.band, summary):
+            return False
+        result.hits = [*summary.regular, *summary.unknown, *summary.as_needed, *summary.excluded]
+        result.values.update(total=fmt_number(summary.regular_total), basis_unit=summary.unit)
+    else:
+        kept, _ = _dedupe(meds)
+        for med in kept:
+            if med.source in inp.claimed:
+                continue
+            hit = _medication_hit(inp.ctx, inp.band, med, inp.situation)
+            if hit:
+                result.hits.append(hit)
+    if result.hits:
+        result.values["medication"] = "; ".join(sorted({h.label for h in result.hits if h.label})) or "?"
+    return True
+
+
+def _collect_blood_pressure(inp: _BandInput, result: _BandResult) -> bool:
+    latest = _latest_bp(inp.facts.blood_pressures)
+    if latest is None or not _bp_band_holds(inp.ctx, inp.rule, inp.band, latest, inp.situation):
+        return False
+    systolic = fmt_number(latest.systolic) if latest.systolic else "?"
+    diastolic = fmt_number(latest.diastolic) if latest.diastolic else "?"
+    taken = latest.taken.date() if latest.taken else None
+    result.hits.append(
+        Hit(
+            source=latest.source,
+            label=None,
+            date=taken,
+            date_basis="taken",
+            figures=f"{systolic}/{diastolic} mmHg",
+        )
+    )
+    result.values.update(
+        systolic=systolic, diastolic=diastolic, reading_date=taken.isoformat() if taken else "?"
+    )
+    return True
+
+
+def _collect_orders(inp: _BandInput, result: _BandResult) -> bool:
+    result.hits.extend(Hit(source=o.source, label=o.concept.label()) for o in inp.situation.ketamine_orders)
+    return True
+
+
+def _collect_unreadable(inp: _BandInput, result: _BandResult) -> bool:
+    result.hits.extend(_unreadable(inp.facts))
+    if inp.facts.gaps:
+        result.values["categories"] = ", ".join(sorted({gap.category for gap in inp.facts.gaps}))
+    result.values["count"] = str(len(result.hits))
+    return bool(result.hits or inp.facts.gaps)
+
+
+_COLLECTORS = {
+    "condition": _collect_conditions,
+    "allergy": _collect_allergies,
+    "medication": _collect_medications,
+    "blood-pressure": _collect_blood_pressure,
+    "order": _collect_orders,
+    "unreadable": _collect_unreadable,
+}
+
+
+def _evaluate_band(inp: _BandInput) -> _BandResult | None:
+    band = inp.band
+    if not band.products & inp.situation.products:
+        return None
+    enabled = band.when.get("enabled")
+    if enabled is not None and not _param(inp.ctx, inp.rule, enabled):
+        return None
+    result = _BandResult(band)
+    if not _COLLECTORS[band.facts](inp, result):
+        return None
+    if not result.hits and band.facts != "unreadable":
+        return None
+    if inp.situation.mode == INTERACTION and not any(h.source in inp.situation.focus for h in result.hits):
+        return None
     return result
 
 
@@ -494,7 +520,9 @@ def _dose_band_holds(ctx: EngineContext, rule: Rule, band: Band, summary: _DoseS
         return False
     if "dose_unknown" in when and not summary.unknown:
         return False
-    if "as_needed_only" in when and (summary.regular or summary.unknown or not summary.as_needed):
+    if "as_needed_only" in when and (
+        summary.regular or summary.unknown or not (summary.as_needed or summary.excluded)
+    ):
         return False
     return bool(summary.regular or summary.unknown or summary.as_needed or summary.excluded)
 
@@ -547,12 +575,14 @@ def _fingerprint(rule: Rule, band: Band, hits: Sequence[Hit], values: Mapping[st
     return digest.hexdigest()[:32]
 
 
-def evaluate_rule(ctx: EngineContext, rule: Rule, facts: PatientFacts, situation: Situation) -> Finding | None:
+def evaluate_rule(
+    ctx: EngineContext, rule: Rule, facts: PatientFacts, situation: Situation
+) -> Finding | None:
     claimed: set[SourceRef] = set()
     results: list[_BandResult] = []
     dose_cache: dict[str, tuple[_DoseSummary, set[SourceRef]]] = {}
     for band in rule.bands:
-        result = _evaluate_band(ctx, rule, band, facts, situation, claimed, dose_cache)
+        result = _evaluate_band(_BandInput(ctx, rule, band, facts, situation, claimed, dose_cache))
         if result is None:
             continue
         results.append(result)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import calendar
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 from typing import Any
 
 from cds.model import (
@@ -63,9 +63,9 @@ def parse_datetime(value: Any) -> datetime | None:
             parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
         except ValueError:
             return None
-        return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
+        return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
     day = parse_date(text)
-    return datetime(day.year, day.month, day.day, tzinfo=timezone.utc) if day else None
+    return datetime(day.year, day.month, day.day, tzinfo=UTC) if day else None
 
 
 def _str(value: Any) -> str | None:
@@ -110,7 +110,9 @@ def _status_code(value: Any) -> str | None:
 
 def _ref(resource: Mapping[str, Any]) -> SourceRef:
     rid = resource.get("id")
-    return SourceRef(str(resource.get("resourceType", "?")), str(rid) if isinstance(rid, (str, int)) else None)
+    return SourceRef(
+        str(resource.get("resourceType", "?")), str(rid) if isinstance(rid, (str, int)) else None
+    )
 
 
 # ------------------------------------------------------------------------------------------ medications
@@ -180,7 +182,11 @@ def _medication_concept(
         found = concept(medication.get("code"))
         if not found.codings and not found.text and display:
             found = Concept(text=display)
-        return found, _strengths(medication), None if (found.codings or found.text) else "medication-not-coded"
+        return (
+            found,
+            _strengths(medication),
+            None if (found.codings or found.text) else "medication-not-coded",
+        )
     if display:
         return Concept(text=display), (), None
     return Concept(), (), "medication-reference-unresolved"
@@ -277,8 +283,8 @@ def _onset(resource: Mapping[str, Any], birth: date | None) -> tuple[date | None
             # The last day of that year of life: the cautious reading for a "how recent" check.
             year = birth.year + int(age.value) + 1
             if 1 <= year <= 9999:
-                day = min(birth.day, calendar.monthrange(year, birth.month)[1])
-                return date.fromordinal(date(year, birth.month, day).toordinal() - 1), False
+                last = min(birth.day, calendar.monthrange(year, birth.month)[1])
+                return date.fromordinal(date(year, birth.month, last).toordinal() - 1), False
         return None, True
     if "onsetString" in resource or "onsetRange" in resource:
         return None, True
@@ -330,7 +336,10 @@ def _value(quantity: Any) -> float | None:
 
 
 def blood_pressure_fact(
-    resource: Mapping[str, Any], panel: set[tuple[str, str]], systolic: set[tuple[str, str]], diastolic: set[tuple[str, str]]
+    resource: Mapping[str, Any],
+    panel: set[tuple[str, str]],
+    systolic: set[tuple[str, str]],
+    diastolic: set[tuple[str, str]],
 ) -> BloodPressureFact | None:
     """An Observation -> a reading, or None when it is not a blood pressure at all."""
 
@@ -373,7 +382,7 @@ def blood_pressure_fact(
 # ------------------------------------------------------------------------------------------- assembling
 
 
-def draft_order_resources(context: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+def draft_order_resources(context: Mapping[str, Any]) -> list[dict[str, Any]]:
     """MedicationRequests from context.draftOrders (a Bundle, `type` optional)."""
     bundle = context.get("draftOrders")
     if not isinstance(bundle, dict):
@@ -417,16 +426,18 @@ def build_facts(
         ("medicationRequests", "MedicationRequest"),
         ("medicationStatements", "MedicationStatement"),
     ):
-        for resource in _of_type(resources.get(key, ()), resource_type):
-            fact = medication_fact(resource, medications)
+        for chart_entry in _of_type(resources.get(key, ()), resource_type):
+            fact = medication_fact(chart_entry, medications)
             if fact.source.reference() not in draft_refs:  # a draft the EHR already saved is the draft
                 meds.append(fact)
-    conditions = tuple(condition_fact(r, birth) for r in _of_type(resources.get("conditions", ()), "Condition"))
+    conditions = tuple(
+        condition_fact(r, birth) for r in _of_type(resources.get("conditions", ()), "Condition")
+    )
     allergies = tuple(allergy_fact(r) for r in _of_type(resources.get("allergies", ()), "AllergyIntolerance"))
     panel, systolic, diastolic = bp_codes
     readings = []
-    for resource in _of_type(resources.get("bloodPressure", ()), "Observation"):
-        reading = blood_pressure_fact(resource, panel, systolic, diastolic)
+    for observation in _of_type(resources.get("bloodPressure", ()), "Observation"):
+        reading = blood_pressure_fact(observation, panel, systolic, diastolic)
         if reading is not None:
             readings.append(reading)
     return PatientFacts(

@@ -69,6 +69,7 @@ class Knowledge:
             statuses=self.statuses,
             policy=self.policy,
             product_names=self.card_text.raw["products"],
+            dose_units=self.card_text.raw["dose_units"],
             treatment_valuesets=self.treatments,
         )
 
@@ -148,7 +149,9 @@ def load_knowledge(policy_file: str | None = None, root: Path | None = None) -> 
     for category, codes in card_text.raw["default_override_reasons"].items():
         for code in codes:
             if code not in override_reasons:
-                raise ConfigError(f"card-text.yaml: default override reason {code!r} ({category}) is undefined")
+                raise ConfigError(
+                    f"card-text.yaml: default override reason {code!r} ({category}) is undefined"
+                )
     rules = load_rules(
         root / "rules",
         profiles / "schemas" / "rule.schema.json",
@@ -173,7 +176,8 @@ def load_knowledge(policy_file: str | None = None, root: Path | None = None) -> 
                 url
                 for rule in rules
                 if rule.category == "interaction"
-                for url in ([*rule.dose.match] if rule.dose else []) + [u for b in rule.bands for u in b.match]
+                for url in ([*rule.dose.match] if rule.dose else [])
+                + [u for b in rule.bands for u in b.match]
             }
         )
     )

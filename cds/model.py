@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import date, datetime
-from enum import Enum
+from enum import StrEnum
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,7 +66,7 @@ class Strength:
     denominator: Quantity | None = None  # None means "per tablet/capsule/unit"
 
 
-class DoseStatus(str, Enum):
+class DoseStatus(StrEnum):
     COMPUTED = "computed"  # a regular daily amount was computed
     AS_NEEDED = "as-needed"  # PRN; `amount_per_day` is the maximum when one could be computed
     UNKNOWN = "unknown"  # no daily amount could be computed; `problem` says why
@@ -83,7 +83,7 @@ class DailyDose:
     problem: str | None = None  # why it could not be computed (status UNKNOWN)
 
 
-class MedicationKind(str, Enum):
+class MedicationKind(StrEnum):
     STATEMENT = "MedicationStatement"
     REQUEST = "MedicationRequest"
 

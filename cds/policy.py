@@ -60,18 +60,18 @@ def load_policy(
 ) -> SitePolicy:
     validator = Draft202012Validator(json.loads(schema_path.read_text(encoding="utf-8")))
     merged: dict[str, Any] = {}
-    for path in (defaults_path, site_path):
-        if path is None:
+    for source in (defaults_path, site_path):
+        if source is None:
             continue
-        data = _read_yaml(path)
+        data = _read_yaml(source)
         errors = sorted(validator.iter_errors(data), key=lambda e: list(e.absolute_path))
         if errors:
             where = "/".join(str(p) for p in errors[0].absolute_path) or "(root)"
-            raise ConfigError(f"site policy {path}: {where}: {errors[0].message}")
+            raise ConfigError(f"site policy {source}: {where}: {errors[0].message}")
         site_params = data.pop("parameters", {})
         merged.update(data)
-        for rule_id, values in site_params.items():
-            merged.setdefault("parameters", {}).setdefault(rule_id, {}).update(values)
+        for rule_id, overrides in site_params.items():
+            merged.setdefault("parameters", {}).setdefault(rule_id, {}).update(overrides)
 
     by_id = {rule.id: rule for rule in rules}
     preset = merged.get("preset")

@@ -14,7 +14,7 @@ import queue
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import requests
@@ -123,7 +123,9 @@ class Runtime:
         if self.authenticator is None:
             return None
         base = self.settings.public_base_url or request.host_url
-        return self.authenticator.verify(request.headers.get("Authorization"), expected_audience(base, request.path))
+        return self.authenticator.verify(
+            request.headers.get("Authorization"), expected_audience(base, request.path)
+        )
 
     def hash(self, value: str | None) -> str | None:
         return patient_hash(self.settings.audit_hash_key, value) if value else None
@@ -158,7 +160,7 @@ class Runtime:
         cards: list[dict[str, Any]],
     ) -> None:
         shown = {card["uuid"] for card in cards}
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         context = body.get("context", {})
         encounter = context.get("encounterId") if isinstance(context.get("encounterId"), str) else None
         for finding, card in zip(result.findings, result.cards, strict=True):
@@ -173,7 +175,7 @@ class Runtime:
                     rule_id=finding.rule.id,
                     rule_version=finding.rule.version,
                     hook_instance=str(body.get("hookInstance")),
-                    patient_hash=self.hash(result.patient_ref),
+                    patient_hash=self.hash(result.patient_ref) or "-",
                     encounter_hash=self.hash(encounter),
                     indicator=finding.indicator,
                     fingerprint=finding.fingerprint,
@@ -213,7 +215,7 @@ class Runtime:
                 outcome=response.status_code,
                 rule_ids=tuple(g.get("rule_ids", [])),
                 card_uuids=tuple(g.get("card_uuids", [])),
-                at=datetime.now(timezone.utc),
+                at=datetime.now(UTC),
             )
         )
 

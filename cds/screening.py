@@ -20,7 +20,7 @@ from cds.cards import render_cards
 from cds.config import Settings
 from cds.engine import FULL, INTERACTION, Finding, Situation, evaluate
 from cds.facts import build_facts
-from cds.fhir_client import FhirClient
+from cds.fhir_client import client_factory_for
 from cds.knowledge import Knowledge, ServiceDefinition
 from cds.model import PatientFacts
 from cds.prefetch import Gathered, gather
@@ -47,17 +47,6 @@ class Screener:
     clock: Callable[[], datetime]
     new_uuid: Callable[[], str] | None = None
 
-    def _client_factory(self, body: Mapping[str, Any], deadline: float) -> Callable[[], FhirClient | None]:
-        def factory() -> FhirClient | None:
-            base = body.get("fhirServer")
-            if not isinstance(base, str) or not base:
-                return None
-            auth = body.get("fhirAuthorization")
-            token = auth.get("access_token") if isinstance(auth, dict) else None
-            return FhirClient(base, session=self.http, access_token=token, settings=self.settings, deadline=deadline)
-
-        return factory
-
     def _facts(self, gathered: Gathered, body: Mapping[str, Any], patient_ref: str | None) -> PatientFacts:
         return build_facts(
             patient_ref=patient_ref,
@@ -70,7 +59,7 @@ class Screener:
     def screen(self, service: ServiceDefinition, body: Mapping[str, Any]) -> ScreenResult:
         knowledge = self.knowledge
         deadline = time.monotonic() + self.settings.fhir_time_budget_s
-        factory = self._client_factory(body, deadline)
+        factory = client_factory_for(body, settings=self.settings, session=self.http, deadline=deadline)
         context = body.get("context", {})
         patient_id = context.get("patientId")
         patient_ref = f"Patient/{patient_id}" if isinstance(patient_id, str) else None
@@ -96,7 +85,11 @@ class Screener:
         situation, facts = situation_for(gathered, loaded=False)
         fetched: tuple[str, ...] = gathered.fetched
         if situation is None or situation.mode == FULL:
-            keys = FULL_SCREEN_KEYS if situation is not None or service.hook == "patient-view" else MEDICATION_KEYS
+            keys = (
+                FULL_SCREEN_KEYS
+                if situation is not None or service.hook == "patient-view"
+                else MEDICATION_KEYS
+            )
             gathered = gather(service.prefetch, body, keys, client_factory=factory)
             fetched = gathered.fetched
             situation, facts = situation_for(gathered, loaded=True)
