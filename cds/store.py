@@ -1,0 +1,746 @@
+"""Feedback, issued cards and audit records: what the service keeps, and the numbers the committee reads.
+
+One SQLAlchemy 2 Core schema serves both embedded and shared deployments:
+
+* SQLite (the default, ``sqlite:///ketamine-cds.sqlite3``): WAL journal and ``synchronous=FULL``, so a
+  commit that returned has reached the disk and survives a SIGKILL or power loss; write transactions start
+  with ``BEGIN IMMEDIATE`` so that several gunicorn workers queue for the write lock (``busy_timeout``)
+  instead of failing on a read-to-write upgrade.
+* PostgreSQL by URL: ``postgresql://`` and ``postgres://`` are rewritten to the psycopg 3 driver
+  (``postgresql+psycopg://``). Several replicas can share one database.
+
+Tables (all times UTC):
+
+    issued_card     one row per card we returned: uuid, service, rule id and version, hookInstance,
+                    keyed patient and encounter hashes, indicator, evidence fingerprint, time
+    card_feedback   one row per distinct feedback item; exact repeats are absorbed by ``dedupe_key``;
+                    ``known_card`` is false when the card uuid was not one we had issued
+    audit_record    one row per service call: hookInstance, service, issuer, jti, patient hash,
+                    duration, HTTP status, rule ids, card uuids
+    shared_marker   short-lived markers shared by workers and replicas when no Redis is configured
+                    (cards already shown, JWT ids already seen); see ``cds.shared_state``
+
+Privacy: patients and encounters are stored only as HMAC-SHA256 with the site's audit key
+(:func:`patient_hash`). Tokens, resource bodies and names are never passed to this module.
+
+The schema is created and upgraded by Alembic (:meth:`Store.migrate`); the migration scripts ship inside the
+package (``cds/migrations``) and are configured in code, so no ``alembic.ini`` is needed at run time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import sqlite3
+import time
+from collections import defaultdict
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import sqlalchemy as sa
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import event
+from sqlalchemy.dialects import postgresql as pg_dialect
+from sqlalchemy.dialects import sqlite as sqlite_dialect
+from sqlalchemy.engine import URL, Connection, Engine, make_url
+
+from cds.errors import ConfigError
+
+__all__ = [
+    "AuditRecord",
+    "FeedbackItem",
+    "IssuedCard",
+    "ReasonCount",
+    "RuleReport",
+    "RuleStats",
+    "Store",
+    "StoredFeedback",
+    "Tally",
+    "WeekTally",
+    "audit_table",
+    "feedback_table",
+    "issued_card_table",
+    "metadata",
+    "patient_hash",
+    "shared_marker_table",
+]
+
+MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+_PG_MIGRATION_LOCK = 0x6B_63_64_73  # "kcds": serialises concurrent `migrate()` calls on PostgreSQL
+_SQLITE_BUSY_TIMEOUT_MS = 10_000
+
+
+def patient_hash(key: str, patient_ref: str) -> str:
+    """The only form in which a patient (or encounter) reference is ever stored: HMAC-SHA256, hex.
+
+    `key` is ``Settings.audit_hash_key``; without it the hash cannot be recomputed from a known id, so a
+    leaked database does not reveal who was screened. The same key must be shared by all replicas.
+    """
+    return hmac.new(key.encode("utf-8"), patient_ref.encode("utf-8"), hashlib.sha256).hexdigest()
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+# --------------------------------------------------------------------------------------------------
+# Records passed in by the web layer
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class IssuedCard:
+    uuid: str
+    service_id: str
+    rule_id: str
+    rule_version: str
+    hook_instance: str
+    patient_hash: str
+    encounter_hash: str | None
+    indicator: str
+    fingerprint: str
+    issued_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class FeedbackItem:
+    """One entry of a CDS Hooks feedback body (``outcome`` is ``accepted`` or ``overridden``)."""
+
+    card_uuid: str
+    outcome: str
+    override_system: str | None
+    override_code: str | None
+    override_display: str | None
+    user_comment: str | None
+    accepted_suggestions: tuple[str, ...]
+    outcome_at: datetime
+    received_at: datetime
+
+    def dedupe_key(self, service_id: str) -> str:
+        """Identical for exact repeats of the same item (the time we received it does not count)."""
+        canonical = json.dumps(
+            [
+                service_id,
+                self.card_uuid,
+                self.outcome,
+                self.override_system,
+                self.override_code,
+                self.override_display,
+                self.user_comment,
+                list(self.accepted_suggestions),
+                _as_utc(self.outcome_at).isoformat(),
+            ],
+            separators=(",", ":"),
+            ensure_ascii=False,
+        )
+        return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class StoredFeedback:
+    """A feedback item read back, with the service it was posted to and whether we knew the card."""
+
+    service_id: str
+    item: FeedbackItem
+    known_card: bool
+
+
+@dataclass(frozen=True, slots=True)
+class AuditRecord:
+    """One service call. ``outcome`` is the HTTP status returned."""
+
+    hook_instance: str
+    service_id: str
+    issuer: str | None
+    jti: str | None
+    patient_hash: str | None
+    duration_ms: float
+    outcome: int
+    rule_ids: tuple[str, ...]
+    card_uuids: tuple[str, ...]
+    at: datetime
+
+
+# --------------------------------------------------------------------------------------------------
+# Report model (rendered by cds.report)
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ReasonCount:
+    """Cards whose latest feedback was an override with this reason (code None: no reason given)."""
+
+    system: str | None
+    code: str | None
+    display: str | None
+    count: int
+
+    @property
+    def label(self) -> str:
+        if self.code is None:
+            return "no reason given"
+        return f"{self.code} ({self.display})" if self.display else self.code
+
+
+@dataclass(frozen=True, slots=True)
+class Tally:
+    """Counts for a set of cards. A card counts once, by its most recent feedback (``outcomeTimestamp``)."""
+
+    shown: int
+    accepted: int
+    overridden: int
+    reasons: tuple[ReasonCount, ...] = ()
+
+    @property
+    def no_feedback(self) -> int:
+        """Cards without any feedback: ignored by the clinician, or the EHR does not send feedback."""
+        return self.shown - self.accepted - self.overridden
+
+    @property
+    def override_rate(self) -> float | None:
+        """Overridden / (accepted + overridden); None when no card received feedback."""
+        answered = self.accepted + self.overridden
+        return self.overridden / answered if answered else None
+
+
+@dataclass(frozen=True, slots=True)
+class WeekTally:
+    week_start: date  # the Monday (UTC) of the ISO week in which the cards were issued
+    tally: Tally
+
+
+@dataclass(frozen=True, slots=True)
+class RuleStats:
+    rule_id: str
+    rule_versions: tuple[str, ...]
+    total: Tally
+    weeks: tuple[WeekTally, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class RuleReport:
+    generated_at: datetime
+    since: datetime | None
+    rules: tuple[RuleStats, ...]
+    unmatched_feedback: int  # feedback items whose card uuid we never issued (not attributed to a rule)
+
+
+# --------------------------------------------------------------------------------------------------
+# Schema
+# --------------------------------------------------------------------------------------------------
+
+
+class UtcDateTime(sa.types.TypeDecorator[datetime]):
+    """Timezone-aware UTC datetimes on every backend (SQLite keeps naive UTC text, PostgreSQL timestamptz).
+
+    Naive datetimes handed in are taken to be UTC already.
+    """
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
+        if value is None:
+            return None
+        value = _as_utc(value)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, _dialect: sa.Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return _as_utc(value)
+
+
+def _as_utc(value: datetime) -> datetime:
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+_BigId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")  # SQLite autoincrement needs INTEGER
+
+metadata = sa.MetaData(
+    naming_convention={
+        "ix": "ix_%(column_0_label)s",
+        "uq": "uq_%(table_name)s_%(column_0_name)s",
+        "ck": "ck_%(table_name)s_%(constraint_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+issued_card_table = sa.Table(
+    "issued_card",
+    metadata,
+    sa.Column("uuid", sa.String(64), primary_key=True),
+    sa.Column("service_id", sa.String(128), nullable=False),
+    sa.Column("rule_id", sa.String(128), nullable=False, index=True),
+    sa.Column("rule_version", sa.String(64), nullable=False),
+    sa.Column("hook_instance", sa.String(128), nullable=False),
+    sa.Column("patient_hash", sa.String(64), nullable=False, index=True),
+    sa.Column("encounter_hash", sa.String(64), nullable=True),
+    sa.Column("indicator", sa.String(16), nullable=False),
+    sa.Column("fingerprint", sa.String(128), nullable=False),
+    sa.Column("issued_at", UtcDateTime(), nullable=False, index=True),
+)
+
+feedback_table = sa.Table(
+    "card_feedback",
+    metadata,
+    sa.Column("id", _BigId, primary_key=True, autoincrement=True),
+    sa.Column("dedupe_key", sa.String(64), nullable=False, unique=True),
+    sa.Column("card_uuid", sa.Text(), nullable=False, index=True),
+    sa.Column("service_id", sa.Text(), nullable=False),
+    sa.Column("outcome", sa.String(16), nullable=False),
+    sa.Column("override_system", sa.Text(), nullable=True),
+    sa.Column("override_code", sa.Text(), nullable=True),
+    sa.Column("override_display", sa.Text(), nullable=True),
+    sa.Column("user_comment", sa.Text(), nullable=True),
+    sa.Column("accepted_suggestions", sa.JSON(), nullable=False),
+    sa.Column("outcome_at", UtcDateTime(), nullable=False),
+    sa.Column("received_at", UtcDateTime(), nullable=False, index=True),
+    sa.Column("known_card", sa.Boolean(), nullable=False),
+)
+
+audit_table = sa.Table(
+    "audit_record",
+    metadata,
+    sa.Column("id", _BigId, primary_key=True, autoincrement=True),
+    sa.Column("at", UtcDateTime(), nullable=False, index=True),
+    sa.Column("hook_instance", sa.Text(), nullable=False),
+    sa.Column("service_id", sa.Text(), nullable=False),
+    sa.Column("issuer", sa.Text(), nullable=True),
+    sa.Column("jti", sa.Text(), nullable=True),
+    sa.Column("patient_hash", sa.String(64), nullable=True, index=True),
+    sa.Column("duration_ms", sa.Float(), nullable=False),
+    sa.Column("outcome", sa.Integer(), nullable=False),
+    sa.Column("rule_ids", sa.JSON(), nullable=False),
+    sa.Column("card_uuids", sa.JSON(), nullable=False),
+)
+
+shared_marker_table = sa.Table(
+    "shared_marker",
+    metadata,
+    sa.Column("scope", sa.String(16), primary_key=True),
+    sa.Column("marker", sa.String(64), primary_key=True),
+    sa.Column("expires_at", UtcDateTime(), nullable=False, index=True),
+)
+
+
+# --------------------------------------------------------------------------------------------------
+# The store
+# --------------------------------------------------------------------------------------------------
+
+
+def _normalise_url(database_url: str) -> URL:
+    try:
+        url = make_url(database_url)
+    except sa.exc.ArgumentError as exc:
+        raise ConfigError(f"KETAMINE_CDS_DATABASE_URL is not a database URL: {exc}") from exc
+    if url.drivername in {"postgresql", "postgres"}:
+        url = url.set(drivername="postgresql+psycopg")
+    if url.get_backend_name() not in {"sqlite", "postgresql"}:
+        raise ConfigError(
+            "KETAMINE_CDS_DATABASE_URL must be a sqlite:/// or postgresql:// URL, "
+            f"got {url.render_as_string(hide_password=True)!r}"
+        )
+    return url
+
+
+class Store:
+    """Persistence for feedback, issued cards and audit records. Thread-safe; one per process.
+
+    Open it in each worker process (after gunicorn forks), not in the master: pooled connections must not
+    be shared across a fork. Run `migrate` once before the workers start, or let each call it: concurrent
+    upgrades wait for each other.
+    """
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._is_sqlite = engine.dialect.name == "sqlite"
+
+    # -- lifecycle --------------------------------------------------------------------------------
+
+    @classmethod
+    def open(cls, database_url: str) -> Store:
+        """Create the engine for `database_url` (no connection is made until first use or `migrate`)."""
+        url = _normalise_url(database_url)
+        try:
+            if url.get_backend_name() == "sqlite":
+                engine = sa.create_engine(url)
+                _configure_sqlite(engine)
+            else:
+                engine = sa.create_engine(url, pool_pre_ping=True)
+        except (sa.exc.ArgumentError, ImportError) as exc:
+            raise ConfigError(
+                f"cannot use database {url.render_as_string(hide_password=True)!r}: {exc}"
+            ) from exc
+        return cls(engine)
+
+    @property
+    def redacted_url(self) -> str:
+        return self.engine.url.render_as_string(hide_password=True)
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self._is_sqlite
+
+    def migrate(self) -> None:
+        """Bring the schema to the newest Alembic revision. Safe to call from several processes at once:
+        PostgreSQL takes an advisory lock, SQLite the write lock, for the duration of the upgrade."""
+        config = Config()
+        config.set_main_option("script_location", str(MIGRATIONS_DIR))
+        try:
+            with self._write() as conn:
+                if not self._is_sqlite:
+                    conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_MIGRATION_LOCK})
+                config.attributes["connection"] = conn
+                command.upgrade(config, "head")
+        except sa.exc.OperationalError as exc:
+            raise ConfigError(
+                f"cannot migrate database {self.redacted_url!r}: {type(exc.orig).__name__}: {exc.orig}"
+            ) from exc
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # -- writing ----------------------------------------------------------------------------------
+
+    def record_cards(self, cards: Sequence[IssuedCard]) -> None:
+        """Store the cards of one response. Re-recording the same uuid is a no-op."""
+        if not cards:
+            return
+        rows = [
+            {
+                "uuid": c.uuid,
+                "service_id": c.service_id,
+                "rule_id": c.rule_id,
+                "rule_version": c.rule_version,
+                "hook_instance": c.hook_instance,
+                "patient_hash": c.patient_hash,
+                "encounter_hash": c.encounter_hash,
+                "indicator": c.indicator,
+                "fingerprint": c.fingerprint,
+                "issued_at": c.issued_at,
+            }
+            for c in cards
+        ]
+        with self._write() as conn:
+            conn.execute(
+                self._insert(issued_card_table).on_conflict_do_nothing(index_elements=["uuid"]), rows
+            )
+
+    def record_feedback(self, service_id: str, items: Sequence[FeedbackItem]) -> int:
+        """Store feedback items and commit before returning. Returns how many were new.
+
+        An exact repeat of an item already stored is absorbed (CDS clients may resend). Feedback for a card
+        uuid we never issued is stored with ``known_card`` false, not rejected.
+        """
+        if not items:
+            return 0
+        uuids = sorted({item.card_uuid for item in items})
+        stored = 0
+        with self._write() as conn:
+            known = set(
+                conn.scalars(
+                    sa.select(issued_card_table.c.uuid).where(issued_card_table.c.uuid.in_(uuids))
+                ).all()
+            )
+            statement = self._insert(feedback_table).on_conflict_do_nothing(index_elements=["dedupe_key"])
+            for item in items:
+                result = conn.execute(
+                    statement,
+                    {
+                        "dedupe_key": item.dedupe_key(service_id),
+                        "card_uuid": item.card_uuid,
+                        "service_id": service_id,
+                        "outcome": item.outcome,
+                        "override_system": item.override_system,
+                        "override_code": item.override_code,
+                        "override_display": item.override_display,
+                        "user_comment": item.user_comment,
+                        "accepted_suggestions": list(item.accepted_suggestions),
+                        "outcome_at": item.outcome_at,
+                        "received_at": item.received_at,
+                        "known_card": item.card_uuid in known,
+                    },
+                )
+                stored += max(result.rowcount, 0)
+        return stored
+
+    def record_audit(self, record: AuditRecord) -> None:
+        with self._write() as conn:
+            conn.execute(
+                audit_table.insert(),
+                {
+                    "at": record.at,
+                    "hook_instance": record.hook_instance,
+                    "service_id": record.service_id,
+                    "issuer": record.issuer,
+                    "jti": record.jti,
+                    "patient_hash": record.patient_hash,
+                    "duration_ms": record.duration_ms,
+                    "outcome": record.outcome,
+                    "rule_ids": list(record.rule_ids),
+                    "card_uuids": list(record.card_uuids),
+                },
+            )
+
+    def claim_marker(self, scope: str, marker: str, ttl_s: float, now: datetime | None = None) -> bool:
+        """Atomically set (scope, marker) unless it is set and not yet expired. True when we set it.
+
+        One statement (INSERT .. ON CONFLICT DO UPDATE .. WHERE expired), so two workers or replicas racing
+        for the same marker cannot both win.
+        """
+        now = now or utc_now()
+        expires_at = now + timedelta(seconds=ttl_s)
+        statement = self._insert(shared_marker_table).values(
+            scope=scope, marker=marker, expires_at=expires_at
+        )
+        statement = statement.on_conflict_do_update(
+            index_elements=["scope", "marker"],
+            set_={"expires_at": expires_at},
+            where=shared_marker_table.c.expires_at <= now,
+        )
+        with self._write() as conn:
+            return conn.execute(statement).rowcount == 1
+
+    def marker_active(self, scope: str, marker: str, now: datetime | None = None) -> bool:
+        """True when (scope, marker) is set and not yet expired (a read: nothing is recorded)."""
+        now = now or utc_now()
+        query = sa.select(sa.literal(1)).where(
+            shared_marker_table.c.scope == scope,
+            shared_marker_table.c.marker == marker,
+            shared_marker_table.c.expires_at > now,
+        )
+        with self.engine.connect() as conn:
+            return conn.execute(query).first() is not None
+
+    def purge(self, older_than_days: int, now: datetime | None = None) -> int:
+        """Delete audit records, issued cards and feedback older than the retention period, and expired
+        shared markers. Returns the number of rows deleted."""
+        if older_than_days < 0:
+            raise ValueError("older_than_days must not be negative")
+        now = now or utc_now()
+        cutoff = now - timedelta(days=older_than_days)
+        deleted = 0
+        with self._write() as conn:
+            for statement in (
+                audit_table.delete().where(audit_table.c.at < cutoff),
+                feedback_table.delete().where(feedback_table.c.received_at < cutoff),
+                issued_card_table.delete().where(issued_card_table.c.issued_at < cutoff),
+                shared_marker_table.delete().where(shared_marker_table.c.expires_at <= now),
+            ):
+                deleted += max(conn.execute(statement).rowcount, 0)
+        return deleted
+
+    # -- reading ----------------------------------------------------------------------------------
+
+    def feedback_for(self, card_uuid: str) -> tuple[StoredFeedback, ...]:
+        """Every stored feedback item for one card, oldest outcome first."""
+        query = (
+            sa.select(feedback_table)
+            .where(feedback_table.c.card_uuid == card_uuid)
+            .order_by(feedback_table.c.outcome_at, feedback_table.c.id)
+        )
+        with self.engine.connect() as conn:
+            rows = conn.execute(query).mappings().all()
+        return tuple(
+            StoredFeedback(
+                service_id=row["service_id"],
+                known_card=bool(row["known_card"]),
+                item=FeedbackItem(
+                    card_uuid=row["card_uuid"],
+                    outcome=row["outcome"],
+                    override_system=row["override_system"],
+                    override_code=row["override_code"],
+                    override_display=row["override_display"],
+                    user_comment=row["user_comment"],
+                    accepted_suggestions=tuple(row["accepted_suggestions"]),
+                    outcome_at=row["outcome_at"],
+                    received_at=row["received_at"],
+                ),
+            )
+            for row in rows
+        )
+
+    def report(self, since: datetime | None = None) -> RuleReport:
+        """Per rule: cards issued since `since`, how they were answered, why they were overridden, by week.
+
+        Each card counts once, by its latest feedback (by ``outcomeTimestamp``, then arrival), so a card
+        first overridden and later accepted counts as accepted. Cards are grouped into weeks by the time
+        they were issued.
+        """
+        generated_at = utc_now()
+        fb = feedback_table
+        cards = issued_card_table
+        ranked_source = sa.select(
+            fb.c.card_uuid,
+            fb.c.outcome,
+            fb.c.override_system,
+            fb.c.override_code,
+            fb.c.override_display,
+            sa.func.row_number()
+            .over(partition_by=fb.c.card_uuid, order_by=(fb.c.outcome_at.desc(), fb.c.id.desc()))
+            .label("rank"),
+        )
+        if since is not None:
+            recent = sa.select(cards.c.uuid).where(cards.c.issued_at >= since)
+            ranked_source = ranked_source.where(fb.c.card_uuid.in_(recent))
+        ranked = ranked_source.subquery("latest")
+        query = sa.select(
+            cards.c.rule_id,
+            cards.c.rule_version,
+            cards.c.issued_at,
+            ranked.c.outcome,
+            ranked.c.override_system,
+            ranked.c.override_code,
+            ranked.c.override_display,
+        ).select_from(
+            cards.outerjoin(ranked, sa.and_(ranked.c.card_uuid == cards.c.uuid, ranked.c.rank == 1))
+        )
+        if since is not None:
+            query = query.where(cards.c.issued_at >= since)
+        unmatched = (
+            sa.select(sa.func.count())
+            .select_from(fb)
+            .where(~sa.exists().where(cards.c.uuid == fb.c.card_uuid))
+        )
+        if since is not None:
+            unmatched = unmatched.where(fb.c.received_at >= since)
+
+        builders: dict[str, _RuleBuilder] = defaultdict(_RuleBuilder)
+        with self.engine.connect() as conn:
+            for row in conn.execute(query.execution_options(yield_per=2000)):
+                answer = _Answer(row.outcome, row.override_system, row.override_code, row.override_display)
+                builders[row.rule_id].add(row.rule_version, row.issued_at, answer)
+            unmatched_count = int(conn.execute(unmatched).scalar_one())
+        rules = tuple(builders[rule_id].build(rule_id) for rule_id in sorted(builders))
+        return RuleReport(
+            generated_at=generated_at,
+            since=_as_utc(since) if since is not None else None,
+            rules=rules,
+            unmatched_feedback=unmatched_count,
+        )
+
+    # -- internals --------------------------------------------------------------------------------
+
+    def _insert(self, table: sa.Table) -> Any:
+        """A dialect INSERT with ON CONFLICT support (both dialects spell it the same way), whose result
+        keeps its rowcount (SQLAlchemy guarantees it only for UPDATE and DELETE otherwise)."""
+        insert = sqlite_dialect.insert(table) if self._is_sqlite else pg_dialect.insert(table)
+        return insert.execution_options(preserve_rowcount=True)
+
+    @contextmanager
+    def _write(self) -> Iterator[Connection]:
+        """A connection in a write transaction, committed on exit (durable on return)."""
+        with self.engine.connect() as conn:
+            if self._is_sqlite:
+                conn.execution_options(sqlite_begin="IMMEDIATE")
+            with conn.begin():
+                yield conn
+
+
+def _enable_wal(cursor: Any) -> None:
+    """Switch the file to WAL (a persistent setting, so only the very first connection changes it).
+
+    SQLite answers "database is locked" at once, without waiting for busy_timeout, when another connection
+    holds a lock during the switch (several workers opening a fresh file), so wait here instead.
+    """
+    deadline = time.monotonic() + _SQLITE_BUSY_TIMEOUT_MS / 1000
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
+
+
+def _configure_sqlite(engine: Engine) -> None:
+    """WAL + synchronous=FULL, and explicit BEGIN so write transactions can take the lock up front."""
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None  # we issue BEGIN ourselves (below)
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute(f"PRAGMA busy_timeout = {_SQLITE_BUSY_TIMEOUT_MS}")
+            _enable_wal(cursor)
+            cursor.execute("PRAGMA synchronous = FULL")
+            cursor.execute("PRAGMA foreign_keys = ON")
+        finally:
+            cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        mode = conn.get_execution_options().get("sqlite_begin", "DEFERRED")
+        conn.exec_driver_sql(f"BEGIN {mode}")
+
+
+class _Answer(NamedTuple):
+    """A card's latest feedback (all None when it has none)."""
+
+    outcome: str | None
+    system: str | None
+    code: str | None
+    display: str | None
+
+
+class _RuleBuilder:
+    """Accumulates one rule's cards into totals and ISO weeks."""
+
+    def __init__(self) -> None:
+        self.versions: set[str] = set()
+        self.total = _Counts()
+        self.weeks: dict[date, _Counts] = defaultdict(_Counts)
+
+    def add(self, version: str, issued_at: datetime, answer: _Answer) -> None:
+        self.versions.add(version)
+        day = _as_utc(issued_at).date()
+        week = day - timedelta(days=day.weekday())
+        for counts in (self.total, self.weeks[week]):
+            counts.add(answer)
+
+    def build(self, rule_id: str) -> RuleStats:
+        return RuleStats(
+            rule_id=rule_id,
+            rule_versions=tuple(sorted(self.versions)),
+            total=self.total.freeze(),
+            weeks=tuple(WeekTally(week, self.weeks[week].freeze()) for week in sorted(self.weeks)),
+        )
+
+
+class _Counts:
+    def __init__(self) -> None:
+        self.shown = 0
+        self.accepted = 0
+        self.overridden = 0
+        self.reasons: dict[tuple[str | None, str | None], int] = defaultdict(int)
+        self.displays: dict[tuple[str | None, str | None], str] = {}
+
+    def add(self, answer: _Answer) -> None:
+        self.shown += 1
+        if answer.outcome == "accepted":
+            self.accepted += 1
+        elif answer.outcome == "overridden":
+            self.overridden += 1
+            key = (answer.system, answer.code) if answer.code is not None else (None, None)
+            self.reasons[key] += 1
+            if answer.code is not None and answer.display and key not in self.displays:
+                self.displays[key] = answer.display
+
+    def freeze(self) -> Tally:
+        reasons = sorted(
+            (
+                ReasonCount(system, code, self.displays.get((system, code)), count)
+                for (system, code), count in self.reasons.items()
+            ),
+            key=lambda r: (-r.count, r.code is None, r.code or "", r.system or ""),
+        )
+        return Tally(self.shown, self.accepted, self.overridden, tuple(reasons))
