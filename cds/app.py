@@ -44,7 +44,7 @@ def create_app(
     knowledge = knowledge or load_knowledge(settings.policy_file)
     store = Store.open(settings.database_url)
     store.migrate()
-    seen, replay_cache = make_shared_state(settings)
+    seen, replay_cache = make_shared_state(settings, store)
     authenticator = None if settings.dev_mode else ClientAuthenticator(settings, replay_cache=replay_cache)
     if settings.dev_mode:
         log.warning(

@@ -48,6 +48,17 @@ def _truncate(text: str, limit: int = SUMMARY_LIMIT) -> str:
     return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
 
 
+def _note(text: CardText, note: str, values: Mapping[str, str]) -> str:
+    """A note code -> its sentence; `prefix:detail` codes without their own sentence use the prefix's."""
+    notes = text.raw["notes"]
+    if note in notes:
+        return text.fill(notes[note], **values)
+    prefix, _, detail = note.partition(":")
+    if f"{prefix}:" in notes:
+        return text.fill(notes[f"{prefix}:"], detail=detail, **values)
+    return note
+
+
 def _record_line(text: CardText, hit: Hit, policy_values: Mapping[str, str]) -> str:
     coding = ""
     if hit.coding is not None and hit.coding.code:
@@ -67,7 +78,7 @@ def _record_line(text: CardText, hit: Hit, policy_values: Mapping[str, str]) -> 
         date = text.fill(text.t("date"), basis=basis, value=hit.date.isoformat())
     figures = text.fill(text.t("figures"), figures=hit.figures) if hit.figures else ""
     notes = ""
-    rendered = [text.fill(text.raw["notes"].get(n, n), **policy_values) for n in hit.notes]
+    rendered = [_note(text, note, policy_values) for note in hit.notes]
     if rendered:
         notes = "; " + "; ".join(rendered)
     return text.fill(

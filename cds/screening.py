@@ -18,8 +18,9 @@ import requests
 
 from cds.cards import render_cards
 from cds.config import Settings
+from cds.conformance import annotate, index_resources
 from cds.engine import FULL, INTERACTION, Finding, Situation, evaluate
-from cds.facts import build_facts
+from cds.facts import build_facts, draft_order_resources
 from cds.fhir_client import client_factory_for
 from cds.knowledge import Knowledge, ServiceDefinition
 from cds.model import PatientFacts
@@ -103,6 +104,9 @@ class Screener:
             if situation.mode in {FULL, INTERACTION}
             else []
         )
+        if findings:
+            drafts = draft_order_resources(context) if isinstance(context, dict) else []
+            findings = annotate(findings, index_resources([*gathered.resources.values(), drafts]))
         extra = {"new_uuid": self.new_uuid} if self.new_uuid else {}
         cards = render_cards(
             findings,

@@ -1,0 +1,90 @@
+"""FHIR R4 conformance of the records a card rests on, checked with fhir.resources' R4B models.
+
+Full model validation costs about a quarter of a millisecond per resource: too slow for every resource of
+a large chart on the request path (see bench/results), so it runs only where it earns its cost: on the
+resources behind each finding and on the ketamine orders a suggestion would delete. A record that does
+not conform never silences a finding (the screen reads it tolerantly); the card says where it deviates
+so the source system can be corrected.
+
+R4B and R4 share these five resources' structure, which is why the R4B models serve for R4 data.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import replace
+from typing import Any
+
+from fhir.resources.R4B.allergyintolerance import AllergyIntolerance
+from fhir.resources.R4B.condition import Condition
+from fhir.resources.R4B.medicationrequest import MedicationRequest
+from fhir.resources.R4B.medicationstatement import MedicationStatement
+from fhir.resources.R4B.observation import Observation
+from pydantic import ValidationError
+
+from cds.engine import Finding, Hit
+from cds.model import SourceRef
+
+MODELS: Mapping[str, Any] = {
+    "AllergyIntolerance": AllergyIntolerance,
+    "Condition": Condition,
+    "MedicationRequest": MedicationRequest,
+    "MedicationStatement": MedicationStatement,
+    "Observation": Observation,
+}
+NOTE_PREFIX = "nonconformant:"
+
+
+def _tolerated(resource: Mapping[str, Any]) -> dict[str, Any]:
+    """Undo the deviations real clients are known to send (checklist section 3) before judging the rest."""
+    fixed = dict(resource)
+    if isinstance(fixed.get("category"), dict):
+        fixed["category"] = [fixed["category"]]
+    return fixed
+
+
+def conformance_problem(resource: Mapping[str, Any]) -> str | None:
+    """The JSON path of the first deviation from the R4 model, or None when the resource conforms."""
+    model = MODELS.get(str(resource.get("resourceType")))
+    if model is None:
+        return None
+    try:
+        model.model_validate(_tolerated(resource))
+    except ValidationError as exc:
+        errors = exc.errors()
+        location = ".".join(str(part) for part in errors[0].get("loc", ())) if errors else ""
+        return location or "(resource)"
+    except (ValueError, TypeError):
+        return "(resource)"
+    return None
+
+
+def index_resources(groups: Iterable[Iterable[Any]]) -> dict[SourceRef, Mapping[str, Any]]:
+    index: dict[SourceRef, Mapping[str, Any]] = {}
+    for group in groups:
+        for resource in group:
+            if isinstance(resource, dict) and isinstance(resource.get("id"), str):
+                index[SourceRef(str(resource.get("resourceType")), resource["id"])] = resource
+    return index
+
+
+def annotate(findings: list[Finding], resources: Mapping[SourceRef, Mapping[str, Any]]) -> list[Finding]:
+    """Add a `nonconformant:<path>` note to every evidence row whose record deviates from R4."""
+    verdicts: dict[SourceRef, str | None] = {}
+
+    def check(hit: Hit) -> Hit:
+        if hit.source not in resources:
+            return hit
+        if hit.source not in verdicts:
+            verdicts[hit.source] = conformance_problem(resources[hit.source])
+        problem = verdicts[hit.source]
+        return replace(hit, notes=(*hit.notes, NOTE_PREFIX + problem)) if problem else hit
+
+    return [
+        replace(
+            finding,
+            hits=tuple(check(hit) for hit in finding.hits),
+            other_hits=tuple(check(hit) for hit in finding.other_hits),
+        )
+        for finding in findings
+    ]
