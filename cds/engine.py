@@ -360,7 +360,7 @@ def _convert(
         equivalent = ctx.terminology.diazepam_mg_equivalent(dose.ingredient, source or "ashton")
         if not equivalent:
             return None, dose.explanation, "no-equivalence"
-        value = dose.mg_per_day * 10.0 / equivalent
+        value = dose.mg_per_day * ctx.terminology.diazepam_reference_mg() / equivalent
         figures = f"{dose.explanation} = {fmt_number(value)} mg/day diazepam-equivalent"
         return value, figures, None
     return dose.mg_per_day, dose.explanation, None
@@ -598,6 +598,7 @@ def evaluate_rule(
     values = dict(best.values)
     values["product"] = product_text(ctx, situation.products)
     values["reference_date"] = situation.reference_date.isoformat()
+    # Every parameter that decided the band or appears in its text is reported with where it came from.
     used = [value for key, value in best.band.when.items() if isinstance(value, str) and key != "enabled"]
     if best.band.indicator_param:
         used.append(best.band.indicator_param)
@@ -605,6 +606,8 @@ def evaluate_rule(
         used.append(rule.dose.basis_param)
         if rule.dose.equivalence_source_param:
             used.append(rule.dose.equivalence_source_param)
+    for template in (best.band.summary, best.band.detail):
+        used.extend(name for name in template.get_identifiers() if name in rule.parameters)
     parameters_used = tuple(dict.fromkeys(used))
     for name in rule.parameters:
         values[name] = _format_param(_param(ctx, rule, name))

@@ -12,6 +12,7 @@ from __future__ import annotations
 import calendar
 import re
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import Any
 
@@ -328,19 +329,24 @@ def allergy_fact(resource: Mapping[str, Any]) -> AllergyFact:
 # ------------------------------------------------------------------------------------------ observations
 
 
-def _value(quantity: Any) -> float | None:
-    found = _quantity(quantity)
-    if found is None or not 0 < found.value < 400:
-        return None
-    return found.value
+@dataclass(frozen=True, slots=True)
+class BloodPressureSpec:
+    """Codes that identify a blood pressure and the range of values taken as real readings (data)."""
+
+    panel: set[tuple[str, str]]
+    systolic: set[tuple[str, str]]
+    diastolic: set[tuple[str, str]]
+    above: float
+    below: float
+
+    def value(self, quantity: Any) -> float | None:
+        found = _quantity(quantity)
+        if found is None or not self.above < found.value < self.below:
+            return None
+        return found.value
 
 
-def blood_pressure_fact(
-    resource: Mapping[str, Any],
-    panel: set[tuple[str, str]],
-    systolic: set[tuple[str, str]],
-    diastolic: set[tuple[str, str]],
-) -> BloodPressureFact | None:
+def blood_pressure_fact(resource: Mapping[str, Any], spec: BloodPressureSpec) -> BloodPressureFact | None:
     """An Observation -> a reading, or None when it is not a blood pressure at all."""
 
     def keys(value: Any) -> set[tuple[str, str]]:
@@ -351,19 +357,19 @@ def blood_pressure_fact(
         return None
     codes = keys(resource.get("code"))
     sys_value = dia_value = None
-    if codes & systolic:
-        sys_value = _value(resource.get("valueQuantity"))
-    elif codes & diastolic:
-        dia_value = _value(resource.get("valueQuantity"))
-    elif codes & panel:
+    if codes & spec.systolic:
+        sys_value = spec.value(resource.get("valueQuantity"))
+    elif codes & spec.diastolic:
+        dia_value = spec.value(resource.get("valueQuantity"))
+    elif codes & spec.panel:
         for component in _list(resource.get("component")):
             if not isinstance(component, dict):
                 continue
             component_codes = keys(component.get("code"))
-            if component_codes & systolic:
-                sys_value = _value(component.get("valueQuantity"))
-            elif component_codes & diastolic:
-                dia_value = _value(component.get("valueQuantity"))
+            if component_codes & spec.systolic:
+                sys_value = spec.value(component.get("valueQuantity"))
+            elif component_codes & spec.diastolic:
+                dia_value = spec.value(component.get("valueQuantity"))
     else:
         return None
     period = resource.get("effectivePeriod")
@@ -405,7 +411,7 @@ def build_facts(
     resources: Mapping[str, Sequence[Any]],
     medications: Mapping[str, Mapping[str, Any]],
     context: Mapping[str, Any],
-    bp_codes: tuple[set[tuple[str, str]], set[tuple[str, str]], set[tuple[str, str]]],
+    bp_spec: BloodPressureSpec,
     gaps: Sequence[DataGap] = (),
 ) -> PatientFacts:
     patient = next(iter(_of_type(resources.get("patient", ()), "Patient")), None)
@@ -434,10 +440,9 @@ def build_facts(
         condition_fact(r, birth) for r in _of_type(resources.get("conditions", ()), "Condition")
     )
     allergies = tuple(allergy_fact(r) for r in _of_type(resources.get("allergies", ()), "AllergyIntolerance"))
-    panel, systolic, diastolic = bp_codes
     readings = []
     for observation in _of_type(resources.get("bloodPressure", ()), "Observation"):
-        reading = blood_pressure_fact(observation, panel, systolic, diastolic)
+        reading = blood_pressure_fact(observation, bp_spec)
         if reading is not None:
             readings.append(reading)
     return PatientFacts(

@@ -21,6 +21,7 @@ from cds.cards import CardText, OverrideReason
 from cds.dosing import DosingVocabulary
 from cds.engine import EngineContext, StatusSemantics
 from cds.errors import ConfigError
+from cds.facts import BloodPressureSpec
 from cds.policy import SitePolicy, load_policy
 from cds.rules import Rule, load_rules
 from cds.terminology import Terminology
@@ -60,7 +61,7 @@ class Knowledge:
     request_validator: Draft202012Validator
     feedback_validator: Draft202012Validator
     response_validator: Draft202012Validator
-    bp_codes: tuple[set[tuple[str, str]], set[tuple[str, str]], set[tuple[str, str]]]
+    bp_spec: BloodPressureSpec
 
     def engine_context(self) -> EngineContext:
         return EngineContext(
@@ -182,10 +183,13 @@ def load_knowledge(policy_file: str | None = None, root: Path | None = None) -> 
         )
     )
     bp = terminology.blood_pressure_codes()
-    bp_codes = (
-        {(c.system or "", c.code or "") for c in bp.panel},
-        {(c.system or "", c.code or "") for c in bp.systolic},
-        {(c.system or "", c.code or "") for c in bp.diastolic},
+    plausible = _json(profiles / "tables" / "plausibility.json")["blood_pressure_mmHg"]
+    bp_spec = BloodPressureSpec(
+        panel={(c.system or "", c.code or "") for c in bp.panel},
+        systolic={(c.system or "", c.code or "") for c in bp.systolic},
+        diastolic={(c.system or "", c.code or "") for c in bp.diastolic},
+        above=float(plausible["above"]),
+        below=float(plausible["below"]),
     )
     schemas = profiles / "schemas"
     return Knowledge(
@@ -203,5 +207,5 @@ def load_knowledge(policy_file: str | None = None, root: Path | None = None) -> 
         request_validator=_validator(schemas / "hook-request.schema.json"),
         feedback_validator=_validator(schemas / "feedback.schema.json"),
         response_validator=_validator(schemas / "hook-response.schema.json"),
-        bp_codes=bp_codes,
+        bp_spec=bp_spec,
     )

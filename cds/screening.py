@@ -54,12 +54,13 @@ class Screener:
             resources=gathered.resources,
             medications=gathered.medications,
             context=body.get("context", {}),
-            bp_codes=self.knowledge.bp_codes,
+            bp_spec=self.knowledge.bp_spec,
         )
 
     def screen(self, service: ServiceDefinition, body: Mapping[str, Any]) -> ScreenResult:
         knowledge = self.knowledge
-        deadline = time.monotonic() + self.settings.fhir_time_budget_s
+        budget = min(self.settings.fhir_time_budget_s, self.settings.request_time_budget_s)
+        deadline = time.monotonic() + budget
         factory = client_factory_for(body, settings=self.settings, session=self.http, deadline=deadline)
         context = body.get("context", {})
         patient_id = context.get("patientId")

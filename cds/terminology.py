@@ -185,6 +185,7 @@ class Terminology:
         name_ingredients: Mapping[str, tuple[str, ...]],
         equivalence: Mapping[str, Mapping[str, float]],
         equivalence_sources: frozenset[str],
+        equivalence_reference_mg: float,
         blood_pressure: BloodPressureCodes,
     ) -> None:
         self._systems = systems
@@ -196,6 +197,7 @@ class Terminology:
         self._name_ingredients = dict(name_ingredients)
         self._equivalence = {k: dict(v) for k, v in equivalence.items()}
         self._equivalence_sources = equivalence_sources
+        self._equivalence_reference_mg = equivalence_reference_mg
         self._blood_pressure = blood_pressure
         self._names_re = _names_pattern(self._name_ingredients)
         self._key: Callable[[str | None, str | None], _Key | None] = lru_cache(maxsize=16384)(systems.key)
@@ -212,7 +214,7 @@ class Terminology:
         tables = profiles_dir / "tables"
         systems = _Systems(_read(tables / _TABLE_SYSTEMS), _TABLE_SYSTEMS)
         rx_system, ingredients, brands = _load_ingredients(_read(tables / _TABLE_INGREDIENTS), systems)
-        equivalence, sources = _load_equivalence(_read(tables / _TABLE_EQUIVALENCE))
+        equivalence, sources, reference_mg = _load_equivalence(_read(tables / _TABLE_EQUIVALENCE))
         blood_pressure = _load_blood_pressure(_read(tables / _TABLE_BLOOD_PRESSURE), systems)
 
         files = sorted((profiles_dir / "valuesets").glob("*.json"))
@@ -256,6 +258,7 @@ class Terminology:
             name_ingredients=name_ingredients,
             equivalence=equivalence,
             equivalence_sources=sources,
+            equivalence_reference_mg=reference_mg,
             blood_pressure=blood_pressure,
         )
 
@@ -334,6 +337,10 @@ class Terminology:
                 f"unknown diazepam-equivalence source {source!r}; known: {sorted(self._equivalence_sources)}"
             )
         return self._equivalence.get(ingredient.strip().lower(), {}).get(source)
+
+    def diazepam_reference_mg(self) -> float:
+        """The diazepam dose the equivalence table is written against (mg of oral diazepam)."""
+        return self._equivalence_reference_mg
 
     def blood_pressure_codes(self) -> BloodPressureCodes:
         return self._blood_pressure
@@ -414,9 +421,12 @@ def _load_ingredients(
     return system, ingredients, brands
 
 
-def _load_equivalence(data: Any) -> tuple[dict[str, dict[str, float]], frozenset[str]]:
+def _load_equivalence(data: Any) -> tuple[dict[str, dict[str, float]], frozenset[str], float]:
     where = f"tables/{_TABLE_EQUIVALENCE}"
     root = _obj(data, where)
+    reference_mg = _number(
+        _obj(root.get("reference"), f"{where}: reference").get("mg"), f"{where}: reference.mg"
+    )
     sources = frozenset(_obj(root.get("sources"), f"{where}: sources"))
     if not sources:
         raise ConfigError(f"{where}: no sources")
@@ -428,7 +438,7 @@ def _load_equivalence(data: Any) -> tuple[dict[str, dict[str, float]], frozenset
             for source in sources
             if entry.get(source) is not None
         }
-    return table, sources
+    return table, sources, reference_mg
 
 
 def _load_blood_pressure(data: Any, systems: _Systems) -> BloodPressureCodes:

@@ -1,0 +1,173 @@
+"""Site policy changes thresholds and tiers, and the card always says which value applied."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from flask import Flask
+
+from cds.errors import ConfigError
+from cds.knowledge import load_knowledge
+from tests.conftest import assert_valid_response
+from tests.support.builders import (
+    RXNORM,
+    coding,
+    concept,
+    dosage,
+    hook_request,
+    ketamine_order,
+    med_request,
+    med_statement,
+)
+
+CLONAZEPAM_1 = concept(coding(RXNORM, "197528", "clonazepam 1 MG Oral Tablet"))
+LAMOTRIGINE_100 = concept(coding(RXNORM, "198427", "lamotrigine 100 MG Oral Tablet"))
+RISPERIDONE = concept(coding(RXNORM, "312830", "risperidone 1 MG Oral Tablet"))
+
+
+def policy_app(make_app: Callable[..., Flask], tmp_path: Path, text: str) -> Any:
+    path = tmp_path / "policy.yaml"
+    path.write_text(text, encoding="utf-8")
+    return make_app(policy_file=str(path)).test_client()
+
+
+def cards_by_rule(client: Any, body: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    response = client.post("/cds-services/ketamine-order-select", json=body)
+    assert response.status_code == 200, response.get_data(as_text=True)
+    return {c["source"]["topic"]["code"]: c for c in response.get_json()["cards"]}
+
+
+def benzo_request() -> dict[str, Any]:
+    # clonazepam 1 mg twice daily: 2 mg/day, 40 mg/day diazepam-equivalent (Ashton)
+    return hook_request(
+        "order-select",
+        drafts=[ketamine_order()],
+        statements=[med_statement(CLONAZEPAM_1, dosages=[dosage(dose=1, frequency=2)])],
+    )
+
+
+def test_evidence_default_says_so_and_offers_the_faq_value(make_app: Callable[..., Flask]) -> None:
+    card = cards_by_rule(make_app().test_client(), benzo_request())["benzodiazepine-response"]
+    assert card["indicator"] == "warning"
+    assert "40 mg/day diazepam-equivalent" in card["detail"]
+    assert "1 unit x 2/day x 1 mg/unit = 2 mg/day = 40 mg/day diazepam-equivalent" in card["detail"]
+    assert "default, from Andrashko 2020" in card["detail"]
+    assert "clinic FAQ value, 100 mg/day, is available" in card["detail"]
+    assert "stop" not in card.get("suggestions", [{}])[0].get("label", "").lower()
+
+
+def test_clinic_faq_preset_applies_the_faq_rule_and_says_so(
+    make_app: Callable[..., Flask], tmp_path: Path
+) -> None:
+    client = policy_app(make_app, tmp_path, "preset: clinic_faq\n")
+    cards = cards_by_rule(client, benzo_request())
+    card = cards["benzodiazepine-response"]
+    # 2 mg/day of clonazepam is far below the FAQ's 100 mg/day: information, not a warning
+    assert card["indicator"] == "info"
+    assert "2 mg/day" in card["summary"]
+    assert "clinic FAQ preset" in card["detail"]
+
+
+def test_faq_preset_raises_lamotrigine_and_antipsychotic_tiers(
+    make_app: Callable[..., Flask], tmp_path: Path
+) -> None:
+    body = hook_request(
+        "order-select",
+        drafts=[ketamine_order()],
+        statements=[
+            med_statement(LAMOTRIGINE_100, dosages=[dosage(dose=2, frequency=1)]),
+            med_statement(RISPERIDONE),
+        ],
+    )
+    default = cards_by_rule(make_app().test_client(), body)
+    assert default["lamotrigine-response"]["indicator"] == "info"
+    assert default["risperidone-olanzapine-response"]["indicator"] == "info"
+    faq = cards_by_rule(policy_app(make_app, tmp_path, "preset: clinic_faq\n"), body)
+    assert faq["lamotrigine-response"]["indicator"] == "warning"
+    assert faq["risperidone-olanzapine-response"]["indicator"] == "warning"
+
+
+def test_single_parameter_override_is_reported_as_site_policy(
+    make_app: Callable[..., Flask], tmp_path: Path
+) -> None:
+    client = policy_app(make_app, tmp_path, "parameters:\n  benzodiazepine-response:\n    threshold: 50\n")
+    card = cards_by_rule(client, benzo_request())["benzodiazepine-response"]
+    assert card["indicator"] == "info"  # 40 is not above 50
+    assert "site policy; the default is 8" in card["detail"]
+
+
+def test_instructions_card_can_be_switched_off(make_app: Callable[..., Flask], tmp_path: Path) -> None:
+    client = policy_app(make_app, tmp_path, "parameters:\n  ordering-instructions:\n    enabled: false\n")
+    assert "ordering-instructions" not in cards_by_rule(
+        client, hook_request("order-select", drafts=[ketamine_order()])
+    )
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "parameters:\n  benzodiazepine-response:\n    threshold: -1\n",
+        "parameters:\n  benzodiazepine-response:\n    nonsense: 1\n",
+        "parameters:\n  no-such-rule:\n    threshold: 1\n",
+        "preset: no_such_preset\n",
+        "patient_view_scope: sometimes\n",
+        "parameters:\n  lamotrigine-response:\n    indicator: critical\n",
+    ],
+)
+def test_invalid_site_policy_stops_start_up(tmp_path: Path, text: str) -> None:
+    path = tmp_path / "policy.yaml"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(ConfigError):
+        load_knowledge(str(path))
+
+
+def test_patient_view_scope_ketamine_course(
+    make_app: Callable[..., Flask], tmp_path: Path, knowledge: Any
+) -> None:
+    client = policy_app(make_app, tmp_path, "patient_view_scope: ketamine-course\n")
+    benzo = med_statement(CLONAZEPAM_1, dosages=[dosage(dose=1, frequency=2)])
+    no_course = client.post(
+        "/cds-services/ketamine-patient-view", json=hook_request("patient-view", statements=[benzo])
+    )
+    assert no_course.get_json()["cards"] == []
+    course = med_statement(concept(coding(RXNORM, "6130", "ketamine")), dosages=[dosage(frequency=None)])
+    in_course = client.post(
+        "/cds-services/ketamine-patient-view", json=hook_request("patient-view", statements=[benzo, course])
+    ).get_json()
+    assert_valid_response(knowledge, in_course)
+    assert {c["source"]["topic"]["code"] for c in in_course["cards"]} == {"benzodiazepine-response"}
+
+
+def test_order_and_the_statement_derived_from_it_count_once(call: Callable[..., Any]) -> None:
+    order = med_request(CLONAZEPAM_1, rid="rx-clon", dosages=[dosage(dose=1, frequency=2)])
+    statement = med_statement(
+        CLONAZEPAM_1, dosages=[dosage(dose=1, frequency=2)], derived_from="MedicationRequest/rx-clon"
+    )
+    body = hook_request("order-select", drafts=[ketamine_order()], requests=[order], statements=[statement])
+    card = next(c for c in call(body)["cards"] if c["source"]["topic"]["code"] == "benzodiazepine-response")
+    assert "40 mg/day diazepam-equivalent" in card["summary"]  # not 80
+
+
+def test_two_products_of_one_ingredient_are_summed(call: Callable[..., Any]) -> None:
+    half = concept(coding(RXNORM, "197527", "clonazepam 0.5 MG Oral Tablet"))
+    body = hook_request(
+        "order-select",
+        drafts=[ketamine_order()],
+        statements=[
+            med_statement(CLONAZEPAM_1, dosages=[dosage(dose=1, frequency=1)]),
+            med_statement(half, dosages=[dosage(dose=1, frequency=1)]),
+        ],
+    )
+    card = next(c for c in call(body)["cards"] if c["source"]["topic"]["code"] == "benzodiazepine-response")
+    assert "30 mg/day diazepam-equivalent" in card["summary"]
+
+
+def test_an_old_active_record_is_flagged_as_possibly_stale(call: Callable[..., Any]) -> None:
+    old = med_statement(CLONAZEPAM_1, dosages=[dosage(dose=1, frequency=2)], asserted="2019-01-10")
+    body = hook_request("order-select", drafts=[ketamine_order()], statements=[old])
+    card = next(c for c in call(body)["cards"] if c["source"]["topic"]["code"] == "benzodiazepine-response")
+    assert card["indicator"] == "warning"  # still counted: absence of an update is not evidence of stopping
+    assert "not updated for over 365 days" in card["detail"]
