@@ -35,6 +35,10 @@ def _serve(args: argparse.Namespace) -> int:
             self.cfg.set("timeout", 30)
             self.cfg.set("graceful_timeout", 10)
             self.cfg.set("accesslog", None)  # our own audit line replaces it; access logs carry query strings
+            # gunicorn >= 25.1 opens a runtime-control socket at one fixed path per user: replicas on one host
+            # would replace (and, stopping, delete) each other's, and we don't use it
+            if "control_socket_disable" in self.cfg.settings:
+                self.cfg.set("control_socket_disable", True)
 
         def load(self) -> Any:
             from cds.app import create_app
@@ -44,7 +48,8 @@ def _serve(args: argparse.Namespace) -> int:
     # Fail before forking workers: build once so a broken rule or database stops us with a message.
     from cds.app import create_app
 
-    create_app(settings)
+    # Its store is closed before forking: pooled connections must not be inherited by the workers.
+    create_app(settings).extensions["ketamine_cds"].store.close()
     Server().run()
     return 0
 
@@ -86,9 +91,12 @@ def _report(args: argparse.Namespace) -> int:
 
     settings = load_settings(overrides={"dev_mode": True})
     store = Store.open(settings.database_url)
-    store.migrate()
-    since = datetime.fromisoformat(args.since).replace(tzinfo=UTC) if args.since else None
-    text = render_report(store.report(since), args.format)
+    try:
+        store.migrate()
+        since = datetime.fromisoformat(args.since).replace(tzinfo=UTC) if args.since else None
+        text = render_report(store.report(since), args.format)
+    finally:
+        store.close()
     if args.output:
         Path(args.output).write_text(text, encoding="utf-8")
     else:
@@ -100,7 +108,11 @@ def _migrate(_args: argparse.Namespace) -> int:
     from cds.store import Store
 
     settings = load_settings(overrides={"dev_mode": True})
-    Store.open(settings.database_url).migrate()
+    store = Store.open(settings.database_url)
+    try:
+        store.migrate()
+    finally:
+        store.close()
     return 0
 
 

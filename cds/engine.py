@@ -94,6 +94,7 @@ class EngineContext:
     policy: SitePolicy
     product_names: Mapping[str, str]  # "ketamine" -> "ketamine infusion"; "both" -> "..."
     dose_units: Mapping[str, str]  # dose basis -> how a total is written ("mg/day diazepam-equivalent")
+    bp_unit: str  # the unit blood pressures are read and shown in
     treatment_valuesets: Mapping[str, str]  # product -> value set URL
 
 
@@ -361,7 +362,7 @@ def _convert(
         if not equivalent:
             return None, dose.explanation, "no-equivalence"
         value = dose.mg_per_day * ctx.terminology.diazepam_reference_mg() / equivalent
-        figures = f"{dose.explanation} = {fmt_number(value)} mg/day diazepam-equivalent"
+        figures = f"{dose.explanation} = {fmt_number(value)} {ctx.dose_units.get(basis, basis)}"
         return value, figures, None
     return dose.mg_per_day, dose.explanation, None
 
@@ -463,7 +464,7 @@ def _collect_blood_pressure(inp: _BandInput, result: _BandResult) -> bool:
             label=None,
             date=taken,
             date_basis="taken",
-            figures=f"{systolic}/{diastolic} mmHg",
+            figures=f"{systolic}/{diastolic} {inp.ctx.bp_unit}",
         )
     )
     result.values.update(

@@ -62,6 +62,7 @@ class Knowledge:
     feedback_validator: Draft202012Validator
     response_validator: Draft202012Validator
     bp_spec: BloodPressureSpec
+    bp_unit: str
 
     def engine_context(self) -> EngineContext:
         return EngineContext(
@@ -71,6 +72,7 @@ class Knowledge:
             policy=self.policy,
             product_names=self.card_text.raw["products"],
             dose_units=self.card_text.raw["dose_units"],
+            bp_unit=self.bp_unit,
             treatment_valuesets=self.treatments,
         )
 
@@ -153,12 +155,15 @@ def load_knowledge(policy_file: str | None = None, root: Path | None = None) -> 
                 raise ConfigError(
                     f"card-text.yaml: default override reason {code!r} ({category}) is undefined"
                 )
+    treatments_doc = yaml.safe_load((root / "rules" / "_treatments.yaml").read_text(encoding="utf-8"))
+    treatments = {product: spec["valueset"] for product, spec in treatments_doc.items()}
     rules = load_rules(
         root / "rules",
         profiles / "schemas" / "rule.schema.json",
         placeholders=PLACEHOLDERS,
         valueset_known=terminology.known,
         override_reason_known=override_reasons.__contains__,
+        products=tuple(treatments),
     )
     policy = load_policy(
         root / "rules" / "site-policy.yaml",
@@ -166,8 +171,6 @@ def load_knowledge(policy_file: str | None = None, root: Path | None = None) -> 
         profiles / "schemas" / "site-policy.schema.json",
         rules,
     )
-    treatments_doc = yaml.safe_load((root / "rules" / "_treatments.yaml").read_text(encoding="utf-8"))
-    treatments = {product: spec["valueset"] for product, spec in treatments_doc.items()}
     for url in treatments.values():
         if not terminology.known(url):
             raise ConfigError(f"rules/_treatments.yaml names unknown value set {url}")
@@ -208,4 +211,5 @@ def load_knowledge(policy_file: str | None = None, root: Path | None = None) -> 
         feedback_validator=_validator(schemas / "feedback.schema.json"),
         response_validator=_validator(schemas / "hook-response.schema.json"),
         bp_spec=bp_spec,
+        bp_unit=str(plausible["unit"]),
     )

@@ -20,7 +20,6 @@ from jsonschema import Draft202012Validator
 from cds.errors import ConfigError
 
 INDICATOR_RANK = {"info": 0, "warning": 1, "critical": 2}
-PRODUCTS = ("ketamine", "esketamine")
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,7 +128,11 @@ def _template(text: str, where: str, names: Iterable[str]) -> string.Template:
 
 
 def _parse_rule(
-    data: Mapping[str, Any], when_then: str, where: str, placeholders: Mapping[str, frozenset[str]]
+    data: Mapping[str, Any],
+    when_then: str,
+    where: str,
+    placeholders: Mapping[str, frozenset[str]],
+    products: tuple[str, ...],
 ) -> Rule:
     parameters = {
         name: Parameter(
@@ -181,7 +184,7 @@ def _parse_rule(
                 id=raw["id"],
                 facts=facts,
                 match=tuple(raw.get("match", ())),
-                products=frozenset(raw.get("products", PRODUCTS)),
+                products=frozenset(raw.get("products", products)),
                 when=when,
                 indicator=indicator,
                 indicator_param=indicator_param,
@@ -234,6 +237,7 @@ def load_rules(
     placeholders: Mapping[str, frozenset[str]],
     valueset_known: Callable[[str], bool],
     override_reason_known: Callable[[str], bool],
+    products: tuple[str, ...],
 ) -> tuple[Rule, ...]:
     """Every `rules/*.yaml` except files starting with `_` or named `site-policy*`; sorted by id."""
     validator = _load_schema(schema_path)
@@ -255,7 +259,10 @@ def load_rules(
             first = errors[0]
             location = "/".join(str(p) for p in first.absolute_path) or "(root)"
             raise ConfigError(f"{where}: {location}: {first.message}")
-        rule = _parse_rule(data, when_then, where, placeholders)
+        rule = _parse_rule(data, when_then, where, placeholders, products)
+        unknown_products = {p for band in rule.bands for p in band.products} - set(products)
+        if unknown_products:
+            raise ConfigError(f"{where}: unknown products {sorted(unknown_products)}")
         if f"{rule.id}.yaml" != path.name:
             raise ConfigError(f"{where}: file name must be the rule id ({rule.id}.yaml)")
         for url in sorted(rule.valuesets()):
