@@ -176,7 +176,15 @@ def feedback(service_id: str) -> Response:
     body = _read_json(rt.knowledge.feedback_validator)
     received = datetime.now(UTC)
     items = []
-    for entry in body["feedback"]:
+    for index, entry in enumerate(body["feedback"]):
+        try:
+            outcome_at = datetime.fromisoformat(entry["outcomeTimestamp"].replace("Z", "+00:00"))
+        except ValueError:
+            path = f"$.feedback[{index}].outcomeTimestamp"
+            raise BadRequest(
+                "outcomeTimestamp is not a valid date-time",
+                issues=[Issue("value", "not a valid date-time", path)],
+            ) from None
         reason = (entry.get("overrideReason") or {}).get("reason") or {}
         items.append(
             FeedbackItem(
@@ -187,7 +195,7 @@ def feedback(service_id: str) -> Response:
                 override_display=reason.get("display"),
                 user_comment=(entry.get("overrideReason") or {}).get("userComment"),
                 accepted_suggestions=tuple(s["id"] for s in entry.get("acceptedSuggestions", [])),
-                outcome_at=datetime.fromisoformat(entry["outcomeTimestamp"].replace("Z", "+00:00")),
+                outcome_at=outcome_at,
                 received_at=received,
             )
         )

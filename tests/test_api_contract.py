@@ -308,6 +308,31 @@ def test_feedback_is_stored_and_answered_200(app: Flask, client: FlaskClient) ->
     assert row.total.overridden == 1
 
 
+def test_impossible_feedback_timestamp_is_400_not_500(client: FlaskClient) -> None:
+    item = {"card": "c", "outcome": "accepted", "outcomeTimestamp": "2026-13-45T25:00:00Z"}
+    response = client.post("/cds-services/ketamine-patient-view/feedback", json={"feedback": [item]})
+    assert response.status_code == 400
+    assert response.get_json()["issue"][0]["expression"] == ["$.feedback[0].outcomeTimestamp"]
+
+
+def test_override_reason_without_display_is_accepted(client: FlaskClient) -> None:
+    item = {
+        "card": "c",
+        "outcome": "overridden",
+        "outcomeTimestamp": "2026-11-22T10:00:00Z",
+        "overrideReason": {
+            "reason": {
+                "code": "risk-benefit-ratio",
+                "system": "http://cds-hooks.hl7.org/CodeSystem/non-adherence-reason",
+            }
+        },
+    }
+    assert (
+        client.post("/cds-services/ketamine-patient-view/feedback", json={"feedback": [item]}).status_code
+        == 200
+    )
+
+
 def test_invalid_feedback_is_400(client: FlaskClient) -> None:
     response = client.post("/cds-services/ketamine-patient-view/feedback", json={"feedback": [{"card": "x"}]})
     assert response.status_code == 400
