@@ -164,9 +164,9 @@ class Runtime:
         context = body.get("context", {})
         encounter = context.get("encounterId") if isinstance(context.get("encounterId"), str) else None
         for finding, card in zip(result.findings, result.cards, strict=True):
-            self.metrics.count_cards(finding.rule.id, finding.indicator)
             if card["uuid"] not in shown:
-                continue
+                continue  # suppressed as a repeat: not returned, so neither counted nor recorded
+            self.metrics.count_cards(finding.rule.id, finding.indicator)
             assert self.recorder is not None
             self.recorder.put(
                 IssuedCard(

@@ -1,9 +1,11 @@
-"""Acknowledged feedback survives a SIGKILL of the server in the middle of a burst.
+"""Acknowledged feedback survives a SIGKILL of the real server in the middle of a burst.
 
-The server here is a stand-in: `create_app` below is a minimal Flask app that does what the real feedback
-endpoint must do (store with `Store.record_feedback`, which commits, then answer 200), run under gunicorn
-with several workers and threads exactly as in production. The whole process group is killed with SIGKILL
-while clients are still posting; afterwards every feedback that got a 200 must be in the database.
+`ketamine-cds serve --dev --workers 2` runs as a subprocess in its own process group (gunicorn, gthread
+workers, exactly as in production) against a database that does not exist yet: the server applies the
+migrations itself, once before the workers start and again (a no-op) in each worker. The test gets real
+cards from a service call, then posts feedback on them from several threads and SIGKILLs the whole process
+group while clients are still posting. Afterwards every feedback that got a 200 must be in the database.
+Runs on a SQLite file and on PostgreSQL (a fresh schema).
 """
 
 from __future__ import annotations
@@ -19,63 +21,39 @@ import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 import requests
 import sqlalchemy as sa
-from flask import Flask, request
+from alembic.script import ScriptDirectory
 
-from cds.store import FeedbackItem, Store, feedback_table
+from cds.store import MIGRATIONS_DIR, Store, feedback_table, issued_card_table
 from tests.support.backends import fresh_postgres_schema
+from tests.support.builders import (
+    RXNORM,
+    coding,
+    concept,
+    dosage,
+    hook_request,
+    ketamine_order,
+    med_statement,
+)
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-GUNICORN = Path(sys.executable).with_name("gunicorn")
-DB_ENV = "KETAMINE_CDS_DURABILITY_DATABASE_URL"
+KETAMINE_CDS = Path(sys.executable).with_name("ketamine-cds")
+CLONAZEPAM = concept(coding(RXNORM, "204892", "clonazePAM 0.25 MG Oral Tablet"))
 CLIENT_THREADS = 8
 POSTS_PER_THREAD = 50  # at most 400 requests in all
 KILL_AFTER_ACKS = 120
-
-
-def create_app() -> Flask:
-    """The stand-in feedback service (loaded by gunicorn as `test_durability:create_app()`)."""
-    store = Store.open(os.environ[DB_ENV])
-    app = Flask("durability-stand-in")
-
-    @app.get("/health")
-    def health() -> tuple[str, int]:
-        return "", 200
-
-    @app.post("/cds-services/<service_id>/feedback")
-    def feedback(service_id: str) -> tuple[str, int]:
-        now = datetime.now(UTC)
-        body = request.get_json()
-        items = [
-            FeedbackItem(
-                card_uuid=entry["card"],
-                outcome=entry["outcome"],
-                override_system=None,
-                override_code=None,
-                override_display=None,
-                user_comment=None,
-                accepted_suggestions=tuple(s["id"] for s in entry.get("acceptedSuggestions", [])),
-                outcome_at=datetime.fromisoformat(entry["outcomeTimestamp"]),
-                received_at=now,
-            )
-            for entry in body["feedback"]
-        ]
-        store.record_feedback(service_id, items)  # committed (and synced) before we answer
-        return "", 200
-
-    return app
-
-
-# ------------------------------------------------------------------------------------------------
+BUDGET_S = 20  # per backend: start-up, cards, burst, kill and check
+SERVICE = "ketamine-order-select"
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A database the server has never seen: no schema yet."""
     if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'feedback.sqlite3'}"
+        yield f"sqlite:///{tmp_path / 'fresh.sqlite3'}"
     else:
         with fresh_postgres_schema() as url:
             yield url
@@ -87,117 +65,186 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _wait_until_up(base: str, server: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            pytest.fail(f"gunicorn exited early:\n{log.read_text(errors='replace')}")
-        try:
-            if requests.get(f"{base}/health", timeout=1).status_code == 200:
-                return
-        except requests.RequestException:
-            pass
-        time.sleep(0.1)
-    pytest.fail(f"gunicorn did not come up:\n{log.read_text(errors='replace')}")
+def _server_env(database_url: str) -> dict[str, str]:
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("KETAMINE_CDS_") and k != "PROMETHEUS_MULTIPROC_DIR"
+    }
+    env.update(
+        KETAMINE_CDS_DATABASE_URL=database_url,
+        KETAMINE_CDS_AUDIT_HASH_KEY="durability-test-key",
+        KETAMINE_CDS_LOG_LEVEL="WARNING",
+    )
+    return env
+
+
+def _wait_until_up(base: str, server: subprocess.Popen[bytes], log: Path, deadline: float) -> None:
+    with requests.Session() as session:
+        session.trust_env = False
+        while time.monotonic() < deadline:
+            if server.poll() is not None:
+                pytest.fail(f"the server exited early:\n{log.read_text(errors='replace')}")
+            try:
+                if session.get(f"{base}/healthz", timeout=1).status_code == 200:
+                    return
+            except requests.RequestException:
+                pass
+            time.sleep(0.1)
+    pytest.fail(f"the server did not come up:\n{log.read_text(errors='replace')}")
+
+
+def _real_cards(base: str, calls: int) -> list[dict[str, Any]]:
+    """Cards the server issued for `calls` order-select requests (a benzodiazepine interaction each)."""
+    cards: list[dict[str, Any]] = []
+    with requests.Session() as session:
+        session.trust_env = False
+        for _ in range(calls):
+            statement = med_statement(CLONAZEPAM, dosages=[dosage(dose=2, frequency=2)])
+            body = hook_request("order-select", drafts=[ketamine_order()], statements=[statement])
+            response = session.post(f"{base}/cds-services/{SERVICE}", json=body, timeout=10)
+            assert response.status_code == 200, response.text[:2000]
+            cards.extend(c for c in response.json()["cards"] if c.get("overrideReasons"))
+    assert cards, "the scenario should produce cards with override reasons"
+    return cards
+
+
+def _wait_for_issued_cards(database_url: str, uuids: set[str], deadline: float) -> None:
+    """Issued cards are written by a background thread in the worker; wait until all are in."""
+    store = Store.open(database_url)
+    try:
+        while True:
+            with store.engine.connect() as conn:
+                query = sa.select(issued_card_table.c.uuid).where(issued_card_table.c.uuid.in_(uuids))
+                found = set(conn.scalars(query))
+            if found == uuids or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+    finally:
+        store.close()
+    assert found == uuids, f"{len(uuids - found)} issued cards were never recorded"
+
+
+def _timestamp() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def test_acknowledged_feedback_survives_sigkill(database_url: str, tmp_path: Path) -> None:
-    setup = Store.open(database_url)
-    setup.migrate()
-    setup.close()
-
     port = _free_port()
     base = f"http://127.0.0.1:{port}"
-    log = tmp_path / "gunicorn.log"
+    log = tmp_path / "server.log"
     command = [
-        str(GUNICORN),
-        "--bind",
-        f"127.0.0.1:{port}",
+        str(KETAMINE_CDS),
+        "serve",
+        "--dev",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
         "--workers",
         "2",
-        "--worker-class",
-        "gthread",
-        "--threads",
-        "4",
-        "--pythonpath",
-        f"{REPO_ROOT / 'tests'},{REPO_ROOT}",
-        "--log-level",
-        "warning",
-        "test_durability:create_app()",
     ]
-    env = {**os.environ, DB_ENV: database_url}
+    started = time.monotonic()
+    deadline = started + BUDGET_S
     with log.open("wb") as log_file:
         server = subprocess.Popen(
-            command, env=env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True
+            command,
+            env=_server_env(database_url),
+            cwd=tmp_path,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group: master and workers die together
         )
+    acked: dict[str, str] = {}  # comment -> card uuid, for every feedback answered 200
+    failed: list[str] = []
     try:
-        _wait_until_up(base, server, log)
+        _wait_until_up(base, server, log, deadline)
+        cards = _real_cards(base, calls=4)
+        _wait_for_issued_cards(database_url, {c["uuid"] for c in cards}, deadline)
 
-        acked: list[str] = []
-        failed: list[str] = []
         lock = threading.Lock()
         enough = threading.Event()
         run = uuid.uuid4().hex[:8]
 
         def client(n: int) -> None:
             with requests.Session() as session:
+                session.trust_env = False
                 for i in range(POSTS_PER_THREAD):
-                    card = f"{run}-{n}-{i}"
+                    card = cards[(n * POSTS_PER_THREAD + i) % len(cards)]
+                    comment = f"{run}-{n}-{i}"
                     body = {
                         "feedback": [
                             {
-                                "card": card,
-                                "outcome": "accepted",
-                                "acceptedSuggestions": [{"id": f"s-{card}"}],
-                                "outcomeTimestamp": datetime.now(UTC).isoformat(),
+                                "card": card["uuid"],
+                                "outcome": "overridden",
+                                "overrideReason": {
+                                    "reason": card["overrideReasons"][0],
+                                    "userComment": comment,
+                                },
+                                "outcomeTimestamp": _timestamp(),
                             }
                         ]
                     }
                     try:
                         response = session.post(
-                            f"{base}/cds-services/ketamine-order-sign/feedback", json=body, timeout=5
+                            f"{base}/cds-services/{SERVICE}/feedback", json=body, timeout=5
                         )
                     except requests.RequestException:
                         with lock:
-                            failed.append(card)
+                            failed.append(comment)
                         return  # the server is gone
                     with lock:
                         if response.status_code == 200:
-                            acked.append(card)
+                            acked[comment] = card["uuid"]
                             if len(acked) >= KILL_AFTER_ACKS:
                                 enough.set()
                         else:
-                            failed.append(card)
+                            failed.append(comment)
 
         threads = [threading.Thread(target=client, args=(n,)) for n in range(CLIENT_THREADS)]
-        started = time.monotonic()
         for t in threads:
             t.start()
-        assert enough.wait(timeout=15), f"only {len(acked)} acknowledgements before the deadline"
+        got_enough = enough.wait(timeout=max(deadline - time.monotonic(), 0.1))
         os.killpg(server.pid, signal.SIGKILL)  # master and workers, no chance to clean up
         for t in threads:
-            t.join(timeout=15)
+            t.join(timeout=10)
         server.wait(timeout=10)
-        elapsed = time.monotonic() - started
+        assert got_enough, f"only {len(acked)} acknowledgements before the deadline"
     finally:
         if server.poll() is None:
             os.killpg(server.pid, signal.SIGKILL)
             server.wait(timeout=10)
+    output = log.read_text(errors="replace")
 
     assert failed, "the kill should have interrupted the burst (every request was answered)"
     assert len(acked) < CLIENT_THREADS * POSTS_PER_THREAD
-    assert elapsed < 20
+    assert not [line for line in output.splitlines() if "error" in line.lower() or "Traceback" in line], (
+        output
+    )
 
     reopened = Store.open(database_url)
-    with reopened.engine.connect() as conn:
-        stored = set(
-            conn.scalars(
-                sa.select(feedback_table.c.card_uuid).where(feedback_table.c.card_uuid.like(f"{run}-%"))
-            )
-        )
-    reopened.close()
+    try:
+        with reopened.engine.connect() as conn:
+            stored = {
+                row.user_comment: row
+                for row in conn.execute(
+                    sa.select(feedback_table).where(feedback_table.c.user_comment.like(f"{run}-%"))
+                )
+            }
+            versions = list(conn.scalars(sa.text("SELECT version_num FROM alembic_version")))
+    finally:
+        reopened.close()
+    elapsed = time.monotonic() - started
     print(f"acknowledged {len(acked)}, failed {len(failed)}, stored {len(stored)} in {elapsed:.1f} s")
-    lost = sorted(set(acked) - stored)
+
+    # the server migrated the fresh database once, to the newest revision, with two workers starting
+    assert versions == [ScriptDirectory(str(MIGRATIONS_DIR)).get_current_head()]
+    lost = sorted(set(acked) - set(stored))
     assert lost == [], f"{len(lost)} acknowledged feedback items are missing after SIGKILL"
+    for comment, card_uuid in acked.items():
+        row = stored[comment]
+        assert (row.card_uuid, row.outcome, row.service_id) == (card_uuid, "overridden", SERVICE)
+        assert row.known_card, "feedback on a card the server issued is attributed to it"
     # anything stored but not acknowledged was in flight when the server died; never more than that
-    assert len(stored - set(acked)) <= CLIENT_THREADS
+    assert len(set(stored) - set(acked)) <= CLIENT_THREADS
+    assert elapsed < BUDGET_S
