@@ -29,6 +29,7 @@ from cds.errors import (
     UnsupportedMedia,
     operation_outcome,
 )
+from cds.jsonlimits import depth_exceeds
 from cds.report import render_report
 from cds.runtime import Runtime
 from cds.store import FeedbackItem
@@ -61,20 +62,6 @@ def _json_path(path: Iterable[Any]) -> str:
     return out
 
 
-def _depth_exceeds(value: Any, limit: int) -> bool:
-    """Iterative nesting check: a deep body must not exhaust the stack anywhere downstream."""
-    stack: list[tuple[Any, int]] = [(value, 1)]
-    while stack:
-        node, depth = stack.pop()
-        if depth > limit:
-            return True
-        if isinstance(node, dict):
-            stack.extend((child, depth + 1) for child in node.values() if isinstance(child, (dict, list)))
-        elif isinstance(node, list):
-            stack.extend((child, depth + 1) for child in node if isinstance(child, (dict, list)))
-    return False
-
-
 def _read_json(validator: Draft202012Validator) -> dict[str, Any]:
     rt = runtime()
     mimetype = request.mimetype or ""
@@ -95,7 +82,11 @@ def _read_json(validator: Draft202012Validator) -> dict[str, Any]:
         raise BadRequest(
             "the request body must be a JSON object", issues=[Issue("invalid", "expected an object", "$")]
         )
-    if _depth_exceeds(body, rt.settings.max_json_depth):
+    # Depth is limited wherever the JSON is walked recursively: everything but the prefetch resources,
+    # which are read field by field (and, behind a finding, depth-checked before model validation).
+    # The parser itself refuses pathological depth (RecursionError above).
+    outer = {key: value for key, value in body.items() if key != "prefetch"}
+    if depth_exceeds(outer, rt.settings.max_json_depth):
         raise BadRequest(f"the request body is nested deeper than {rt.settings.max_json_depth} levels")
     errors = sorted(
         validator.iter_errors(body), key=lambda e: (len(e.absolute_path), list(map(str, e.absolute_path)))

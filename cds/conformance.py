@@ -11,6 +11,8 @@ R4B and R4 share these five resources' structure, which is why the R4B models se
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Iterable, Mapping
 from dataclasses import replace
 from typing import Any
@@ -23,6 +25,7 @@ from fhir.resources.R4B.observation import Observation
 from pydantic import ValidationError
 
 from cds.engine import Finding, Hit
+from cds.jsonlimits import depth_exceeds
 from cds.model import SourceRef
 
 MODELS: Mapping[str, Any] = {
@@ -43,11 +46,35 @@ def _tolerated(resource: Mapping[str, Any]) -> dict[str, Any]:
     return fixed
 
 
-def conformance_problem(resource: Mapping[str, Any]) -> str | None:
-    """The JSON path of the first deviation from the R4 model, or None when the resource conforms."""
+_VERDICT_CACHE_SIZE = 20_000
+_verdicts: dict[bytes, str | None] = {}
+
+
+def conformance_problem(resource: Mapping[str, Any], max_depth: int = 64) -> str | None:
+    """The JSON path of the first deviation from the R4 model, or None when the resource conforms.
+
+    Verdicts are cached by a digest of the resource's canonical JSON: the same chart is screened again
+    at order-select, order-sign and every time it is opened, and hashing costs a tenth of validating.
+    """
     model = MODELS.get(str(resource.get("resourceType")))
     if model is None:
         return None
+    if depth_exceeds(resource, max_depth):
+        return "(nested too deep to validate)"
+    try:
+        key = hashlib.blake2b(
+            json.dumps(resource, sort_keys=True, default=str).encode(), digest_size=20
+        ).digest()
+    except (TypeError, ValueError):
+        return _validate(model, resource)
+    if key not in _verdicts:
+        if len(_verdicts) >= _VERDICT_CACHE_SIZE:
+            _verdicts.clear()
+        _verdicts[key] = _validate(model, resource)
+    return _verdicts[key]
+
+
+def _validate(model: Any, resource: Mapping[str, Any]) -> str | None:
     try:
         model.model_validate(_tolerated(resource))
     except ValidationError as exc:
@@ -68,7 +95,9 @@ def index_resources(groups: Iterable[Iterable[Any]]) -> dict[SourceRef, Mapping[
     return index
 
 
-def annotate(findings: list[Finding], resources: Mapping[SourceRef, Mapping[str, Any]]) -> list[Finding]:
+def annotate(
+    findings: list[Finding], resources: Mapping[SourceRef, Mapping[str, Any]], max_depth: int = 64
+) -> list[Finding]:
     """Add a `nonconformant:<path>` note to every evidence row whose record deviates from R4."""
     verdicts: dict[SourceRef, str | None] = {}
 
@@ -76,7 +105,7 @@ def annotate(findings: list[Finding], resources: Mapping[SourceRef, Mapping[str,
         if hit.source not in resources:
             return hit
         if hit.source not in verdicts:
-            verdicts[hit.source] = conformance_problem(resources[hit.source])
+            verdicts[hit.source] = conformance_problem(resources[hit.source], max_depth)
         problem = verdicts[hit.source]
         return replace(hit, notes=(*hit.notes, NOTE_PREFIX + problem)) if problem else hit
 

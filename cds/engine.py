@@ -381,10 +381,6 @@ def _latest_bp(facts: Sequence[BloodPressureFact]) -> BloodPressureFact | None:
 # ------------------------------------------------------------------------------------------- the rule
 
 
-def _counted_meds(facts: PatientFacts, ctx: EngineContext) -> list[MedicationFact]:
-    return [m for m in facts.medications if m.unreadable is None and medication_counts(m, ctx.statuses)]
-
-
 DOSE_CONDITIONS = frozenset({"total_above", "regular_use", "as_needed_only", "dose_unknown"})
 
 
@@ -397,10 +393,52 @@ class _BandInput:
     situation: Situation
     claimed: set[SourceRef]
     dose_cache: dict[str, tuple[_DoseSummary, set[SourceRef]]]
+    index: FactIndex
+
+
+@dataclass(slots=True)
+class FactIndex:
+    """Facts by the value sets they belong to, built once per screen: a band visits only its candidates."""
+
+    conditions: dict[str, list[ConditionFact]] = field(default_factory=dict)
+    allergies: dict[str, list[AllergyFact]] = field(default_factory=dict)
+    medications: dict[str, list[MedicationFact]] = field(default_factory=dict)  # counted records only
+    position: dict[int, int] = field(default_factory=dict)
+
+    @classmethod
+    def build(cls, ctx: EngineContext, facts: PatientFacts) -> FactIndex:
+        index = cls()
+        terminology = ctx.terminology
+        for position, condition in enumerate(facts.conditions):
+            index._add(index.conditions, condition, terminology.memberships(condition.concept), position)
+        for position, allergy in enumerate(facts.allergies):
+            urls: frozenset[str] = frozenset()
+            for concept in allergy.concepts:
+                urls |= terminology.memberships(concept)
+            index._add(index.allergies, allergy, urls, position)
+        for position, med in enumerate(facts.medications):
+            if med.unreadable is None and medication_counts(med, ctx.statuses):
+                index._add(index.medications, med, terminology.memberships(med.concept), position)
+        return index
+
+    def _add(self, table: dict[str, list[Any]], fact: Any, urls: frozenset[str], position: int) -> None:
+        self.position[id(fact)] = position
+        for url in urls:
+            table.setdefault(url, []).append(fact)
+
+    def candidates(self, table: Mapping[str, list[Any]], urls: Sequence[str]) -> list[Any]:
+        """Facts in any of `urls`, once each, in record order (deterministic evidence trails)."""
+        if len(urls) == 1:
+            return list(table.get(urls[0], ()))
+        seen: dict[int, Any] = {}
+        for url in urls:
+            for fact in table.get(url, ()):
+                seen.setdefault(id(fact), fact)
+        return sorted(seen.values(), key=lambda fact: self.position[id(fact)])
 
 
 def _collect_conditions(inp: _BandInput, result: _BandResult) -> bool:
-    for fact in inp.facts.conditions:
+    for fact in inp.index.candidates(inp.index.conditions, inp.band.match):
         if fact.source in inp.claimed or not _condition_counts(fact, inp.rule, inp.ctx.statuses):
             continue
         hit = _condition_band_hits(inp.ctx, inp.rule, inp.band, fact, inp.situation)
@@ -417,7 +455,7 @@ def _collect_conditions(inp: _BandInput, result: _BandResult) -> bool:
 
 
 def _collect_allergies(inp: _BandInput, result: _BandResult) -> bool:
-    for allergy in inp.facts.allergies:
+    for allergy in inp.index.candidates(inp.index.allergies, inp.band.match):
         if allergy.source in inp.claimed or not _allergy_counts(allergy, inp.ctx.statuses):
             continue
         hit = _allergy_hit(inp.ctx, inp.band, allergy)
@@ -429,7 +467,8 @@ def _collect_allergies(inp: _BandInput, result: _BandResult) -> bool:
 
 
 def _collect_medications(inp: _BandInput, result: _BandResult) -> bool:
-    meds = _counted_meds(inp.facts, inp.ctx)
+    urls = inp.rule.dose.match if inp.rule.dose is not None else inp.band.match
+    meds = inp.index.candidates(inp.index.medications, urls)
     if inp.rule.dose is not None and DOSE_CONDITIONS & set(inp.band.when):
         if inp.rule.id not in inp.dose_cache:
             inp.dose_cache[inp.rule.id] = _dose_summary(inp.ctx, inp.rule, meds, inp.situation)
@@ -577,13 +616,18 @@ def _fingerprint(rule: Rule, band: Band, hits: Sequence[Hit], values: Mapping[st
 
 
 def evaluate_rule(
-    ctx: EngineContext, rule: Rule, facts: PatientFacts, situation: Situation
+    ctx: EngineContext,
+    rule: Rule,
+    facts: PatientFacts,
+    situation: Situation,
+    index: FactIndex | None = None,
 ) -> Finding | None:
+    index = FactIndex.build(ctx, facts) if index is None else index
     claimed: set[SourceRef] = set()
     results: list[_BandResult] = []
     dose_cache: dict[str, tuple[_DoseSummary, set[SourceRef]]] = {}
     for band in rule.bands:
-        result = _evaluate_band(_BandInput(ctx, rule, band, facts, situation, claimed, dose_cache))
+        result = _evaluate_band(_BandInput(ctx, rule, band, facts, situation, claimed, dose_cache, index))
         if result is None:
             continue
         results.append(result)
@@ -639,6 +683,7 @@ def evaluate(
     if situation.mode == NONE:
         return []
     findings: list[Finding] = []
+    index = FactIndex.build(ctx, facts)
     for rule in rules:
         if rule.id in ctx.policy.disabled_rules:
             continue
@@ -646,7 +691,7 @@ def evaluate(
             continue
         if rule.category == "procedure" and not situation.ketamine_orders:
             continue
-        finding = evaluate_rule(ctx, rule, facts, situation)
+        finding = evaluate_rule(ctx, rule, facts, situation, index)
         if finding is not None:
             findings.append(finding)
     findings.sort(key=lambda f: (-INDICATOR_RANK[f.indicator], f.rule.id))

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -68,7 +68,8 @@ class Screener:
         today = self.clock().date()
 
         def situation_for(gathered: Gathered, loaded: bool) -> tuple[Situation | None, PatientFacts]:
-            facts = self._facts(gathered, body, patient_ref)
+            # Before the chart is loaded only the draft orders matter: do not normalise the prefetch twice.
+            facts = self._facts(gathered if loaded else replace(gathered, resources={}), body, patient_ref)
             found = decide(
                 hook=service.hook,
                 medications=facts.medications,
@@ -107,7 +108,8 @@ class Screener:
         )
         if findings:
             drafts = draft_order_resources(context) if isinstance(context, dict) else []
-            findings = annotate(findings, index_resources([*gathered.resources.values(), drafts]))
+            resources = index_resources([*gathered.resources.values(), drafts])
+            findings = annotate(findings, resources, self.settings.max_json_depth)
         extra = {"new_uuid": self.new_uuid} if self.new_uuid else {}
         cards = render_cards(
             findings,

@@ -41,6 +41,7 @@ METHOD_NAME = "name"
 
 _TABLE_INGREDIENTS = "ingredients.json"
 _TABLE_EQUIVALENCE = "diazepam-equivalence.json"
+_MEMBERSHIP_CACHE_SIZE = 50_000
 _TABLE_SYSTEMS = "code-systems.json"
 _TABLE_BLOOD_PRESSURE = "blood-pressure-codes.json"
 
@@ -200,6 +201,17 @@ class Terminology:
         self._equivalence_reference_mg = equivalence_reference_mg
         self._blood_pressure = blood_pressure
         self._names_re = _names_pattern(self._name_ingredients)
+        # Reverse indexes so that `memberships` finds every set a concept belongs to in one pass.
+        roots_by_system: dict[str, list[tuple[str, tuple[str, ...]]]] = {}
+        name_owners: dict[str, set[str]] = {}
+        for valueset in self._sets.values():
+            for system, roots in valueset.roots.items():
+                roots_by_system.setdefault(system, []).append((valueset.url, roots))
+            for name in valueset.names:
+                name_owners.setdefault(name, set()).add(valueset.url)
+        self._roots_by_system = {k: tuple(v) for k, v in roots_by_system.items()}
+        self._name_owners = {k: frozenset(v) for k, v in name_owners.items()}
+        self._membership_cache: dict[Concept, frozenset[str]] = {}
         self._key: Callable[[str | None, str | None], _Key | None] = lru_cache(maxsize=16384)(systems.key)
         self._scan: Callable[[str], tuple[str, ...]] = lru_cache(maxsize=32768)(self._scan_text)
 
@@ -281,9 +293,35 @@ class Terminology:
         """(canonical system URI, normalised code); None for an unknown system or a missing part."""
         return self._key(coding.system, coding.code)
 
+    def memberships(self, concept: Concept) -> frozenset[str]:
+        """Every value set `concept` belongs to, by any method. Cached: charts repeat the same codes."""
+        cached = self._membership_cache.get(concept)
+        if cached is not None:
+            return cached
+        urls: set[str] = set()
+        for coding in concept.codings:
+            key = self._key(coding.system, coding.code)
+            if key is None:
+                continue
+            urls |= self._code_index.get(key, frozenset())
+            urls |= self._ingredient_index.get(key, frozenset())
+            for url, roots in self._roots_by_system.get(key[0], ()):
+                if key[1].startswith(roots):
+                    urls.add(url)
+        for text in _texts(concept):
+            for name in self._scan(text):
+                urls |= self._name_owners.get(name, frozenset())
+        found = frozenset(urls)
+        if len(self._membership_cache) >= _MEMBERSHIP_CACHE_SIZE:
+            self._membership_cache.clear()  # crude but bounded; a warm working set refills quickly
+        self._membership_cache[concept] = found
+        return found
+
     def match(self, url: str, concept: Concept) -> TermMatch | None:
         """How `concept` belongs to the value set `url` (code > ingredient-code > name), or None."""
         valueset = self._get(url)
+        if valueset.url not in self.memberships(concept):
+            return None
         codings = concept.codings
         keys = [self._key(coding.system, coding.code) for coding in codings]
         for coding, key in zip(codings, keys, strict=True):
