@@ -190,6 +190,7 @@ def feedback(service_id: str) -> Response:
                 received_at=received,
             )
         )
+    rt.flush()  # cards issued moments ago are written first, so feedback finds the card it answers
     rt.store.record_feedback(service_id, items)
     g.feedback_items = len(items)
     return Response(status=200)

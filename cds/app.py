@@ -44,6 +44,11 @@ def create_app(
     knowledge = knowledge or load_knowledge(settings.policy_file)
     store = Store.open(settings.database_url)
     store.migrate()
+    if settings.audit_retention_days:
+        removed = store.purge(settings.audit_retention_days)
+        if removed:
+            days = settings.audit_retention_days
+            log.info("retention: removed %d records older than %d days", removed, days)
     seen, replay_cache = make_shared_state(settings, store)
     authenticator = None if settings.dev_mode else ClientAuthenticator(settings, replay_cache=replay_cache)
     if settings.dev_mode:

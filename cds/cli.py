@@ -116,6 +116,17 @@ def _migrate(_args: argparse.Namespace) -> int:
     return 0
 
 
+def _purge(args: argparse.Namespace) -> int:
+    from cds.store import Store
+
+    settings = load_settings(overrides={"dev_mode": True})
+    days = args.older_than_days or settings.audit_retention_days
+    store = Store.open(settings.database_url)
+    store.migrate()
+    print(f"removed {store.purge(days)} records older than {days} days")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ketamine-cds", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -140,6 +151,9 @@ def build_parser() -> argparse.ArgumentParser:
     report.set_defaults(func=_report)
     migrate = sub.add_parser("migrate", help="apply database migrations")
     migrate.set_defaults(func=_migrate)
+    purge = sub.add_parser("purge", help="delete audit, card and feedback records past the retention period")
+    purge.add_argument("--older-than-days", type=int, help="default: KETAMINE_CDS_AUDIT_RETENTION_DAYS")
+    purge.set_defaults(func=_purge)
     return parser
 
 

@@ -31,7 +31,8 @@ from cds.model import (
     Strength,
 )
 
-_DATE = re.compile(r"^(\d{4})(?:-(\d{2})(?:-(\d{2}))?)?")
+# Nothing but "T" or the end may follow: "99999-01-01" or "20261122" is not the year 9999 or 2026.
+_DATE = re.compile(r"^(\d{4})(?:-(\d{2})(?:-(\d{2}))?)?(?![\d-])")
 _DATETIME = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}:\d{2})?$")
 
 
@@ -96,7 +97,8 @@ def concept(value: Any) -> Concept:
             )
     if not codings and ("code" in value or "system" in value):
         codings.append(Coding(_str(value.get("system")), _str(value.get("code")), _str(value.get("display"))))
-    return Concept(codings=tuple(codings), text=_str(value.get("text")))
+    named = tuple(c for c in codings if c.code or c.display)  # a coding with neither names nothing
+    return Concept(codings=named, text=_str(value.get("text")))
 
 
 def _status_code(value: Any) -> str | None:

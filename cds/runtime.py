@@ -202,7 +202,8 @@ class Runtime:
             "patient": self.hash(g.get("patient_ref")),
         }
         audit_log.info("call", extra={SAFE_EXTRA: fields})
-        self.metrics.observe_request(service, response.status_code, seconds)
+        endpoint = f"{service}/feedback" if fields["event"] == "feedback" else str(service)
+        self.metrics.observe_request(endpoint, response.status_code, seconds)
         assert self.recorder is not None
         self.recorder.put(
             AuditRecord(
