@@ -254,10 +254,7 @@ def _allergy_hit(ctx: EngineContext, band: Band, fact: AllergyFact) -> Hit | Non
     )
 
 
-def _medication_hit(ctx: EngineContext, band: Band, med: MedicationFact, situation: Situation) -> Hit | None:
-    found = _first_match(ctx, band.match, (med.concept,))
-    if found is None:
-        return None
+def _medication_evidence(med: MedicationFact, found: TermMatch, notes: tuple[str, ...] = ()) -> Hit:
     return Hit(
         source=med.source,
         label=med.concept.label(),
@@ -265,8 +262,15 @@ def _medication_hit(ctx: EngineContext, band: Band, med: MedicationFact, situati
         match_method=found.method,
         date=med.recorded,
         date_basis="authored" if med.recorded else None,
-        notes=_stale_notes(med, situation, ctx.policy),
+        notes=notes,
     )
+
+
+def _medication_hit(ctx: EngineContext, band: Band, med: MedicationFact, situation: Situation) -> Hit | None:
+    found = _first_match(ctx, band.match, (med.concept,))
+    if found is None:
+        return None
+    return _medication_evidence(med, found, _stale_notes(med, situation, ctx.policy))
 
 
 @dataclass(slots=True)
@@ -317,14 +321,7 @@ def _dose_summary(
             continue
         sources.add(med.source)
         notes = list(_stale_notes(med, situation, ctx.policy))
-        base = Hit(
-            source=med.source,
-            label=med.concept.label(),
-            coding=found.coding,
-            match_method=found.method,
-            date=med.recorded,
-            date_basis="authored" if med.recorded else None,
-        )
+        base = _medication_evidence(med, found)
         if _first_match(ctx, spec.exclude, (med.concept,)) is not None:
             summary.excluded.append(_with(base, notes=(*notes, "rescue-or-procedural")))
             continue

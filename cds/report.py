@@ -190,6 +190,10 @@ details { margin: .4rem 0 1rem; } summary { cursor: pointer; font-weight: 600; }
 """
 
 
+def _tally_cells(tally: Tally) -> list[object]:
+    return [tally.shown, tally.accepted, tally.overridden, tally.no_feedback, _percent(tally.override_rate)]
+
+
 def _percent(rate: float | None) -> str:
     return "n/a" if rate is None else f"{100 * rate:.1f}%"
 
@@ -328,18 +332,7 @@ def _render_html(report: RuleReport) -> str:
         parts.append(
             _table(
                 ["rule", "versions", "shown", "accepted", "overridden", "no feedback", "override rate"],
-                (
-                    [
-                        r.rule_id,
-                        ", ".join(r.rule_versions),
-                        r.total.shown,
-                        r.total.accepted,
-                        r.total.overridden,
-                        r.total.no_feedback,
-                        _percent(r.total.override_rate),
-                    ]
-                    for r in report.rules
-                ),
+                ([r.rule_id, ", ".join(r.rule_versions), *_tally_cells(r.total)] for r in report.rules),
             )
         )
         parts.append("<h2>Why cards were overridden</h2>")
@@ -355,17 +348,7 @@ def _render_html(report: RuleReport) -> str:
             parts.append(
                 _table(
                     ["week starting", "shown", "accepted", "overridden", "no feedback", "override rate"],
-                    (
-                        [
-                            _week(w.week_start),
-                            w.tally.shown,
-                            w.tally.accepted,
-                            w.tally.overridden,
-                            w.tally.no_feedback,
-                            _percent(w.tally.override_rate),
-                        ]
-                        for w in rule.weeks
-                    ),
+                    ([_week(w.week_start), *_tally_cells(w.tally)] for w in rule.weeks),
                 )
             )
             parts.append("</details>")
