@@ -22,6 +22,7 @@ from flask.testing import FlaskClient
 from cds.app import create_app
 from cds.config import load_settings
 from cds.knowledge import Knowledge, load_knowledge
+from tests.support.fhir_server import FhirServerHandle, running_fhir_server
 
 ROOT = Path(__file__).resolve().parent.parent
 NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
@@ -58,6 +59,16 @@ def pytest_configure(config: pytest.Config) -> None:
 @pytest.fixture(scope="session")
 def knowledge() -> Knowledge:
     return load_knowledge()
+
+
+@pytest.fixture(scope="session")
+def fhir_server() -> Iterator[FhirServerHandle]:
+    """The one real FHIR server of the run: sekmet with the nine test patients, started on first use.
+
+    Tests may add resources of their own (ids starting `ketcds-test-`), never change the nine patients'.
+    """
+    with running_fhir_server() as server:
+        yield server
 
 
 def deterministic_uuids() -> Callable[[], str]:

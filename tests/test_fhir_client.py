@@ -25,13 +25,7 @@ from cds.config import Settings
 from cds.errors import FhirError
 from cds.fhir_client import FhirClient, InsecureFhirServer, client_factory_for
 from cds.prefetch import render_template
-from tests.support.fhir_server import (
-    DATA_DIR,
-    FhirServerHandle,
-    Reply,
-    ScriptedServer,
-    running_fhir_server,
-)
+from tests.support.fhir_server import DATA_DIR, FhirServerHandle, Reply, ScriptedServer
 
 TOKEN = "s3cr3t-token-value"
 EDDIE = "b13e6919-2ec8-4a7b-8583-2e1e120a6285"
@@ -39,13 +33,6 @@ JONATHON = "b7c92413-a130-40b7-86ec-3a43a7e833c9"
 
 
 # ---------------------------------------------------------------------- fixtures and helpers
-
-
-@pytest.fixture(scope="module")
-def fhir_server() -> Iterator[FhirServerHandle]:
-    """A real sekmet server with the nine test patients (the lead may replace it by a session fixture)."""
-    with running_fhir_server() as server:
-        yield server
 
 
 class RecordingSession(requests.Session):

@@ -24,7 +24,7 @@ from cds.config import Settings
 from cds.errors import PreconditionFailed
 from cds.fhir_client import FhirClient, client_factory_for
 from cds.prefetch import Gathered, gather, medication_key, render_template, template_tokens
-from tests.support.fhir_server import FhirServerHandle, Reply, ScriptedServer, running_fhir_server
+from tests.support.fhir_server import FhirServerHandle, Reply, ScriptedServer
 
 HOOKS = Path(__file__).resolve().parents[1] / "hooks"
 TEMPLATES: dict[str, str] = json.loads((HOOKS / "patient-view.json").read_text(encoding="utf-8"))["prefetch"]
@@ -145,11 +145,16 @@ def test_discovery_templates_use_only_tokens_the_hook_defines(path: Path) -> Non
 
 
 @pytest.fixture(scope="module")
-def fhir_server() -> Iterator[FhirServerHandle]:
-    """A real sekmet server with the nine test patients plus a few `ketcds-test-` resources."""
-    with running_fhir_server() as server:
-        put_resources(server, ketcds_test_resources())
-        yield server
+def ketcds_resources(fhir_server: FhirServerHandle) -> None:
+    """The few `ketcds-test-` resources these tests read, put on the shared server (once per module)."""
+    put_resources(fhir_server, ketcds_test_resources())
+
+
+@pytest.fixture(autouse=True)
+def _load_ketcds_resources(request: pytest.FixtureRequest) -> None:
+    """A test that uses the real server (`fhir_server`) finds the `ketcds-test-` resources on it."""
+    if "fhir_server" in request.fixturenames:
+        request.getfixturevalue("ketcds_resources")
 
 
 def ketcds_test_resources() -> list[dict[str, Any]]:
