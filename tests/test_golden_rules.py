@@ -225,6 +225,16 @@ SCENARIOS = [
         fires={"benzodiazepine-response": "info"},
     ),
     Scenario(
+        "benzo: one dose computed, one not: information that names both",
+        lambda: select(
+            statements=[
+                med_statement(ALPRAZOLAM_025),
+                med_statement(CLONAZEPAM_025, dosages=[dosage(frequency=None)]),
+            ]
+        ),
+        fires={"benzodiazepine-response": "info"},
+    ),
+    Scenario(
         "benzo: as-needed only is information",
         lambda: select(statements=[med_statement(CLONAZEPAM_025, dosages=[dosage(prn=True)])]),
         fires={"benzodiazepine-response": "info"},
@@ -356,6 +366,16 @@ SCENARIOS = [
         fires={"unstable-cardiac-disease": "warning"},
     ),
     Scenario(
+        "unstable angina coded in SNOMED CT (preinfarction syndrome)",
+        lambda: select(conditions=[condition(snomed("4557003", "Preinfarction syndrome"))]),
+        fires={"unstable-cardiac-disease": "warning"},
+    ),
+    Scenario(
+        "stable angina is not unstable cardiac disease",
+        lambda: select(conditions=[condition(snomed("233819005", "Stable angina"))]),
+        silent=frozenset({"unstable-cardiac-disease"}),
+    ),
+    Scenario(
         "raised intracranial pressure",
         lambda: select(conditions=[condition(icd("G93.2", "Benign intracranial hypertension"))]),
         fires={"raised-intracranial-pressure": "warning"},
@@ -424,6 +444,11 @@ SCENARIOS = [
     Scenario(
         "alcohol use disorder is a warning",
         lambda: select(conditions=[condition(icd("F10.20", "Alcohol dependence, uncomplicated"))]),
+        fires={"substance-use-disorder": "warning"},
+    ),
+    Scenario(
+        "drug dependence coded in SNOMED CT (Synthea) is a warning",
+        lambda: select(conditions=[condition(snomed("6525002", "Dependent drug abuse"))]),
         fires={"substance-use-disorder": "warning"},
     ),
     Scenario(

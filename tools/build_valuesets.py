@@ -486,7 +486,15 @@ RECIPES: tuple[Recipe, ...] = (
         kind="condition",
         purpose=(
             "Recognises unstable angina, other acute ischaemic heart disease and heart failure, for the "
-            "unstable-cardiac-disease caution (cardiology clearance)."
+            "unstable-cardiac-disease caution (cardiology clearance). SNOMED CT members are the unstable "
+            "forms picked from the VSAC angina set (preinfarction syndrome, new-onset and post-infarct angina); "
+            "stable angina is not a member."
+        ),
+        picks=(
+            Pick(
+                "vsac-stable-and-unstable-angina.csv",
+                keep_display=r"unstable|preinfarction|new onset angina|post infarct angina",
+            ),
         ),
         icd=(("UNSTABLE_CARDIAC", None),),
     ),
@@ -551,6 +559,14 @@ RECIPES: tuple[Recipe, ...] = (
             "dependence (ICD-10-CM F17) is not a member."
         ),
         picks=(Pick("vsac-substance-use-disorder.csv", drop_icd_under=("F17",)),),
+        extras=(
+            Extra(
+                SNOMED,
+                "6525002",
+                "Dependent drug abuse (disorder)",
+                "seen in the project's Synthea test data; not in the VSAC expansion",
+            ),
+        ),
         icd=(("SUBSTANCE_USE", None),),
     ),
     Recipe(
