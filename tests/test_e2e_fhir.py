@@ -683,7 +683,8 @@ def test_benzodiazepine_card_lists_only_active_records(api: Api, server: FhirSer
         assert ended, f"{name}: the bundle has stopped or completed benzodiazepine records"
         assert not (cited(card) & ended)
         assert cited(card) == {ref(r) for r in dose_records(c, "benzodiazepine-medications")}
-        # no record has a dosage: the card says none could be computed (no "0 mg/day" total) and each record says why
+        # no record has a dosage: the card says none could be computed (no "0 mg/day" total),
+        # and each record says why
         assert "carry no dose the service can compute" in card["detail"]
         assert "add up to" not in card["detail"]
         lines = [line for line in card["detail"].splitlines() if CITED.match(line)]

@@ -487,8 +487,8 @@ RECIPES: tuple[Recipe, ...] = (
         purpose=(
             "Recognises unstable angina, other acute ischaemic heart disease and heart failure, for the "
             "unstable-cardiac-disease caution (cardiology clearance). SNOMED CT members are the unstable "
-            "forms picked from the VSAC angina set (preinfarction syndrome, new-onset and post-infarct angina); "
-            "stable angina is not a member."
+            "forms picked from the VSAC angina set (preinfarction syndrome, new-onset and post-infarct "
+            "angina); stable angina is not a member."
         ),
         picks=(
             Pick(
