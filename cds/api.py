@@ -170,7 +170,8 @@ def feedback(service_id: str) -> Response:
     for index, entry in enumerate(body["feedback"]):
         try:
             outcome_at = datetime.fromisoformat(entry["outcomeTimestamp"].replace("Z", "+00:00"))
-        except ValueError:
+            outcome_at = outcome_at.astimezone(UTC)  # 9999-12-31T23:59:59-01:00 is past what UTC can hold
+        except (ValueError, OverflowError):
             path = f"$.feedback[{index}].outcomeTimestamp"
             raise BadRequest(
                 "outcomeTimestamp is not a valid date-time",
