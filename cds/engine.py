@@ -58,6 +58,11 @@ class Situation:
     reference_from_order: bool
     focus: frozenset[SourceRef] = frozenset()  # INTERACTION: the ordered medicines under review
     ketamine_orders: tuple[MedicationFact, ...] = ()
+    today: date | None = None  # the screen's clock date; None means reference_date
+
+    @property
+    def clock_date(self) -> date:
+        return self.today or self.reference_date
 
 
 @dataclass(frozen=True, slots=True)
@@ -370,8 +375,18 @@ def _with(hit: Hit, **changes: Any) -> Hit:
     return Hit(**values)
 
 
-def _latest_bp(facts: Sequence[BloodPressureFact]) -> BloodPressureFact | None:
-    dated = [bp for bp in facts if bp.taken is not None and (bp.systolic or bp.diastolic)]
+def _future_reading(bp: BloodPressureFact, today: date) -> bool:
+    return bp.taken is not None and bp.taken.date() > today
+
+
+def _latest_bp(facts: Sequence[BloodPressureFact], today: date) -> BloodPressureFact | None:
+    """The latest plausible reading. One dated after today is a data error: it must not hide a real
+    reading, so it is left out here and reported by the data-quality rule instead."""
+    dated = [
+        bp
+        for bp in facts
+        if bp.taken is not None and (bp.systolic or bp.diastolic) and not _future_reading(bp, today)
+    ]
     return max(dated, key=lambda bp: bp.taken.timestamp() if bp.taken else 0.0) if dated else None
 
 
@@ -488,7 +503,7 @@ def _collect_medications(inp: _BandInput, result: _BandResult) -> bool:
 
 
 def _collect_blood_pressure(inp: _BandInput, result: _BandResult) -> bool:
-    latest = _latest_bp(inp.facts.blood_pressures)
+    latest = _latest_bp(inp.facts.blood_pressures, inp.situation.clock_date)
     if latest is None or not _bp_band_holds(inp.ctx, inp.rule, inp.band, latest, inp.situation):
         return False
     systolic = fmt_number(latest.systolic) if latest.systolic else "?"
@@ -515,7 +530,7 @@ def _collect_orders(inp: _BandInput, result: _BandResult) -> bool:
 
 
 def _collect_unreadable(inp: _BandInput, result: _BandResult) -> bool:
-    result.hits.extend(_unreadable(inp.facts))
+    result.hits.extend(_unreadable(inp.facts, inp.situation.clock_date))
     if inp.facts.gaps:
         result.values["categories"] = ", ".join(sorted({gap.category for gap in inp.facts.gaps}))
     result.values["count"] = str(len(result.hits))
@@ -580,7 +595,7 @@ def _bp_band_holds(
     return high
 
 
-def _unreadable(facts: PatientFacts) -> list[Hit]:
+def _unreadable(facts: PatientFacts, today: date) -> list[Hit]:
     hits: list[Hit] = []
     groups: tuple[Sequence[Any], ...] = (
         facts.medications,
@@ -592,6 +607,18 @@ def _unreadable(facts: PatientFacts) -> list[Hit]:
         for fact in group:
             if fact.unreadable:
                 hits.append(Hit(source=fact.source, label=None, notes=(f"unreadable:{fact.unreadable}",)))
+    for reading in facts.blood_pressures:
+        if reading.unreadable is None and _future_reading(reading, today):
+            taken = reading.taken.date() if reading.taken else None
+            hits.append(
+                Hit(
+                    source=reading.source,
+                    label=None,
+                    date=taken,
+                    date_basis="taken",
+                    notes=("unreadable:bp-date-in-future",),
+                )
+            )
     return hits
 
 

@@ -60,9 +60,9 @@ def decide(
             if not chart_loaded:
                 return None
             if not in_chart:
-                return Situation(NONE, hook, frozenset(), today, False)
+                return Situation(NONE, hook, frozenset(), today, False, today=today)
         products = frozenset(in_chart) or policy.treatments
-        return Situation(FULL, hook, products, today, False)
+        return Situation(FULL, hook, products, today, False, today=today)
 
     if ordered:
         starts = [m.planned_start for m, _ in ordered if m.planned_start]
@@ -74,16 +74,17 @@ def decide(
             reference,
             bool(starts),
             ketamine_orders=tuple(m for m, _ in ordered),
+            today=today,
         )
     interacting = [m for m in focus if recognised_by(m, terminology, interaction_valuesets)]
     if not interacting:
-        return Situation(NONE, hook, frozenset(), today, False)
+        return Situation(NONE, hook, frozenset(), today, False, today=today)
     other_drafts = {p for m in drafts if (p := treatment_of(m, terminology, treatments))}
     if not other_drafts and not chart_loaded:
         return None
     course = other_drafts | in_chart
     if not course:
-        return Situation(NONE, hook, frozenset(), today, False)
+        return Situation(NONE, hook, frozenset(), today, False, today=today)
     return Situation(
         INTERACTION,
         hook,
@@ -91,4 +92,5 @@ def decide(
         today,
         False,
         focus=frozenset(m.source for m in interacting),
+        today=today,
     )

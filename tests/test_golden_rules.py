@@ -204,6 +204,16 @@ SCENARIOS = [
         silent=frozenset({"elevated-blood-pressure"}),
     ),
     Scenario(
+        "BP: a reading dated in the future does not hide a real high one, and is reported",
+        lambda: select(
+            observations=[
+                blood_pressure(188, 112, taken="2026-11-15T09:00:00Z"),
+                blood_pressure(118, 76, taken="2030-01-01T09:00:00Z"),
+            ]
+        ),
+        fires={"elevated-blood-pressure": "critical", "unreadable-records": "info"},
+    ),
+    Scenario(
         "BP: active hypertensive emergency is critical",
         lambda: select(conditions=[condition(icd("I16.1", "Hypertensive emergency"))]),
         fires={"elevated-blood-pressure": "critical"},
