@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import logging
 import time
-import uuid as uuid_module
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
@@ -237,7 +236,6 @@ def analytics() -> Response:
 @bp.before_app_request
 def _before() -> Response | None:
     g.started = time.perf_counter()
-    g.request_id = str(uuid_module.uuid4())
     rt = runtime()
     if request.method == "OPTIONS":
         return rt.cors.preflight(request)

@@ -8,12 +8,12 @@ ketamine or esketamine order on an order hook. Nothing here ever suggests stoppi
 from __future__ import annotations
 
 import string
-import uuid as uuid_module
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from cds.engine import EngineContext, Finding, Hit, Situation, product_text
+from cds.ids import new_uuid
 from cds.policy import DEFAULT_ORIGIN, SITE_ORIGIN
 from cds.rules import Rule
 
@@ -180,7 +180,7 @@ def render_cards(
     ctx: EngineContext,
     text: CardText,
     override_catalogue: Mapping[str, OverrideReason],
-    new_uuid: Callable[[], str] = lambda: str(uuid_module.uuid4()),
+    new_uuid: Callable[[], str] = new_uuid,
 ) -> list[dict[str, Any]]:
     cards = []
     for finding in findings:

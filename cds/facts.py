@@ -102,13 +102,22 @@ def concept(value: Any) -> Concept:
 
 
 def _status_code(value: Any) -> str | None:
-    """clinicalStatus / verificationStatus are CodeableConcepts in R4 (plain strings in older senders)."""
+    """clinicalStatus / verificationStatus are CodeableConcepts in R4 (plain strings in older senders).
+
+    Read directly rather than through `concept()`: it runs twice for every condition and allergy.
+    """
     if isinstance(value, str):
         return value
-    for coding in concept(value).codings:
-        if coding.code:
-            return coding.code
-    return None
+    if not isinstance(value, dict):
+        return None
+    codings = value.get("coding")
+    for coding in codings if isinstance(codings, list) else (codings,):
+        if isinstance(coding, dict):
+            code = coding.get("code")
+            if isinstance(code, str) and code.strip():
+                return code
+    code = value.get("code")
+    return code if isinstance(code, str) and code.strip() else None
 
 
 def _ref(resource: Mapping[str, Any]) -> SourceRef:

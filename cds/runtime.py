@@ -140,15 +140,15 @@ class Runtime:
         context = body.get("context", {})
         encounter = context.get("encounterId") if isinstance(context.get("encounterId"), str) else None
         scope = f"{self.hash(result.patient_ref)}|{self.hash(encounter) or '-'}"
-        kept = []
-        for finding, card in zip(result.findings, result.cards, strict=True):
-            key = f"select|{scope}|{finding.rule.id}"
-            if service.hook == "order-select":
-                self.seen.first_showing(key, finding.fingerprint, window)
-                kept.append(card)
-            elif not self.seen.was_shown(key, finding.fingerprint, window):
-                kept.append(card)
-        return kept
+        keys = [(f"select|{scope}|{finding.rule.id}", finding.fingerprint) for finding in result.findings]
+        if service.hook == "order-select":
+            self.seen.record_shown(keys, window)  # one round trip for all of this call's findings
+            return result.cards
+        return [
+            card
+            for (key, fingerprint), card in zip(keys, result.cards, strict=True)
+            if not self.seen.was_shown(key, fingerprint, window)
+        ]
 
     # ------------------------------------------------------------------------------------ recording
 

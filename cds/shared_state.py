@@ -32,7 +32,7 @@ import hashlib
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Protocol, runtime_checkable
 from urllib.parse import urlsplit, urlunsplit
@@ -79,6 +79,10 @@ class SeenFindings(Protocol):
 
         `window_s` <= 0 disables suppression: always True, nothing recorded.
         """
+        ...
+
+    def record_shown(self, items: Sequence[tuple[str, str]], window_s: int) -> None:
+        """Record several (key, fingerprint) pairs as shown, in one round trip or transaction."""
         ...
 
     def was_shown(self, key: str, fingerprint: str, window_s: int) -> bool:
@@ -147,6 +151,10 @@ class InProcessSeenFindings:
             return True
         return self._set.add_if_absent(_digest(key, fingerprint), window_s)
 
+    def record_shown(self, items: Sequence[tuple[str, str]], window_s: int) -> None:
+        for key, fingerprint in items:
+            self.first_showing(key, fingerprint, window_s)
+
     def was_shown(self, key: str, fingerprint: str, window_s: int) -> bool:
         return window_s > 0 and self._set.contains(_digest(key, fingerprint))
 
@@ -182,6 +190,17 @@ class RedisSeenFindings:
         except redis.RedisError as exc:
             log.warning("repeat suppression unavailable, showing the card: %s", type(exc).__name__)
             return True
+
+    def record_shown(self, items: Sequence[tuple[str, str]], window_s: int) -> None:
+        if window_s <= 0 or not items:
+            return
+        try:
+            pipeline = self._client.pipeline(transaction=False)
+            for key, fingerprint in items:
+                pipeline.set(self._prefix + _digest(key, fingerprint), b"1", nx=True, ex=window_s)
+            pipeline.execute()
+        except redis.RedisError as exc:
+            log.warning("repeat suppression unavailable: %s", type(exc).__name__)
 
     def was_shown(self, key: str, fingerprint: str, window_s: int) -> bool:
         if window_s <= 0:
@@ -227,6 +246,15 @@ class DatabaseSeenFindings:
         except sa.exc.SQLAlchemyError as exc:
             log.warning("repeat suppression unavailable, showing the card: %s", type(exc).__name__)
             return True
+
+    def record_shown(self, items: Sequence[tuple[str, str]], window_s: int) -> None:
+        if window_s <= 0 or not items:
+            return
+        markers = [_digest(key, fingerprint) for key, fingerprint in items]
+        try:
+            self._store.claim_markers("seen", markers, window_s, self._clock())
+        except sa.exc.SQLAlchemyError as exc:
+            log.warning("repeat suppression unavailable: %s", type(exc).__name__)
 
     def was_shown(self, key: str, fingerprint: str, window_s: int) -> bool:
         if window_s <= 0:

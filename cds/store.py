@@ -359,8 +359,12 @@ class Store:
     upgrades wait for each other.
     """
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, marker_engine: Engine | None = None) -> None:
         self.engine = engine
+        # Shared markers (repeat suppression, replay cache on one host) need atomicity, not power-loss
+        # durability: a lost marker only shows a card once more. On SQLite they get a connection with
+        # synchronous=NORMAL, which in WAL mode commits without an fsync (feedback keeps FULL).
+        self._marker_engine = marker_engine or engine
         self._is_sqlite = engine.dialect.name == "sqlite"
 
     # -- lifecycle --------------------------------------------------------------------------------
@@ -370,16 +374,19 @@ class Store:
         """Create the engine for `database_url` (no connection is made until first use or `migrate`)."""
         url = _normalise_url(database_url)
         try:
+            marker_engine = None
             if url.get_backend_name() == "sqlite":
                 engine = sa.create_engine(url)
-                _configure_sqlite(engine)
+                _configure_sqlite(engine, synchronous="FULL")
+                marker_engine = sa.create_engine(url)
+                _configure_sqlite(marker_engine, synchronous="NORMAL")
             else:
                 engine = sa.create_engine(url, pool_pre_ping=True)
         except (sa.exc.ArgumentError, ImportError) as exc:
             raise ConfigError(
                 f"cannot use database {url.render_as_string(hide_password=True)!r}: {exc}"
             ) from exc
-        return cls(engine)
+        return cls(engine, marker_engine)
 
     @property
     def redacted_url(self) -> str:
@@ -407,6 +414,8 @@ class Store:
 
     def close(self) -> None:
         self.engine.dispose()
+        if self._marker_engine is not self.engine:
+            self._marker_engine.dispose()
 
     # -- writing ----------------------------------------------------------------------------------
 
@@ -490,24 +499,32 @@ class Store:
                 },
             )
 
+    def claim_markers(
+        self, scope: str, markers: Sequence[str], ttl_s: float, now: datetime | None = None
+    ) -> list[bool]:
+        """`claim_marker` for several markers in one write transaction (one lock, one commit)."""
+        now = now or utc_now()
+        with self._write(self._marker_engine) as conn:
+            return [conn.execute(self._claim_statement(scope, m, ttl_s, now)).rowcount == 1 for m in markers]
+
+    def _claim_statement(self, scope: str, marker: str, ttl_s: float, now: datetime) -> Any:
+        expires_at = now + timedelta(seconds=ttl_s)
+        statement = self._insert(shared_marker_table).values(
+            scope=scope, marker=marker, expires_at=expires_at
+        )
+        return statement.on_conflict_do_update(
+            index_elements=["scope", "marker"],
+            set_={"expires_at": expires_at},
+            where=shared_marker_table.c.expires_at <= now,
+        )
+
     def claim_marker(self, scope: str, marker: str, ttl_s: float, now: datetime | None = None) -> bool:
         """Atomically set (scope, marker) unless it is set and not yet expired. True when we set it.
 
         One statement (INSERT .. ON CONFLICT DO UPDATE .. WHERE expired), so two workers or replicas racing
         for the same marker cannot both win.
         """
-        now = now or utc_now()
-        expires_at = now + timedelta(seconds=ttl_s)
-        statement = self._insert(shared_marker_table).values(
-            scope=scope, marker=marker, expires_at=expires_at
-        )
-        statement = statement.on_conflict_do_update(
-            index_elements=["scope", "marker"],
-            set_={"expires_at": expires_at},
-            where=shared_marker_table.c.expires_at <= now,
-        )
-        with self._write() as conn:
-            return conn.execute(statement).rowcount == 1
+        return self.claim_markers(scope, [marker], ttl_s, now)[0]
 
     def marker_active(self, scope: str, marker: str, now: datetime | None = None) -> bool:
         """True when (scope, marker) is set and not yet expired (a read: nothing is recorded)."""
@@ -636,9 +653,9 @@ class Store:
         return insert.execution_options(preserve_rowcount=True)
 
     @contextmanager
-    def _write(self) -> Iterator[Connection]:
-        """A connection in a write transaction, committed on exit (durable on return)."""
-        with self.engine.connect() as conn:
+    def _write(self, engine: Engine | None = None) -> Iterator[Connection]:
+        """A connection in a write transaction, committed on exit (durable on return for the main engine)."""
+        with (engine or self.engine).connect() as conn:
             if self._is_sqlite:
                 conn.execution_options(sqlite_begin="IMMEDIATE")
             with conn.begin():
@@ -662,8 +679,8 @@ def _enable_wal(cursor: Any) -> None:
             time.sleep(0.02)
 
 
-def _configure_sqlite(engine: Engine) -> None:
-    """WAL + synchronous=FULL, and explicit BEGIN so write transactions can take the lock up front."""
+def _configure_sqlite(engine: Engine, *, synchronous: str) -> None:
+    """WAL + the given synchronous level, and explicit BEGIN so write transactions take the lock up front."""
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
@@ -672,7 +689,7 @@ def _configure_sqlite(engine: Engine) -> None:
         try:
             cursor.execute(f"PRAGMA busy_timeout = {_SQLITE_BUSY_TIMEOUT_MS}")
             _enable_wal(cursor)
-            cursor.execute("PRAGMA synchronous = FULL")
+            cursor.execute(f"PRAGMA synchronous = {synchronous}")
             cursor.execute("PRAGMA foreign_keys = ON")
         finally:
             cursor.close()
