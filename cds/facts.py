@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import calendar
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import Any
@@ -99,6 +99,55 @@ def concept(value: Any) -> Concept:
         codings.append(Coding(_str(value.get("system")), _str(value.get("code")), _str(value.get("display"))))
     named = tuple(c for c in codings if c.code or c.display)  # a coding with neither names nothing
     return Concept(codings=named, text=_str(value.get("text")))
+
+
+class RelevanceFilter:
+    """Whether a coded element could matter to any rule, decided from the raw JSON and cached.
+
+    Most of a chart belongs to no value set any rule reads; building facts for it is most of the cost of
+    a large request. The answer depends only on the codings and text, which charts repeat heavily, so it is
+    cached by their raw values. An element with nothing readable is always relevant: the data-quality rule
+    must see it. Anything unusual (unhashable junk) is relevant too: when in doubt, build the fact.
+    """
+
+    def __init__(self, memberships: Callable[[Concept], frozenset[str]], urls: frozenset[str]) -> None:
+        self._memberships = memberships
+        self._urls = urls
+        self._cache: dict[Any, bool] = {}
+
+    def __call__(self, value: Any) -> bool:
+        key = _raw_key(value)
+        if key is None:
+            return True
+        try:
+            known = self._cache.get(key)
+        except TypeError:
+            return True
+        if known is None:
+            found = concept(value)
+            known = not (found.codings or found.text) or not self._urls.isdisjoint(self._memberships(found))
+            if len(self._cache) >= _RELEVANCE_CACHE_SIZE:
+                self._cache.clear()
+            self._cache[key] = known
+        return known
+
+
+_RELEVANCE_CACHE_SIZE = 50_000
+
+
+def _raw_key(value: Any) -> Any:
+    if not isinstance(value, dict):
+        return None
+    codings = value.get("coding")
+    parts: list[Any] = []
+    if isinstance(codings, list):
+        for item in codings:
+            if not isinstance(item, dict):
+                return None
+            parts.append((item.get("system"), item.get("code"), item.get("display")))
+    elif codings is not None:
+        return None
+    return (tuple(parts), value.get("text"), value.get("system"), value.get("code"), value.get("display"))
 
 
 def _status_code(value: Any) -> str | None:
@@ -424,7 +473,11 @@ def build_facts(
     context: Mapping[str, Any],
     bp_spec: BloodPressureSpec,
     gaps: Sequence[DataGap] = (),
+    relevant: Callable[[Any], bool] | None = None,
 ) -> PatientFacts:
+    """Normalise the chart. With `relevant`, chart records whose code no rule could match are skipped
+    (draft orders, allergies and observations are always read: they are few and each one matters)."""
+    keep = relevant or (lambda _value: True)
     patient = next(iter(_of_type(resources.get("patient", ()), "Patient")), None)
     birth = parse_date(patient.get("birthDate")) if patient else None
     selections = {s for s in _list(context.get("selections")) if isinstance(s, str)}
@@ -444,11 +497,16 @@ def build_facts(
         ("medicationStatements", "MedicationStatement"),
     ):
         for chart_entry in _of_type(resources.get(key, ()), resource_type):
+            coded = chart_entry.get("medicationCodeableConcept")
+            if coded is not None and not keep(coded):
+                continue
             fact = medication_fact(chart_entry, medications)
             if fact.source.reference() not in draft_refs:  # a draft the EHR already saved is the draft
                 meds.append(fact)
     conditions = tuple(
-        condition_fact(r, birth) for r in _of_type(resources.get("conditions", ()), "Condition")
+        condition_fact(r, birth)
+        for r in _of_type(resources.get("conditions", ()), "Condition")
+        if keep(r.get("code"))
     )
     allergies = tuple(allergy_fact(r) for r in _of_type(resources.get("allergies", ()), "AllergyIntolerance"))
     readings = []

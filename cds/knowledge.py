@@ -21,7 +21,7 @@ from cds.cards import CardText, OverrideReason
 from cds.dosing import DosingVocabulary
 from cds.engine import EngineContext, StatusSemantics
 from cds.errors import ConfigError
-from cds.facts import BloodPressureSpec
+from cds.facts import BloodPressureSpec, RelevanceFilter
 from cds.policy import SitePolicy, load_policy
 from cds.rules import Rule, load_rules
 from cds.terminology import Terminology
@@ -62,6 +62,7 @@ class Knowledge:
     feedback_validator: Draft202012Validator
     response_validator: Draft202012Validator
     bp_spec: BloodPressureSpec
+    relevance: RelevanceFilter  # which chart records any rule (or treatment detection) could match
     bp_unit: str
 
     def engine_context(self) -> EngineContext:
@@ -211,5 +212,9 @@ def load_knowledge(policy_file: str | None = None, root: Path | None = None) -> 
         feedback_validator=_validator(schemas / "feedback.schema.json"),
         response_validator=_validator(schemas / "hook-response.schema.json"),
         bp_spec=bp_spec,
+        relevance=RelevanceFilter(
+            terminology.memberships,
+            frozenset(url for rule in rules for url in rule.valuesets()) | frozenset(treatments.values()),
+        ),
         bp_unit=str(plausible["unit"]),
     )

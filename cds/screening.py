@@ -55,6 +55,7 @@ class Screener:
             medications=gathered.medications,
             context=body.get("context", {}),
             bp_spec=self.knowledge.bp_spec,
+            relevant=self.knowledge.relevance,
         )
 
     def screen(self, service: ServiceDefinition, body: Mapping[str, Any]) -> ScreenResult:
