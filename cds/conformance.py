@@ -86,12 +86,19 @@ def _validate(model: Any, resource: Mapping[str, Any]) -> str | None:
     return None
 
 
-def index_resources(groups: Iterable[Iterable[Any]]) -> dict[SourceRef, Mapping[str, Any]]:
+def cited_resources(
+    findings: Iterable[Finding], groups: Iterable[Iterable[Any]]
+) -> dict[SourceRef, Mapping[str, Any]]:
+    """The raw resources behind the findings' evidence rows (one pass, keeping only those)."""
+    wanted = {hit.source for f in findings for hit in (*f.hits, *f.other_hits)}
+    ids = {ref.id for ref in wanted}
     index: dict[SourceRef, Mapping[str, Any]] = {}
     for group in groups:
         for resource in group:
-            if isinstance(resource, dict) and isinstance(resource.get("id"), str):
-                index[SourceRef(str(resource.get("resourceType")), resource["id"])] = resource
+            if isinstance(resource, dict) and resource.get("id") in ids:
+                ref = SourceRef(str(resource.get("resourceType")), resource["id"])
+                if ref in wanted:
+                    index[ref] = resource
     return index
 
 

@@ -18,7 +18,7 @@ import requests
 
 from cds.cards import render_cards
 from cds.config import Settings
-from cds.conformance import annotate, index_resources
+from cds.conformance import annotate, cited_resources
 from cds.engine import FULL, INTERACTION, Finding, Situation, evaluate
 from cds.facts import build_facts, draft_order_resources
 from cds.fhir_client import client_factory_for
@@ -109,7 +109,7 @@ class Screener:
         )
         if findings:
             drafts = draft_order_resources(context) if isinstance(context, dict) else []
-            resources = index_resources([*gathered.resources.values(), drafts])
+            resources = cited_resources(findings, [*gathered.resources.values(), drafts])
             findings = annotate(findings, resources, self.settings.max_json_depth)
         extra = {"new_uuid": self.new_uuid} if self.new_uuid else {}
         cards = render_cards(
