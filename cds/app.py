@@ -6,6 +6,7 @@ with a message naming what to fix.
 
 from __future__ import annotations
 
+import gc
 import logging
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
@@ -73,3 +74,23 @@ def create_app(
     )
     app.register_blueprint(bp)
     return app
+
+
+# Young-generation threshold: a large request allocates tens of thousands of containers that all live until
+# the response; collecting them every 700 allocations is wasted work (the benchmark's p95 tail).
+_GC_YOUNG_THRESHOLD = 20_000
+
+
+def tune_garbage_collector() -> None:
+    """Move what start-up built (value-set indexes, rules, models) out of the collector's sight.
+
+    Called by the serving worker once its app is built (cds.cli), not by the factory: process-wide.
+
+    Without this, full collections triggered by parsing a large request walk every long-lived object and
+    show up as a bimodal latency tail (p95 about 3x p50 at 1,000 resources). Standard for pre-loaded
+    servers: collect once, freeze the survivors, and collect the young generation less eagerly.
+    """
+    gc.collect()
+    gc.freeze()
+    _young, middle, old = gc.get_threshold()
+    gc.set_threshold(max(_young, _GC_YOUNG_THRESHOLD), middle, old)

@@ -41,9 +41,11 @@ def _serve(args: argparse.Namespace) -> int:
                 self.cfg.set("control_socket_disable", True)
 
         def load(self) -> Any:
-            from cds.app import create_app
+            from cds.app import create_app, tune_garbage_collector
 
-            return create_app(settings)
+            app = create_app(settings)
+            tune_garbage_collector()
+            return app
 
     # Fail before forking workers: build once so a broken rule or database stops us with a message.
     from cds.app import create_app
