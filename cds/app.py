@@ -39,13 +39,15 @@ def create_app(
     knowledge: Knowledge | None = None,
     clock: Callable[[], datetime] = _utc_now,
     new_uuid: Callable[[], str] | None = None,
+    maintenance: bool = True,
 ) -> Flask:
     settings = settings or load_settings(overrides=overrides)
     configure(settings.log_level)
     knowledge = knowledge or load_knowledge(settings.policy_file)
     store = Store.open(settings.database_url)
-    store.migrate()
-    if settings.audit_retention_days:
+    if maintenance:  # once per deployment start: the serving master does it before forking its workers
+        store.migrate()
+    if maintenance and settings.audit_retention_days:
         removed = store.purge(settings.audit_retention_days)
         if removed:
             days = settings.audit_retention_days

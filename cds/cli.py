@@ -43,7 +43,7 @@ def _serve(args: argparse.Namespace) -> int:
         def load(self) -> Any:
             from cds.app import create_app, tune_garbage_collector
 
-            app = create_app(settings)
+            app = create_app(settings, maintenance=False)  # the master migrated and purged before forking
             tune_garbage_collector()
             return app
 

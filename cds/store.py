@@ -43,8 +43,6 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import sqlalchemy as sa
-from alembic import command
-from alembic.config import Config
 from sqlalchemy import event
 from sqlalchemy.dialects import postgresql as pg_dialect
 from sqlalchemy.dialects import sqlite as sqlite_dialect
@@ -399,6 +397,10 @@ class Store:
     def migrate(self) -> None:
         """Bring the schema to the newest Alembic revision. Safe to call from several processes at once:
         PostgreSQL takes an advisory lock, SQLite the write lock, for the duration of the upgrade."""
+        # Imported here: serving workers never migrate (the master did), and Alembic weighs ~11 MB.
+        from alembic import command  # noqa: PLC0415
+        from alembic.config import Config  # noqa: PLC0415
+
         config = Config()
         config.set_main_option("script_location", str(MIGRATIONS_DIR))
         try:
