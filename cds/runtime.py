@@ -224,9 +224,7 @@ class Runtime:
         cards = [item for item in batch if isinstance(item, IssuedCard)]
         if cards:
             self.store.record_cards(cards)
-        for item in batch:
-            if isinstance(item, AuditRecord):
-                self.store.record_audit(item)
+        self.store.record_audits([item for item in batch if isinstance(item, AuditRecord)])
 
     def flush(self) -> None:
         if self.recorder is not None:

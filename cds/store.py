@@ -359,9 +359,11 @@ class Store:
 
     def __init__(self, engine: Engine, marker_engine: Engine | None = None) -> None:
         self.engine = engine
-        # Shared markers (repeat suppression, replay cache on one host) need atomicity, not power-loss
-        # durability: a lost marker only shows a card once more. On SQLite they get a connection with
-        # synchronous=NORMAL, which in WAL mode commits without an fsync (feedback keeps FULL).
+        # Shared markers, issued-card and audit records need atomicity, not power-loss durability: a lost
+        # marker only shows a card once more, and these records are written off the request path. On
+        # SQLite they use a connection with synchronous=NORMAL, which in WAL mode commits without an
+        # fsync and still survives a killed process; feedback, which the caller relies on, keeps FULL.
+        # (An fsync per audit row held SQLite's single write lock and made the request path wait.)
         self._marker_engine = marker_engine or engine
         self._is_sqlite = engine.dialect.name == "sqlite"
 
@@ -440,7 +442,7 @@ class Store:
             }
             for c in cards
         ]
-        with self._write() as conn:
+        with self._write(self._marker_engine) as conn:
             conn.execute(
                 self._insert(issued_card_table).on_conflict_do_nothing(index_elements=["uuid"]), rows
             )
@@ -484,21 +486,30 @@ class Store:
         return stored
 
     def record_audit(self, record: AuditRecord) -> None:
-        with self._write() as conn:
+        self.record_audits([record])
+
+    def record_audits(self, records: Sequence[AuditRecord]) -> None:
+        """Several audit records in one transaction (the background recorder writes in batches)."""
+        if not records:
+            return
+        with self._write(self._marker_engine) as conn:
             conn.execute(
                 audit_table.insert(),
-                {
-                    "at": record.at,
-                    "hook_instance": record.hook_instance,
-                    "service_id": record.service_id,
-                    "issuer": record.issuer,
-                    "jti": record.jti,
-                    "patient_hash": record.patient_hash,
-                    "duration_ms": record.duration_ms,
-                    "outcome": record.outcome,
-                    "rule_ids": list(record.rule_ids),
-                    "card_uuids": list(record.card_uuids),
-                },
+                [
+                    {
+                        "at": record.at,
+                        "hook_instance": record.hook_instance,
+                        "service_id": record.service_id,
+                        "issuer": record.issuer,
+                        "jti": record.jti,
+                        "patient_hash": record.patient_hash,
+                        "duration_ms": record.duration_ms,
+                        "outcome": record.outcome,
+                        "rule_ids": list(record.rule_ids),
+                        "card_uuids": list(record.card_uuids),
+                    }
+                    for record in records
+                ],
             )
 
     def claim_markers(
