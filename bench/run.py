@@ -1,6 +1,6 @@
 """Benchmark the service against the parse-only floor, across record sizes, with and without prefetch.
 
-    .venv/bin/python -m bench.run             # full run (5-7 minutes on 2 cores), writes bench/results/
+    .venv/bin/python -m bench.run             # full run (about 4 minutes on 2 cores), writes bench/results/
     .venv/bin/python -m bench.run --quick     # smoke run: 2 sizes, few iterations (under a minute)
     .venv/bin/python -m bench.run --seed 7 --sizes 50,200,1000,5000 --concurrency 4
 
