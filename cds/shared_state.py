@@ -252,7 +252,7 @@ class DatabaseSeenFindings:
             return
         markers = [_digest(key, fingerprint) for key, fingerprint in items]
         try:
-            self._store.claim_markers("seen", markers, window_s, self._clock())
+            self._store.record_markers("seen", markers, window_s, self._clock())
         except sa.exc.SQLAlchemyError as exc:
             log.warning("repeat suppression unavailable: %s", type(exc).__name__)
 

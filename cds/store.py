@@ -520,6 +520,24 @@ class Store:
         with self._write(self._marker_engine) as conn:
             return [conn.execute(self._claim_statement(scope, m, ttl_s, now)).rowcount == 1 for m in markers]
 
+    def record_markers(
+        self, scope: str, markers: Sequence[str], ttl_s: float, now: datetime | None = None
+    ) -> None:
+        """Set several markers (or extend expired ones) with one multi-row statement; no per-row answer."""
+        if not markers:
+            return
+        now = now or utc_now()
+        expires_at = now + timedelta(seconds=ttl_s)
+        rows = [{"scope": scope, "marker": m, "expires_at": expires_at} for m in dict.fromkeys(markers)]
+        statement = self._insert(shared_marker_table).values(rows)
+        statement = statement.on_conflict_do_update(
+            index_elements=["scope", "marker"],
+            set_={"expires_at": statement.excluded.expires_at},
+            where=shared_marker_table.c.expires_at <= now,
+        )
+        with self._write(self._marker_engine) as conn:
+            conn.execute(statement)
+
     def _claim_statement(self, scope: str, marker: str, ttl_s: float, now: datetime) -> Any:
         expires_at = now + timedelta(seconds=ttl_s)
         statement = self._insert(shared_marker_table).values(
