@@ -518,7 +518,7 @@ class Store:
         """`claim_marker` for several markers in one write transaction (one lock, one commit)."""
         now = now or utc_now()
         with self._write(self._marker_engine) as conn:
-            return [conn.execute(self._claim_statement(scope, m, ttl_s, now)).rowcount == 1 for m in markers]
+            return [conn.execute(self._marker_upsert(scope, [m], ttl_s, now)).rowcount == 1 for m in markers]
 
     def record_markers(
         self, scope: str, markers: Sequence[str], ttl_s: float, now: datetime | None = None
@@ -527,25 +527,17 @@ class Store:
         if not markers:
             return
         now = now or utc_now()
-        expires_at = now + timedelta(seconds=ttl_s)
-        rows = [{"scope": scope, "marker": m, "expires_at": expires_at} for m in dict.fromkeys(markers)]
-        statement = self._insert(shared_marker_table).values(rows)
-        statement = statement.on_conflict_do_update(
-            index_elements=["scope", "marker"],
-            set_={"expires_at": statement.excluded.expires_at},
-            where=shared_marker_table.c.expires_at <= now,
-        )
         with self._write(self._marker_engine) as conn:
-            conn.execute(statement)
+            conn.execute(self._marker_upsert(scope, list(dict.fromkeys(markers)), ttl_s, now))
 
-    def _claim_statement(self, scope: str, marker: str, ttl_s: float, now: datetime) -> Any:
+    def _marker_upsert(self, scope: str, markers: Sequence[str], ttl_s: float, now: datetime) -> Any:
+        """Insert the markers; a marker already present is only taken over once it has expired."""
         expires_at = now + timedelta(seconds=ttl_s)
-        statement = self._insert(shared_marker_table).values(
-            scope=scope, marker=marker, expires_at=expires_at
-        )
+        rows = [{"scope": scope, "marker": marker, "expires_at": expires_at} for marker in markers]
+        statement = self._insert(shared_marker_table).values(rows)
         return statement.on_conflict_do_update(
             index_elements=["scope", "marker"],
-            set_={"expires_at": expires_at},
+            set_={"expires_at": statement.excluded.expires_at},
             where=shared_marker_table.c.expires_at <= now,
         )
 
