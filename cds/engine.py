@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date, timedelta
 from typing import Any
 
@@ -288,22 +288,19 @@ class _DoseSummary:
     unit: str = "mg/day"
 
 
-def _dedupe(meds: Sequence[MedicationFact]) -> tuple[list[MedicationFact], list[MedicationFact]]:
+def _dedupe(meds: Sequence[MedicationFact]) -> list[MedicationFact]:
     """Drop statements derived from an order that is itself present (one therapy recorded twice)."""
     present = {med.source.reference() for med in meds}
-    kept: list[MedicationFact] = []
-    dropped: list[MedicationFact] = []
-    for med in meds:
-        if med.kind is MedicationKind.STATEMENT and any(ref in present for ref in med.derived_from):
-            dropped.append(med)
-        else:
-            kept.append(med)
-    return kept, dropped
+    return [
+        med
+        for med in meds
+        if not (med.kind is MedicationKind.STATEMENT and any(ref in present for ref in med.derived_from))
+    ]
 
 
 def _dose_summary(
     ctx: EngineContext, rule: Rule, meds: Sequence[MedicationFact], situation: Situation
-) -> tuple[_DoseSummary, set[SourceRef]]:
+) -> _DoseSummary:
     spec = rule.dose
     assert spec is not None  # guaranteed by the rule loader for dose bands
     basis = _param(ctx, rule, spec.basis_param)
@@ -317,40 +314,37 @@ def _dose_summary(
         found = _first_match(ctx, spec.match, (med.concept,))
         if found is not None:
             matched.append((med, found))
-    kept, _dropped = _dedupe([med for med, _ in matched])
-    kept_refs = {med.source for med in kept}
+    kept_refs = {med.source for med in _dedupe([med for med, _ in matched])}
     seen_therapies: set[tuple[str, str, str | None]] = set()
-    sources: set[SourceRef] = set()
     for med, found in matched:
         if med.source not in kept_refs:
             continue
-        sources.add(med.source)
         notes = list(_stale_notes(med, situation, ctx.policy))
         base = _medication_evidence(med, found)
         if _first_match(ctx, spec.exclude, (med.concept,)) is not None:
-            summary.excluded.append(_with(base, notes=(*notes, "rescue-or-procedural")))
+            summary.excluded.append(replace(base, notes=(*notes, "rescue-or-procedural")))
             continue
         ingredients = [i for i in ctx.terminology.ingredients(med.concept) if i in class_ingredients]
         if not ingredients:
-            summary.unknown.append(_with(base, notes=(*notes, "dose:no-strength")))
+            summary.unknown.append(replace(base, notes=(*notes, "dose:no-strength")))
             continue
         for ingredient in ingredients:
             dose = daily_dose(med, ingredient, ctx.dosing)
             converted, figures, problem = _convert(ctx, dose, basis, source)
-            hit = _with(base, figures=figures)
+            hit = replace(base, figures=figures)
             if dose.status is DoseStatus.AS_NEEDED:
-                summary.as_needed.append(_with(hit, notes=(*notes, "as-needed")))
+                summary.as_needed.append(replace(hit, notes=(*notes, "as-needed")))
             elif converted is None:
-                summary.unknown.append(_with(hit, notes=(*notes, f"dose:{problem or 'unknown'}")))
+                summary.unknown.append(replace(hit, notes=(*notes, f"dose:{problem or 'unknown'}")))
             else:
                 therapy = (ingredient, ",".join(sorted(c.code or "" for c in med.concept.codings)), figures)
                 if therapy in seen_therapies:
-                    summary.excluded.append(_with(hit, notes=(*notes, "duplicate-record")))
+                    summary.excluded.append(replace(hit, notes=(*notes, "duplicate-record")))
                     continue
                 seen_therapies.add(therapy)
                 summary.regular_total += converted
-                summary.regular.append(_with(hit, notes=tuple(notes)))
-    return summary, sources
+                summary.regular.append(replace(hit, notes=tuple(notes)))
+    return summary
 
 
 def _convert(
@@ -360,19 +354,13 @@ def _convert(
     if dose.status is not DoseStatus.COMPUTED or dose.mg_per_day is None:
         return None, dose.explanation, dose.problem
     if basis == "diazepam-equivalent":
-        equivalent = ctx.terminology.diazepam_mg_equivalent(dose.ingredient, source or "ashton")
+        equivalent = ctx.terminology.diazepam_mg_equivalent(dose.ingredient, source)
         if not equivalent:
             return None, dose.explanation, "no-equivalence"
         value = dose.mg_per_day * ctx.terminology.diazepam_reference_mg() / equivalent
         figures = f"{dose.explanation} = {fmt_number(value)} {ctx.dose_units.get(basis, basis)}"
         return value, figures, None
     return dose.mg_per_day, dose.explanation, None
-
-
-def _with(hit: Hit, **changes: Any) -> Hit:
-    values = {name: getattr(hit, name) for name in hit.__slots__}
-    values.update(changes)
-    return Hit(**values)
 
 
 def _future_reading(bp: BloodPressureFact, today: date) -> bool:
@@ -404,7 +392,7 @@ class _BandInput:
     facts: PatientFacts
     situation: Situation
     claimed: set[SourceRef]
-    dose_cache: dict[str, tuple[_DoseSummary, set[SourceRef]]]
+    dose_cache: dict[str, _DoseSummary]
     index: FactIndex
 
 
@@ -484,13 +472,13 @@ def _collect_medications(inp: _BandInput, result: _BandResult) -> bool:
     if inp.rule.dose is not None and DOSE_CONDITIONS & set(inp.band.when):
         if inp.rule.id not in inp.dose_cache:
             inp.dose_cache[inp.rule.id] = _dose_summary(inp.ctx, inp.rule, meds, inp.situation)
-        summary, _ = inp.dose_cache[inp.rule.id]
+        summary = inp.dose_cache[inp.rule.id]
         if not _dose_band_holds(inp.ctx, inp.rule, inp.band, summary):
             return False
         result.hits = [*summary.regular, *summary.unknown, *summary.as_needed, *summary.excluded]
         result.values.update(total=fmt_number(summary.regular_total), basis_unit=summary.unit)
     else:
-        kept, _ = _dedupe(meds)
+        kept = _dedupe(meds)
         for med in kept:
             if med.source in inp.claimed:
                 continue
@@ -649,7 +637,7 @@ def evaluate_rule(
     index = FactIndex.build(ctx, facts) if index is None else index
     claimed: set[SourceRef] = set()
     results: list[_BandResult] = []
-    dose_cache: dict[str, tuple[_DoseSummary, set[SourceRef]]] = {}
+    dose_cache: dict[str, _DoseSummary] = {}
     for band in rule.bands:
         result = _evaluate_band(_BandInput(ctx, rule, band, facts, situation, claimed, dose_cache, index))
         if result is None:

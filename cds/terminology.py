@@ -187,6 +187,7 @@ class Terminology:
         equivalence: Mapping[str, Mapping[str, float]],
         equivalence_sources: frozenset[str],
         equivalence_reference_mg: float,
+        equivalence_default_source: str,
         blood_pressure: BloodPressureCodes,
     ) -> None:
         self._systems = systems
@@ -199,6 +200,7 @@ class Terminology:
         self._equivalence = {k: dict(v) for k, v in equivalence.items()}
         self._equivalence_sources = equivalence_sources
         self._equivalence_reference_mg = equivalence_reference_mg
+        self._equivalence_default_source = equivalence_default_source
         self._blood_pressure = blood_pressure
         self._names_re = _names_pattern(self._name_ingredients)
         # Reverse indexes so that `memberships` finds every set a concept belongs to in one pass.
@@ -226,7 +228,9 @@ class Terminology:
         tables = profiles_dir / "tables"
         systems = _Systems(_read(tables / _TABLE_SYSTEMS), _TABLE_SYSTEMS)
         rx_system, ingredients, brands = _load_ingredients(_read(tables / _TABLE_INGREDIENTS), systems)
-        equivalence, sources, reference_mg = _load_equivalence(_read(tables / _TABLE_EQUIVALENCE))
+        equivalence, sources, reference_mg, default_source = _load_equivalence(
+            _read(tables / _TABLE_EQUIVALENCE)
+        )
         blood_pressure = _load_blood_pressure(_read(tables / _TABLE_BLOOD_PRESSURE), systems)
 
         files = sorted((profiles_dir / "valuesets").glob("*.json"))
@@ -271,6 +275,7 @@ class Terminology:
             equivalence=equivalence,
             equivalence_sources=sources,
             equivalence_reference_mg=reference_mg,
+            equivalence_default_source=default_source,
             blood_pressure=blood_pressure,
         )
 
@@ -365,11 +370,13 @@ class Terminology:
             found.update(self._ingredients_in(text))
         return tuple(sorted(found))
 
-    def diazepam_mg_equivalent(self, ingredient: str, source: str) -> float | None:
+    def diazepam_mg_equivalent(self, ingredient: str, source: str | None = None) -> float | None:
         """mg of `ingredient` taken as roughly equal to 10 mg oral diazepam by `source` ("ashton" | "va_dod").
 
-        None when the source gives no value for the ingredient; ConfigError for an unknown source.
+        None when the source gives no value for the ingredient; ConfigError for an unknown source. Without a
+        source, the table's own default is used.
         """
+        source = source or self._equivalence_default_source
         if source not in self._equivalence_sources:
             raise ConfigError(
                 f"unknown diazepam-equivalence source {source!r}; known: {sorted(self._equivalence_sources)}"
@@ -459,7 +466,7 @@ def _load_ingredients(
     return system, ingredients, brands
 
 
-def _load_equivalence(data: Any) -> tuple[dict[str, dict[str, float]], frozenset[str], float]:
+def _load_equivalence(data: Any) -> tuple[dict[str, dict[str, float]], frozenset[str], float, str]:
     where = f"tables/{_TABLE_EQUIVALENCE}"
     root = _obj(data, where)
     reference_mg = _number(
@@ -476,7 +483,10 @@ def _load_equivalence(data: Any) -> tuple[dict[str, dict[str, float]], frozenset
             for source in sources
             if entry.get(source) is not None
         }
-    return table, sources, reference_mg
+    default_source = _text(root.get("default_source"), f"{where}: default_source")
+    if default_source not in sources:
+        raise ConfigError(f"{where}: default_source {default_source!r} is not one of the sources")
+    return table, sources, reference_mg, default_source
 
 
 def _load_blood_pressure(data: Any, systems: _Systems) -> BloodPressureCodes:
