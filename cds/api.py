@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -32,6 +31,7 @@ from cds.jsonlimits import depth_exceeds
 from cds.report import render_report
 from cds.runtime import Runtime
 from cds.store import FeedbackItem
+from cds.validation import check_schema
 
 log = logging.getLogger("cds.api")
 audit_log = logging.getLogger("cds.audit")
@@ -52,13 +52,6 @@ def _json_response(payload: Any, status: int = 200, content_type: str = JSON) ->
 
 def _error_response(exc: CdsError) -> Response:
     return _json_response(operation_outcome(exc.issues), exc.status, "application/fhir+json")
-
-
-def _json_path(path: Iterable[Any]) -> str:
-    out = "$"
-    for part in path:
-        out += f"[{part}]" if isinstance(part, int) else f".{part}"
-    return out
 
 
 def _read_json(validator: Draft202012Validator) -> dict[str, Any]:
@@ -87,29 +80,8 @@ def _read_json(validator: Draft202012Validator) -> dict[str, Any]:
     outer = {key: value for key, value in body.items() if key != "prefetch"}
     if depth_exceeds(outer, rt.settings.max_json_depth):
         raise BadRequest(f"the request body is nested deeper than {rt.settings.max_json_depth} levels")
-    errors = sorted(
-        validator.iter_errors(body), key=lambda e: (len(e.absolute_path), list(map(str, e.absolute_path)))
-    )
-    if errors:
-        issues = [
-            Issue("structure", _schema_message(error), _json_path(error.absolute_path))
-            for error in errors[:10]
-        ]
-        raise BadRequest("the request does not match the CDS Hooks 2.0 schema", issues=issues)
+    check_schema(validator, body, "the request does not match the CDS Hooks 2.0 schema")
     return body
-
-
-def _schema_message(error: Any) -> str:
-    """The validator's message without the offending value itself (it may be patient data)."""
-    if error.validator in {"required", "dependentRequired"}:
-        return str(error.message)
-    if error.validator in {"enum", "const"}:
-        return f"value is not one of the allowed values: {error.validator_value}"
-    if error.validator == "type":
-        return f"value must be of type {error.validator_value}"
-    if error.validator == "pattern":
-        return "value does not have the required format"
-    return f"value fails the {error.validator} constraint"
 
 
 def _count_resources(body: dict[str, Any]) -> int:

@@ -13,7 +13,8 @@ from typing import Any
 import requests
 
 from cds.config import load_settings
-from cds.errors import BadRequest, CdsError, ConfigError, Issue, operation_outcome
+from cds.errors import BadRequest, CdsError, ConfigError, operation_outcome
+from cds.validation import check_schema
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -68,12 +69,7 @@ def _screen(args: argparse.Namespace) -> int:
         raise BadRequest(f"cannot read {args.request}: {exc}") from exc
     if not isinstance(body, dict):
         raise BadRequest("the request must be a JSON object")
-    errors = list(knowledge.request_validator.iter_errors(body))
-    if errors:
-        path = "$" + "".join(f".{p}" for p in errors[0].absolute_path)
-        raise BadRequest(
-            "request does not match the schema", issues=[Issue("structure", errors[0].message, path)]
-        )
+    check_schema(knowledge.request_validator, body, "the request does not match the CDS Hooks 2.0 schema")
     service = next((s for s in knowledge.services.values() if s.hook == body["hook"]), None)
     if service is None:
         raise BadRequest(f"no service for hook {body['hook']!r}")

@@ -101,7 +101,7 @@ class Runtime:
     authenticator: ClientAuthenticator | None
     new_uuid: Callable[[], str] | None = None
     _local: threading.local = field(default_factory=threading.local)
-    recorder: BackgroundRecorder | None = None
+    recorder: BackgroundRecorder = field(init=False)
 
     def __post_init__(self) -> None:
         self.recorder = BackgroundRecorder(self._write_records)
@@ -167,7 +167,6 @@ class Runtime:
             if card["uuid"] not in shown:
                 continue  # suppressed as a repeat: not returned, so neither counted nor recorded
             self.metrics.count_cards(finding.rule.id, finding.indicator)
-            assert self.recorder is not None
             self.recorder.put(
                 IssuedCard(
                     uuid=card["uuid"],
@@ -204,7 +203,6 @@ class Runtime:
         audit_log.info("call", extra={SAFE_EXTRA: fields})
         endpoint = f"{service}/feedback" if fields["event"] == "feedback" else str(service)
         self.metrics.observe_request(endpoint, response.status_code, seconds)
-        assert self.recorder is not None
         self.recorder.put(
             AuditRecord(
                 hook_instance=str(g.get("hook_instance") or "-"),
@@ -227,5 +225,4 @@ class Runtime:
         self.store.record_audits([item for item in batch if isinstance(item, AuditRecord)])
 
     def flush(self) -> None:
-        if self.recorder is not None:
-            self.recorder.flush()
+        self.recorder.flush()
