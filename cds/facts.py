@@ -326,36 +326,27 @@ def medication_fact(
 # ----------------------------------------------------------------------------- conditions and allergies
 
 
-def _onset(resource: Mapping[str, Any], birth: date | None) -> tuple[date | None, bool]:
-    """(onset date, whether an onset was given but unreadable)."""
-    for key in ("onsetDateTime",):
-        if key in resource:
-            day = parse_date(resource[key])
-            return day, day is None
-    if "onsetPeriod" in resource:
-        period = resource["onsetPeriod"]
-        day = parse_date(period.get("start")) if isinstance(period, dict) else None
-        if day is None and isinstance(period, dict):
-            day = parse_date(period.get("end"))
-        return day, day is None
-    if "onsetAge" in resource:
-        age = _quantity(resource["onsetAge"])
-        if age is not None and birth is not None and age.unit in {"a", "yr", "year", "years"}:
-            # The last day of that year of life: the cautious reading for a "how recent" check.
-            year = birth.year + int(age.value) + 1
-            if 1 <= year <= 9999:
-                last = min(birth.day, calendar.monthrange(year, birth.month)[1])
-                return date.fromordinal(date(year, birth.month, last).toordinal() - 1), False
-        return None, True
-    if "onsetString" in resource or "onsetRange" in resource:
-        return None, True
-    return None, False
+def _onset(resource: Mapping[str, Any], birth: date | None) -> date | None:
+    """onset[x] as a date. Present but unreadable (or onsetString, onsetRange) counts as missing: the
+    undated bands then ask for the date rather than guess it."""
+    if "onsetDateTime" in resource:
+        return parse_date(resource["onsetDateTime"])
+    period = resource.get("onsetPeriod")
+    if isinstance(period, dict):
+        return parse_date(period.get("start")) or parse_date(period.get("end"))
+    age = _quantity(resource.get("onsetAge"))
+    if age is not None and birth is not None and age.unit in {"a", "yr", "year", "years"}:
+        # The last day of that year of life: the cautious reading for a "how recent" check.
+        year = birth.year + int(age.value) + 1
+        if 1 <= year <= 9999:
+            last = min(birth.day, calendar.monthrange(year, birth.month)[1])
+            return date.fromordinal(date(year, birth.month, last).toordinal() - 1)
+    return None
 
 
 def condition_fact(resource: Mapping[str, Any], birth: date | None) -> ConditionFact:
     code = concept(resource.get("code"))
-    # An onset that is present but unreadable counts as missing: undated bands then ask for the date.
-    onset, _onset_unreadable = _onset(resource, birth)
+    onset = _onset(resource, birth)
     abatement = parse_date(resource.get("abatementDateTime"))
     return ConditionFact(
         source=_ref(resource),
