@@ -136,9 +136,8 @@ def _detail(text: CardText, ctx: EngineContext, finding: Finding, situation: Sit
         parts.append(text.t("headings", "other_records"))
         parts.append("\n".join(_record_line(text, hit, values) for hit in finding.other_hits))
     policy = _policy_lines(text, ctx, finding)
-    if any(h.date_basis in {"onset", "recorded"} for h in finding.hits) or "onset_within_months" in str(
-        finding.band.when
-    ):
+    dated = any(h.date_basis in {"onset", "recorded"} for h in finding.hits)
+    if dated or "onset_within_months" in finding.band.when:
         key = "order" if situation.reference_from_order else "today"
         policy.append(
             "- " + text.fill(text.t("reference_date", key), date=situation.reference_date.isoformat())
