@@ -31,8 +31,8 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from cds.facts import concept
-from cds.knowledge import Knowledge, load_knowledge
+from cds.clinical.knowledge import Knowledge, load_knowledge
+from cds.fhir.facts import concept
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DATA_DIR = REPO_ROOT / "tests" / "data" / "fhir-test-data"

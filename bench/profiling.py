@@ -24,8 +24,8 @@ from typing import Any
 from bench.load import summarise_ms
 from cds import app as app_module
 from cds.app import create_app
+from cds.clinical.knowledge import Knowledge
 from cds.config import load_settings
-from cds.knowledge import Knowledge
 
 # (label, where the function lives, its names): the stages of one hook call, in order. Names, not line
 # numbers, so the table survives refactoring; a stage whose function no longer exists shows as "not called".
@@ -232,9 +232,9 @@ def _gc_study(one: Callable[[], None], n: int) -> dict[str, Any]:
 
 
 def _full_validation_cost(body: bytes) -> dict[str, Any] | None:
-    """What R4 model validation (cds.conformance, fhir.resources) of *every* resource would cost."""
+    """What R4 model validation (cds.fhir.conformance, fhir.resources) of *every* resource would cost."""
     try:
-        from cds.conformance import MODELS, conformance_problem  # noqa: PLC0415 (may not exist)
+        from cds.fhir.conformance import MODELS, conformance_problem  # noqa: PLC0415 (may not exist)
     except ImportError:
         return None
     request = json.loads(body)

@@ -14,16 +14,16 @@ from typing import Any
 
 from flask import Flask
 
-from cds.api import bp
-from cds.auth import ClientAuthenticator
+from cds.clinical.knowledge import Knowledge, load_knowledge
 from cds.config import Settings, load_settings
-from cds.cors import CorsPolicy
-from cds.knowledge import Knowledge, load_knowledge
-from cds.logs import configure
-from cds.metrics import Metrics
-from cds.runtime import Runtime
-from cds.shared_state import make_shared_state
-from cds.store import Store
+from cds.storage.shared_state import make_shared_state
+from cds.storage.store import Store
+from cds.web.api import bp
+from cds.web.auth import ClientAuthenticator
+from cds.web.cors import CorsPolicy
+from cds.web.logs import configure
+from cds.web.metrics import Metrics
+from cds.web.runtime import Runtime
 
 log = logging.getLogger("cds.app")
 

@@ -14,7 +14,7 @@ import requests
 
 from cds.config import load_settings
 from cds.errors import BadRequest, CdsError, ConfigError, operation_outcome
-from cds.validation import check_schema
+from cds.web.validation import check_schema
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -58,8 +58,8 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _screen(args: argparse.Namespace) -> int:
-    from cds.knowledge import load_knowledge
-    from cds.screening import Screener
+    from cds.clinical.knowledge import load_knowledge
+    from cds.clinical.screening import Screener
 
     settings = load_settings(overrides={"dev_mode": True})
     knowledge = load_knowledge(settings.policy_file)
@@ -85,7 +85,7 @@ def _screen(args: argparse.Namespace) -> int:
 
 def _report(args: argparse.Namespace) -> int:
     from cds.report import render_report
-    from cds.store import Store
+    from cds.storage.store import Store
 
     settings = load_settings(overrides={"dev_mode": True})
     store = Store.open(settings.database_url)
@@ -103,7 +103,7 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _migrate(_args: argparse.Namespace) -> int:
-    from cds.store import Store
+    from cds.storage.store import Store
 
     settings = load_settings(overrides={"dev_mode": True})
     store = Store.open(settings.database_url)
@@ -115,7 +115,7 @@ def _migrate(_args: argparse.Namespace) -> int:
 
 
 def _purge(args: argparse.Namespace) -> int:
-    from cds.store import Store
+    from cds.storage.store import Store
 
     settings = load_settings(overrides={"dev_mode": True})
     days = args.older_than_days or settings.audit_retention_days

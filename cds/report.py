@@ -25,7 +25,7 @@ from collections.abc import Iterable
 from datetime import date, datetime
 from typing import Any
 
-from cds.store import ReasonCount, RuleReport, RuleStats, Tally
+from cds.storage.store import ReasonCount, RuleReport, RuleStats, Tally
 
 __all__ = ["DEFINITIONS", "FORMATS", "render_report", "report_to_dict"]
 

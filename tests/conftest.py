@@ -20,8 +20,8 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from cds.app import create_app
+from cds.clinical.knowledge import Knowledge, load_knowledge
 from cds.config import load_settings
-from cds.knowledge import Knowledge, load_knowledge
 from tests.support.fhir_server import FhirServerHandle, running_fhir_server
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -33,7 +33,7 @@ from cds import cli
 from cds.app import create_app
 from cds.config import TrustedIssuer
 from cds.errors import ConfigError
-from cds.shared_state import DEFAULT_PREFIX, _digest
+from cds.storage.shared_state import DEFAULT_PREFIX, _digest
 from tests.conftest import SENSITIVE, assert_valid_response
 from tests.support.backends import redis_url_or_skip
 from tests.support.synthea import synthea_patients, synthea_request
@@ -168,7 +168,9 @@ def assert_bare_401(response: Any, *secrets: str) -> None:
 
 def auth_reasons(caplog: pytest.LogCaptureFixture) -> list[str]:
     return [
-        str(getattr(r, "reason", "")) for r in caplog.records if r.name == "cds.auth" and hasattr(r, "reason")
+        str(getattr(r, "reason", ""))
+        for r in caplog.records
+        if r.name == "cds.web.auth" and hasattr(r, "reason")
     ]
 
 
@@ -250,7 +252,7 @@ ENDPOINTS = [DISCOVERY, CALL, FEEDBACK]
 def test_no_authorization_header_is_a_bare_401(
     prod: FlaskClient, path: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    with caplog.at_level(logging.WARNING, logger="cds.auth"):
+    with caplog.at_level(logging.WARNING, logger="cds.web.auth"):
         assert_bare_401(send(prod, path))
     assert auth_reasons(caplog) == ["missing_authorization"]
 
@@ -262,7 +264,7 @@ def test_audience_from_the_host_header_is_a_bare_401(
     """A token minted for the URL the request arrived at (Host header), not the configured public URL."""
     host_url = f"http://localhost{path}"  # what request.host_url + path gives under the test client
     token = issuer.token(host_url)
-    with caplog.at_level(logging.WARNING, logger="cds.auth"):
+    with caplog.at_level(logging.WARNING, logger="cds.web.auth"):
         assert_bare_401(send(prod, path, headers=bearer(token)), token)
         # a forged Host header naming the audience changes nothing either
         forged = issuer.token("https://evil.example" + path)
@@ -277,7 +279,7 @@ def test_replayed_jti_is_a_bare_401(
 ) -> None:
     token = issuer.token(url(path))
     assert send(prod, path, headers=bearer(token)).status_code == 200
-    with caplog.at_level(logging.WARNING, logger="cds.auth"):
+    with caplog.at_level(logging.WARNING, logger="cds.web.auth"):
         assert_bare_401(send(prod, path, headers=bearer(token)), token)
     assert auth_reasons(caplog) == ["replayed_jti"]
     assert_token_not_logged(caplog, token)
@@ -289,7 +291,7 @@ def test_expired_token_is_a_bare_401(
 ) -> None:
     now = int(time.time())
     token = issuer.token(url(path), iat=now - 900, exp=now - 600)
-    with caplog.at_level(logging.WARNING, logger="cds.auth"):
+    with caplog.at_level(logging.WARNING, logger="cds.web.auth"):
         assert_bare_401(send(prod, path, headers=bearer(token)), token)
     assert auth_reasons(caplog) == ["expired"]
     assert_token_not_logged(caplog, token)
@@ -384,7 +386,7 @@ def test_replayed_jti_rejected_across_two_app_instances_sharing_redis(
     key = DEFAULT_PREFIX + "jti:" + _digest(f"{ISS}|{jti}")
     try:
         assert first.post(CALL, json=patient_request(2), headers=bearer(token)).status_code == 200
-        with caplog.at_level(logging.WARNING, logger="cds.auth"):
+        with caplog.at_level(logging.WARNING, logger="cds.web.auth"):
             assert_bare_401(second.post(CALL, json=patient_request(2), headers=bearer(token)), token)
             assert_bare_401(first.post(CALL, json=patient_request(2), headers=bearer(token)), token)
         assert auth_reasons(caplog) == ["replayed_jti", "replayed_jti"]

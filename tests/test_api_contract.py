@@ -11,7 +11,7 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from cds.prefetch import template_tokens
+from cds.fhir.prefetch import template_tokens
 from tests.support.builders import (
     RXNORM,
     allergy,

@@ -1,4 +1,4 @@
-"""Client JWT verification (cds/auth.py): every check has a token that fails it, and fails it quietly.
+"""Client JWT verification (cds/web/auth.py): every check has a token that fails it, and fails it quietly.
 
 Keys are generated here; the EHR's JWKS is served by a local HTTP server on 127.0.0.1 that records every
 path requested, so a test can prove a URL was (or was never) fetched. Time comes from a fake clock.
@@ -31,14 +31,14 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cds.auth import (
+from cds.config import Settings, TrustedIssuer, load_settings
+from cds.errors import ConfigError, Unauthorized
+from cds.web.auth import (
     JWKS_MIN_REFETCH_S,
     ClientAuthenticator,
     VerifiedClient,
     expected_audience,
 )
-from cds.config import Settings, TrustedIssuer, load_settings
-from cds.errors import ConfigError, Unauthorized
 
 ISS = "https://ehr.example.org"
 BASE = "https://cds.example.org"
@@ -269,14 +269,14 @@ def assert_rejected(
 ) -> None:
     """Rejected with the bare word; the reason is logged; the token is not, not even a segment of it."""
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="cds.auth"), pytest.raises(Unauthorized) as excinfo:
+    with caplog.at_level(logging.WARNING, logger="cds.web.auth"), pytest.raises(Unauthorized) as excinfo:
         auth.verify(header, AUD)
     assert str(excinfo.value) == "unauthorized"
     assert excinfo.value.message == "unauthorized"
     assert excinfo.value.status == 401
     assert all(issue.diagnostics == "unauthorized" for issue in excinfo.value.issues)
     assert excinfo.value.__cause__ is None
-    records = [r for r in caplog.records if r.name == "cds.auth"]
+    records = [r for r in caplog.records if r.name == "cds.web.auth"]
     rejections = [r for r in records if r.getMessage().startswith("client JWT rejected")]
     assert len(rejections) == 1, [r.getMessage() for r in records]
     assert rejections[0].levelno == logging.WARNING

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from cds.conformance import conformance_problem
+from cds.fhir.conformance import conformance_problem
 from tests.support.builders import (
     SNOMED,
     coding,

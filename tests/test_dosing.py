@@ -12,9 +12,15 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cds.dosing import PROBLEMS, DosingVocabulary, daily_dose, default_vocabulary_path, parse_strengths
+from cds.clinical.dosing import (
+    PROBLEMS,
+    DosingVocabulary,
+    daily_dose,
+    default_vocabulary_path,
+    parse_strengths,
+)
 from cds.errors import ConfigError
-from cds.model import (
+from cds.fhir.model import (
     Coding,
     Concept,
     DoseStatus,

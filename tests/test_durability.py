@@ -28,7 +28,7 @@ import requests
 import sqlalchemy as sa
 from alembic.script import ScriptDirectory
 
-from cds.store import MIGRATIONS_DIR, Store, feedback_table, issued_card_table
+from cds.storage.store import MIGRATIONS_DIR, Store, feedback_table, issued_card_table
 from tests.support.backends import fresh_postgres_schema
 from tests.support.builders import (
     RXNORM,

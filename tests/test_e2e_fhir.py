@@ -32,7 +32,7 @@ import requests
 import yaml
 from flask.testing import FlaskClient
 
-from cds.knowledge import Knowledge
+from cds.clinical.knowledge import Knowledge
 from tests.conftest import NOW, SENSITIVE, assert_valid_response
 from tests.support.builders import ketamine_order
 from tests.support.fhir_server import DATA_DIR, FhirServerHandle

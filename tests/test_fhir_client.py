@@ -23,8 +23,8 @@ import requests
 
 from cds.config import Settings
 from cds.errors import FhirError
-from cds.fhir_client import FhirClient, InsecureFhirServer, client_factory_for
-from cds.prefetch import render_template
+from cds.fhir.client import FhirClient, InsecureFhirServer, client_factory_for
+from cds.fhir.prefetch import render_template
 from tests.support.fhir_server import DATA_DIR, FhirServerHandle, Reply, ScriptedServer
 
 TOKEN = "s3cr3t-token-value"

@@ -11,7 +11,7 @@ prefetch bundles, garbage dosage and medicationReferences to nowhere. The proper
   values (conftest.assert_valid_response);
 * never an "all clear" for records the screen could not read: in a full screen (a ketamine or esketamine
   order, or an open chart), a prefetched medication, condition, allergy or blood pressure that
-  cds/facts.py cannot read (no name or code, a medicationReference that resolves to nothing or to a
+  cds/fhir/facts.py cannot read (no name or code, a medicationReference that resolves to nothing or to a
   Medication without a code, no reading or no readable date) is listed by name on the
   `unreadable-records` card (rules/unreadable-records.yaml); a relevant record that *is* readable but
   whose dose or date is garbage still gets its own rule's card (the dose-not-computable or date-unknown
@@ -45,8 +45,8 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from cds.app import create_app
+from cds.clinical.knowledge import Knowledge
 from cds.config import load_settings
-from cds.knowledge import Knowledge
 from tests.conftest import NOW, assert_valid_response, deterministic_uuids
 from tests.support.builders import (
     ESKETAMINE,
@@ -799,7 +799,7 @@ TARGET_STATUSES = ["active", "on-hold", "ACTIVE", "", "unknown"]
 
 @st.composite
 def unreadable_medication(draw: st.DrawFn, rid: str, pool: list[dict[str, Any]]) -> dict[str, Any]:
-    """A medication record cds/facts.py cannot name; uncodable Medications it points at go into `pool`."""
+    """A medication record cds/fhir/facts.py cannot name; uncodable Medications it points at go into `pool`."""
     medicine = draw(st.sampled_from([CLONAZEPAM, LAMOTRIGINE, KETAMINE]))
     dosages = draw(
         st.lists(st.one_of(st.just(dosage(dose=2, unit="mg", frequency=2)), garbage_dosage()), max_size=2)

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from cds.metrics import Metrics
+from cds.web.metrics import Metrics
 
 
 def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -65,7 +65,7 @@ def test_multiprocess_mode_aggregates_workers(tmp_path: Path) -> None:
     worker = textwrap.dedent(
         """
         import sys
-        from cds.metrics import Metrics
+        from cds.web.metrics import Metrics
         m = Metrics()
         m.observe_request("ketamine-order-select", 200, 0.01)
         m.count_cards("r-1", "info", int(sys.argv[1]))
@@ -73,7 +73,9 @@ def test_multiprocess_mode_aggregates_workers(tmp_path: Path) -> None:
     )
     for n in ("2", "3"):
         subprocess.run([sys.executable, "-c", worker, n], env=env, check=True, timeout=60)
-    scrape = "from cds.metrics import Metrics; import sys; sys.stdout.write(Metrics().render()[0].decode())"
+    scrape = (
+        "from cds.web.metrics import Metrics; import sys; sys.stdout.write(Metrics().render()[0].decode())"
+    )
     text = subprocess.run(
         [sys.executable, "-c", scrape], env=env, check=True, timeout=60, capture_output=True, text=True
     ).stdout

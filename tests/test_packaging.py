@@ -31,7 +31,7 @@ def test_wheel_carries_every_knowledge_file(wheel: Path) -> None:
             if path.is_file() and path.suffix in {".json", ".yaml", ".md"}:
                 packaged = f"cds/_knowledge/{path.relative_to(ROOT).as_posix()}"
                 assert packaged in names, f"{packaged} missing from the wheel"
-    assert "cds/migrations/env.py" in names
+    assert "cds/storage/migrations/env.py" in names
     assert any(name.endswith("entry_points.txt") for name in names)
 
 
@@ -44,7 +44,7 @@ def test_installed_wheel_loads_its_own_knowledge(wheel: Path, tmp_path: Path) ->
         timeout=300,
     )
     probe = (
-        "import cds.knowledge as k; root = k.knowledge_root(); "
+        "import cds.paths as p, cds.clinical.knowledge as k; root = p.knowledge_root(); "
         "assert '_knowledge' in str(root), root; kn = k.load_knowledge(); print(len(kn.rules))"
     )
     # -I isolates from the checkout (no cwd on sys.path); the target dir comes first, the venv supplies deps.

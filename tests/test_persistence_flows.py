@@ -17,7 +17,7 @@ from flask.testing import FlaskClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from cds.cli import main
-from cds.store import audit_table, issued_card_table, patient_hash
+from cds.storage.store import audit_table, issued_card_table, patient_hash
 from tests.support.backends import fresh_postgres_schema
 from tests.support.builders import (
     PATIENT,

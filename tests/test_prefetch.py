@@ -22,8 +22,8 @@ from hypothesis import strategies as st
 
 from cds.config import Settings
 from cds.errors import PreconditionFailed
-from cds.fhir_client import FhirClient, client_factory_for
-from cds.prefetch import Gathered, gather, medication_key, render_template, template_tokens
+from cds.fhir.client import FhirClient, client_factory_for
+from cds.fhir.prefetch import Gathered, gather, medication_key, render_template, template_tokens
 from tests.support.fhir_server import FhirServerHandle, Reply, ScriptedServer
 
 HOOKS = Path(__file__).resolve().parents[1] / "hooks"

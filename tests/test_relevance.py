@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from cds.knowledge import Knowledge
+from cds.clinical.knowledge import Knowledge
 from tests.support.builders import SNOMED, coding, concept, condition, hook_request, ketamine_order
 
 

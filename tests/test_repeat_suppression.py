@@ -17,8 +17,8 @@ import pytest
 from flask import Flask
 
 import cds.app
-from cds.knowledge import Knowledge
-from cds.shared_state import (
+from cds.clinical.knowledge import Knowledge
+from cds.storage.shared_state import (
     DatabaseSeenFindings,
     InProcessSeenFindings,
     RedisSeenFindings,

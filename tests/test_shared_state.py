@@ -15,7 +15,7 @@ import redis
 
 from cds.config import Settings
 from cds.errors import ConfigError
-from cds.shared_state import (
+from cds.storage.shared_state import (
     DatabaseReplayCache,
     DatabaseSeenFindings,
     InProcessReplayCache,
@@ -29,7 +29,7 @@ from cds.shared_state import (
     redact_url,
     redis_client,
 )
-from cds.store import Store
+from cds.storage.store import Store
 from tests.support.backends import fresh_postgres_schema, redis_prefix, redis_url_or_skip
 
 BACKENDS = ["in-process", "redis", "sqlite", "postgresql"]

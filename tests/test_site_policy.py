@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 from flask import Flask
 
+from cds.clinical.knowledge import load_knowledge
 from cds.errors import ConfigError
-from cds.knowledge import load_knowledge
 from tests.conftest import assert_valid_response
 from tests.support.builders import (
     RXNORM,

@@ -14,7 +14,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
 from cds.errors import ConfigError
-from cds.store import (
+from cds.storage.store import (
     AuditRecord,
     FeedbackItem,
     IssuedCard,

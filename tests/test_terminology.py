@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
+from cds.clinical.terminology import Terminology
 from cds.errors import ConfigError
-from cds.model import Coding, Concept
-from cds.terminology import Terminology
+from cds.fhir.model import Coding, Concept
 
 ROOT = Path(__file__).resolve().parents[1]
 PROFILES = ROOT / "fhir_profiles"

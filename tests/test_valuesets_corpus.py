@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from fhir.resources.R4B.valueset import ValueSet
 
-from cds.terminology import EXT_MATCH_BRAND, EXT_MATCH_INGREDIENT, Terminology
+from cds.clinical.terminology import EXT_MATCH_BRAND, EXT_MATCH_INGREDIENT, Terminology
 
 ROOT = Path(__file__).resolve().parents[1]
 PROFILES = ROOT / "fhir_profiles"

@@ -14,7 +14,7 @@ addresses) through every hook, accepted and refused, so the check means somethin
 module runs alone; tests/test_api_auth.py and tests/test_fuzz.py send the same patients through
 production-mode authentication and through thousands of malformed requests.
 
-Proven to bite: with a temporary `log.info("screening %s", patient_ref)` in cds/api.py the check
+Proven to bite: with a temporary `log.info("screening %s", patient_ref)` in cds/web/api.py the check
 failed, naming the patient ids it found (done once by hand when this test was written).
 """
 
@@ -26,7 +26,7 @@ from typing import Any
 
 from flask import Flask
 
-from cds.store import patient_hash
+from cds.storage.store import patient_hash
 from tests.conftest import LOG_CAPTURE, SENSITIVE
 from tests.support.synthea import identifying_strings, synthea_patients, synthea_request
 
@@ -65,15 +65,15 @@ def test_the_checker_catches_each_kind_of_leak() -> None:
     token = "eyJhbGciOiJFUzM4NCJ9.eyJpc3MiOiJodHRwczovL2Voci5leGFtcGxlLm9yZyJ9.c2lnbmF0dXJlLXNpZ25hdHVyZQ"
     SENSITIVE.add("fhir-access-token-under-test")
     samples = [
-        f"cds.api screening Patient/{patient.id} {{}}",
-        f"cds.api patient {patient.names[0]} {{}}",
-        "cds.fhir_client sent Authorization: Bearer fhir-access-token-under-test {}",
-        f"cds.auth rejected {token} {{}}",
+        f"cds.web.api screening Patient/{patient.id} {{}}",
+        f"cds.web.api patient {patient.names[0]} {{}}",
+        "cds.fhir.client sent Authorization: Bearer fhir-access-token-under-test {}",
+        f"cds.web.auth rejected {token} {{}}",
     ]
     assert len(leaks(samples)) == len(samples)
     clean = [
         'cds.audit call {"patient": "' + patient_hash("k", f"Patient/{patient.id}") + '"}',
-        "cds.auth client JWT rejected: reason=expired iss=https://ehr.example.org kid=ec-1 jti=abc {}",
+        "cds.web.auth client JWT rejected: reason=expired iss=https://ehr.example.org kid=ec-1 jti=abc {}",
         "alembic.runtime.migration Running upgrade  -> 0001, Initial schema {}",
     ]
     assert leaks(clean) == []

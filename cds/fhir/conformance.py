@@ -24,9 +24,9 @@ from fhir.resources.R4B.medicationstatement import MedicationStatement
 from fhir.resources.R4B.observation import Observation
 from pydantic import ValidationError
 
-from cds.engine import Finding, Hit
-from cds.jsonlimits import depth_exceeds
-from cds.model import SourceRef
+from cds.clinical.engine import Finding, Hit
+from cds.fhir.model import SourceRef
+from cds.web.limits import depth_exceeds
 
 MODELS: Mapping[str, Any] = {
     "AllergyIntolerance": AllergyIntolerance,

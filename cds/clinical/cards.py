@@ -12,10 +12,10 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from cds.engine import EngineContext, Finding, Hit, Situation, product_text
+from cds.clinical.engine import EngineContext, Finding, Hit, Situation, product_text
+from cds.clinical.policy import DEFAULT_ORIGIN, SITE_ORIGIN
+from cds.clinical.rules import Rule
 from cds.ids import new_uuid
-from cds.policy import DEFAULT_ORIGIN, SITE_ORIGIN
-from cds.rules import Rule
 
 SUMMARY_LIMIT = 139  # the spec's "<140 characters"
 

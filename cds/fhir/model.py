@@ -1,6 +1,6 @@
 """Normalised patient facts: the narrow interface between the FHIR edge and the screening engine.
 
-Everything here is plain, frozen data built from raw FHIR dicts by `cds.facts`. The engine reads only
+Everything here is plain, frozen data built from raw FHIR dicts by `cds.fhir.facts`. The engine reads only
 these types, never FHIR JSON, so rules stay independent of how an EHR shapes its resources. A fact that
 could not be read carries the reason in `unreadable` instead of disappearing: the engine must be able to
 say "could not check" rather than "nothing found".
@@ -100,7 +100,7 @@ class MedicationFact:
     recorded: date | None = None  # authoredOn / dateAsserted / effective start (for staleness)
     planned_start: date | None = None  # when an order says when it is meant to start
     strengths: tuple[Strength, ...] = ()  # from Medication.ingredient, or parsed from the product name
-    dosages: tuple[dict[str, object], ...] = ()  # raw Dosage dicts, read by cds.dosing
+    dosages: tuple[dict[str, object], ...] = ()  # raw Dosage dicts, read by cds.clinical.dosing
     derived_from: tuple[str, ...] = ()  # "MedicationRequest/123" references (statement derived from an order)
     unreadable: str | None = None  # why the medication could not be identified (e.g. unresolved reference)
 

@@ -22,7 +22,7 @@ Failure policy differs on purpose. If the shared backend is down during a call, 
 warning), while ReplayCache raises :class:`SharedStateUnavailable` (a 500 for that call: never accept a
 token we could not check).
 
-Keys should be built from hashed identifiers (``cds.store.patient_hash``); backends hash them again so
+Keys should be built from hashed identifiers (``cds.storage.store.patient_hash``); backends hash them again so
 that key length is bounded.
 """
 
@@ -44,7 +44,7 @@ from redis.retry import Retry
 
 from cds.config import Settings
 from cds.errors import CdsError, ConfigError
-from cds.store import Store
+from cds.storage.store import Store
 
 __all__ = [
     "DatabaseReplayCache",

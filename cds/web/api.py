@@ -27,13 +27,13 @@ from cds.errors import (
     UnsupportedMedia,
     operation_outcome,
 )
-from cds.jsonlimits import depth_exceeds
 from cds.report import render_report
-from cds.runtime import Runtime
-from cds.store import FeedbackItem
-from cds.validation import check_schema
+from cds.storage.store import FeedbackItem
+from cds.web.limits import depth_exceeds
+from cds.web.runtime import Runtime
+from cds.web.validation import check_schema
 
-log = logging.getLogger("cds.api")
+log = logging.getLogger("cds.web.api")
 audit_log = logging.getLogger("cds.audit")
 
 bp = Blueprint("cds", __name__)

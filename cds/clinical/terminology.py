@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from cds.errors import ConfigError
-from cds.model import Coding, Concept
+from cds.fhir.model import Coding, Concept
 
 EXT_MATCH_INGREDIENT = "https://ketamine-cds.example.org/fhir/StructureDefinition/match-ingredient"
 EXT_MATCH_BRAND = "https://ketamine-cds.example.org/fhir/StructureDefinition/match-brand"

@@ -286,7 +286,7 @@ def client_factory_for(
     session: requests.Session,
     deadline: float,
 ) -> Callable[[], FhirClient | None]:
-    """A `client_factory` for `cds.prefetch.gather` built from a CDS Hooks request body.
+    """A `client_factory` for `cds.fhir.prefetch.gather` built from a CDS Hooks request body.
 
     Returns None (no usable server: the caller answers 412 for data it still needs) when `fhirServer` is
     missing, or when there is no bearer `fhirAuthorization` outside dev mode (the CDS Hooks sandbox sends an

@@ -23,7 +23,7 @@ accepts it only if all of the following hold, in this order:
    plus the leeway; shared through Redis when configured, so every worker and replica sees it).
 
 Any failure raises `Unauthorized("unauthorized")`: the same bare word whatever went wrong. The reason is
-logged to `cds.auth` at WARNING with the token's `iss`, `kid` and `jti` only; never the token itself and
+logged to `cds.web.auth` at WARNING with the token's `iss`, `kid` and `jti` only; never the token itself and
 never any other claim.
 """
 
@@ -57,7 +57,7 @@ __all__ = [
     "expected_audience",
 ]
 
-log = logging.getLogger("cds.auth")
+log = logging.getLogger("cds.web.auth")
 
 # Asymmetric algorithms only. ES384 and RS384 are the ones CDS Hooks recommends.
 _EC_CURVES: Mapping[str, str] = {"ES256": "secp256r1", "ES384": "secp384r1", "ES512": "secp521r1"}
@@ -78,7 +78,7 @@ _UNAUTHORIZED = "unauthorized"
 
 
 class ReplayCacheLike(Protocol):
-    """What we need from the replay cache (cds.shared_state.ReplayCache fits it)."""
+    """What we need from the replay cache (cds.storage.shared_state.ReplayCache fits it)."""
 
     def add_if_new(self, jti_key: str, ttl_s: int) -> bool:
         """Remember `jti_key` for `ttl_s` seconds; False if it was already there."""

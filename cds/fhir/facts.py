@@ -1,4 +1,4 @@
-"""Raw FHIR R4 JSON -> normalised facts (cds.model). Tolerant by design, never silent.
+"""Raw FHIR R4 JSON -> normalised facts (cds.fhir.model). Tolerant by design, never silent.
 
 Real clients send odd shapes (checklist section 3): a Bundle without `type`, a draft MedicationRequest with
 no medication yet, `category` as an object. Everything is read defensively from plain dicts, which keeps
@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import Any
 
-from cds.model import (
+from cds.fhir.model import (
     AllergyFact,
     BloodPressureFact,
     Coding,

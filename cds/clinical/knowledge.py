@@ -17,14 +17,15 @@ from typing import Any
 import yaml
 from jsonschema import Draft202012Validator
 
-from cds.cards import CardText, OverrideReason
-from cds.dosing import DosingVocabulary
-from cds.engine import EngineContext, StatusSemantics
+from cds.clinical.cards import CardText, OverrideReason
+from cds.clinical.dosing import DosingVocabulary
+from cds.clinical.engine import EngineContext, StatusSemantics
+from cds.clinical.policy import SitePolicy, load_policy
+from cds.clinical.rules import Rule, load_rules
+from cds.clinical.terminology import Terminology
 from cds.errors import ConfigError
-from cds.facts import BloodPressureSpec, RelevanceFilter
-from cds.policy import SitePolicy, load_policy
-from cds.rules import Rule, load_rules
-from cds.terminology import Terminology
+from cds.fhir.facts import BloodPressureSpec, RelevanceFilter
+from cds.paths import knowledge_root
 
 # Values each fact kind can put into a band's text, besides the rule's own parameters.
 PLACEHOLDERS: Mapping[str, frozenset[str]] = {
@@ -76,14 +77,6 @@ class Knowledge:
             bp_unit=self.bp_unit,
             treatment_valuesets=self.treatments,
         )
-
-
-def knowledge_root() -> Path:
-    """Inside an installed wheel the knowledge sits in cds/_knowledge; in a checkout, at the repo top."""
-    packaged = Path(__file__).resolve().parent / "_knowledge"
-    if (packaged / "rules").is_dir():
-        return packaged
-    return Path(__file__).resolve().parent.parent
 
 
 def _json(path: Path) -> Any:

@@ -15,8 +15,11 @@ from dataclasses import dataclass, field, replace
 from datetime import date, timedelta
 from typing import Any
 
-from cds.dosing import DosingVocabulary, daily_dose
-from cds.model import (
+from cds.clinical.dosing import DosingVocabulary, daily_dose
+from cds.clinical.policy import SitePolicy
+from cds.clinical.rules import INDICATOR_RANK, Band, Rule
+from cds.clinical.terminology import Terminology, TermMatch
+from cds.fhir.model import (
     AllergyFact,
     BloodPressureFact,
     Coding,
@@ -28,9 +31,6 @@ from cds.model import (
     PatientFacts,
     SourceRef,
 )
-from cds.policy import SitePolicy
-from cds.rules import INDICATOR_RANK, Band, Rule
-from cds.terminology import Terminology, TermMatch
 
 FULL = "full"
 INTERACTION = "interaction"

@@ -40,7 +40,8 @@ from types import MappingProxyType
 from typing import Any
 
 from cds.errors import ConfigError
-from cds.model import DailyDose, DoseStatus, MedicationFact, Quantity, Strength
+from cds.fhir.model import DailyDose, DoseStatus, MedicationFact, Quantity, Strength
+from cds.paths import knowledge_root
 
 __all__ = [
     "PROBLEMS",
@@ -345,10 +346,8 @@ def _tidy(value: float) -> float:
 
 
 def default_vocabulary_path() -> Path:
-    """The shipped vocabulary: inside an installed wheel, else at the top of the source tree."""
-    package = Path(__file__).resolve().parent
-    installed = package / "_knowledge" / _VOCABULARY_RELATIVE
-    return installed if installed.is_file() else package.parent / _VOCABULARY_RELATIVE
+    """The shipped vocabulary (see cds.paths for where the knowledge lives)."""
+    return knowledge_root() / _VOCABULARY_RELATIVE
 
 
 @lru_cache(maxsize=1)

@@ -3,7 +3,7 @@
 Data is fetched only when the situation needs it: an order for an unrelated medicine needs nothing; an
 interacting medicine ordered outside a ketamine order needs the medication list (to see whether a
 course is running); a ketamine order or an open chart needs everything the rules read. Required data that
-cannot be obtained ends the call with 412 (raised by cds.prefetch), never with an empty screen.
+cannot be obtained ends the call with 412 (raised by cds.fhir.prefetch), never with an empty screen.
 """
 
 from __future__ import annotations
@@ -16,16 +16,16 @@ from typing import Any
 
 import requests
 
-from cds.cards import render_cards
+from cds.clinical.cards import render_cards
+from cds.clinical.engine import FULL, INTERACTION, Finding, Situation, evaluate
+from cds.clinical.knowledge import Knowledge, ServiceDefinition
+from cds.clinical.situation import decide
 from cds.config import Settings
-from cds.conformance import annotate, cited_resources
-from cds.engine import FULL, INTERACTION, Finding, Situation, evaluate
-from cds.facts import build_facts, draft_order_resources
-from cds.fhir_client import client_factory_for
-from cds.knowledge import Knowledge, ServiceDefinition
-from cds.model import PatientFacts
-from cds.prefetch import Gathered, gather
-from cds.situation import decide
+from cds.fhir.client import client_factory_for
+from cds.fhir.conformance import annotate, cited_resources
+from cds.fhir.facts import build_facts, draft_order_resources
+from cds.fhir.model import PatientFacts
+from cds.fhir.prefetch import Gathered, gather
 
 MEDICATION_KEYS = ("medicationStatements", "medicationRequests")
 FULL_SCREEN_KEYS = (*MEDICATION_KEYS, "conditions", "allergies", "bloodPressure")

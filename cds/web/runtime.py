@@ -20,18 +20,18 @@ from typing import Any
 import requests
 from flask import Request, Response, g
 
-from cds.auth import ClientAuthenticator, VerifiedClient, expected_audience
+from cds.clinical.knowledge import Knowledge, ServiceDefinition
+from cds.clinical.screening import Screener, ScreenResult
 from cds.config import Settings
-from cds.cors import CorsPolicy
-from cds.knowledge import Knowledge, ServiceDefinition
-from cds.logs import SAFE_EXTRA
-from cds.metrics import Metrics
-from cds.screening import Screener, ScreenResult
-from cds.shared_state import ReplayCache, SeenFindings
-from cds.store import AuditRecord, IssuedCard, Store, patient_hash
+from cds.storage.shared_state import ReplayCache, SeenFindings
+from cds.storage.store import AuditRecord, IssuedCard, Store, patient_hash
+from cds.web.auth import ClientAuthenticator, VerifiedClient, expected_audience
+from cds.web.cors import CorsPolicy
+from cds.web.logs import SAFE_EXTRA
+from cds.web.metrics import Metrics
 
 audit_log = logging.getLogger("cds.audit")
-log = logging.getLogger("cds.runtime")
+log = logging.getLogger("cds.web.runtime")
 
 
 class BackgroundRecorder:

@@ -1,6 +1,6 @@
 """Alembic environment for the ketamine-cds store.
 
-Normally run by `cds.store.Store.migrate()`, which passes an open connection (already inside the write
+Normally run by `cds.storage.store.Store.migrate()`, which passes an open connection (already inside the write
 transaction that serialises concurrent migrations) in ``config.attributes["connection"]``.
 
 Developers write a new revision the same way, in code (no alembic.ini anywhere)::
@@ -26,7 +26,7 @@ import os
 from alembic import context
 from sqlalchemy.engine import Connection
 
-from cds.store import Store, metadata
+from cds.storage.store import Store, metadata
 
 
 def _run(connection: Connection) -> None:

@@ -16,8 +16,8 @@ from typing import Any
 import yaml
 from jsonschema import Draft202012Validator
 
+from cds.clinical.rules import Rule
 from cds.errors import ConfigError
-from cds.rules import Rule
 
 DEFAULT_ORIGIN = "default"
 SITE_ORIGIN = "site"

@@ -18,7 +18,7 @@ Tables (all times UTC):
     audit_record    one row per service call: hookInstance, service, issuer, jti, patient hash,
                     duration, HTTP status, rule ids, card uuids
     shared_marker   short-lived markers shared by workers and replicas when no Redis is configured
-                    (cards already shown, JWT ids already seen); see ``cds.shared_state``
+                    (cards already shown, JWT ids already seen); see ``cds.storage.shared_state``
 
 Privacy: patients and encounters are stored only as HMAC-SHA256 with the site's audit key
 (:func:`patient_hash`). Tokens, resource bodies and names are never passed to this module.

@@ -38,7 +38,7 @@ from typing import Any
 from urllib.parse import quote, unquote, urlsplit
 
 from cds.errors import FhirError, Issue, PreconditionFailed
-from cds.fhir_client import FhirClient
+from cds.fhir.client import FhirClient
 
 log = logging.getLogger(__name__)
 

@@ -13,10 +13,10 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from datetime import date
 
-from cds.engine import FULL, INTERACTION, NONE, Situation, StatusSemantics, medication_counts
-from cds.model import MedicationFact
-from cds.policy import SitePolicy
-from cds.terminology import Terminology
+from cds.clinical.engine import FULL, INTERACTION, NONE, Situation, StatusSemantics, medication_counts
+from cds.clinical.policy import SitePolicy
+from cds.clinical.terminology import Terminology
+from cds.fhir.model import MedicationFact
 
 
 def treatment_of(med: MedicationFact, terminology: Terminology, treatments: Mapping[str, str]) -> str | None:

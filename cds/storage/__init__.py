@@ -1,0 +1,1 @@
+"""Persistence: feedback, issued cards and audit (SQLAlchemy), shared state across workers, migrations."""
