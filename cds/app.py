@@ -56,7 +56,8 @@ def create_app(
     authenticator = None if settings.dev_mode else ClientAuthenticator(settings, replay_cache=replay_cache)
     if settings.dev_mode:
         log.warning(
-            "DEVELOPMENT MODE: client authentication is OFF and plain-http FHIR servers are allowed. "
+            "DEVELOPMENT MODE: client authentication is OFF, browser clients from any origin are "
+            "allowed (CORS), and plain-http FHIR servers are allowed. "
             "Never expose this instance to patient data."
         )
     app = Flask("cds")
@@ -70,7 +71,7 @@ def create_app(
         replay_cache=replay_cache,
         metrics=Metrics(),
         clock=clock,
-        cors=CorsPolicy(frozenset(settings.cors_origins)),
+        cors=CorsPolicy.for_mode(settings.cors_origins, dev_mode=settings.dev_mode),
         authenticator=authenticator,
         new_uuid=new_uuid,
     )

@@ -11,6 +11,7 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
+from cds.config import TrustedIssuer
 from cds.fhir.prefetch import template_tokens
 from tests.support.builders import (
     RXNORM,
@@ -31,6 +32,12 @@ HOOK_TOKENS = {
     "order-sign": {"context.userId", "context.patientId", "context.encounterId"},
 }
 USER_TOKENS = {"userPractitionerId", "userPractitionerRoleId", "userPatientId", "userRelatedPersonId"}
+# Production mode with an issuer whose keys are a file: preflights need no token, so no key is ever read.
+PRODUCTION = {
+    "dev_mode": False,
+    "public_base_url": "https://cds.example.org",
+    "trusted_issuers": (TrustedIssuer(iss="https://ehr.example.org", jwks_file="/nonexistent/jwks.json"),),
+}
 CLONAZEPAM = concept(coding(RXNORM, "204892", "clonazePAM 0.25 MG Oral Tablet"))
 KETAMINE_ALLERGY = allergy(concept(text="ketamine"))
 
@@ -343,7 +350,8 @@ def test_invalid_feedback_is_400(client: FlaskClient) -> None:
 
 
 def test_cors_preflight_on_every_route(make_app: Callable[..., Flask]) -> None:
-    client = make_app(cors_origins=("https://sandbox.cds-hooks.org",)).test_client()
+    """Production mode: only the configured origins (dev mode allows any origin since issue 11)."""
+    client = make_app(cors_origins=("https://sandbox.cds-hooks.org",), **PRODUCTION).test_client()
     for path in (
         "/cds-services",
         "/cds-services/ketamine-order-select",

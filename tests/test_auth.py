@@ -514,7 +514,22 @@ def test_jku_not_allowlisted_rejected_and_never_fetched(
     assert server.hits == []
 
 
-def test_jku_on_issuer_with_file_and_no_allowlist(
+def test_pinned_file_keys_accept_a_token_with_any_jku_and_never_fetch_it(
+    make_auth: Any, server: JwksServer, keys: Keys, clock: Clock, tmp_path: Path
+) -> None:
+    """Issue 11: real clients put a jku in every token; with a jwks_file the keys are pinned, so the jku is
+    neither required to be allowlisted nor fetched. (Until issue 11 this was refused as jku_not_allowlisted.)
+    """
+    path = tmp_path / "jwks.json"
+    path.write_text(json.dumps(keys.jwks()), encoding="utf-8")
+    auth = make_auth(TrustedIssuer(iss=ISS, jwks_file=str(path)))
+    jku = server.serve_json("/somewhere.json", keys.jwks())
+    assert auth.verify(bearer(es384(keys, claims(clock), jku=jku)), AUD).kid == keys.ec_kid
+    assert auth.verify(bearer(rs384(keys, claims(clock), jku="https://elsewhere.example/k")), AUD)
+    assert server.hits == []
+
+
+def test_pinned_file_keys_decide_even_when_the_jku_serves_other_keys(
     make_auth: Any,
     server: JwksServer,
     keys: Keys,
@@ -522,11 +537,14 @@ def test_jku_on_issuer_with_file_and_no_allowlist(
     caplog: pytest.LogCaptureFixture,
     tmp_path: Path,
 ) -> None:
+    """A token signed by a key the file does not hold is refused, whatever its jku would have served."""
+    stranger = ec.generate_private_key(ec.SECP384R1())
     path = tmp_path / "jwks.json"
     path.write_text(json.dumps(keys.jwks()), encoding="utf-8")
     auth = make_auth(TrustedIssuer(iss=ISS, jwks_file=str(path)))
-    jku = server.serve_json("/somewhere.json", keys.jwks())
-    assert_rejected(auth, bearer(es384(keys, claims(clock), jku=jku)), "jku_not_allowlisted", caplog)
+    jku = server.serve_json("/attacker.json", {"keys": [public_jwk(stranger, keys.ec_kid)]})
+    forged = jwt.encode(claims(clock), stranger, algorithm="ES384", headers={"kid": keys.ec_kid, "jku": jku})
+    assert_rejected(auth, bearer(forged), "bad_signature", caplog)
     assert server.hits == []
 
 

@@ -799,7 +799,7 @@ TARGET_STATUSES = ["active", "on-hold", "ACTIVE", "", "unknown"]
 
 @st.composite
 def unreadable_medication(draw: st.DrawFn, rid: str, pool: list[dict[str, Any]]) -> dict[str, Any]:
-    """A medication record cds/fhir/facts.py cannot name; uncodable Medications it points at go into `pool`."""
+    """A medication record cds/fhir/facts.py cannot name; uncodable Medications it points at go in `pool`."""
     medicine = draw(st.sampled_from([CLONAZEPAM, LAMOTRIGINE, KETAMINE]))
     dosages = draw(
         st.lists(st.one_of(st.just(dosage(dose=2, unit="mg", frequency=2)), garbage_dosage()), max_size=2)

@@ -8,9 +8,9 @@ accepts it only if all of the following hold, in this order:
    here, before any key is looked up, so a token "signed" with the public key as an HMAC secret never gets
    near a key), `typ` is `JWT`, `kid` is present, and there is no `crit`/`b64` extension;
 3. the (still unverified) `iss` is one of the configured trusted issuers;
-4. the key set is the issuer's configured `jwks_url` or `jwks_file`, or the token's `jku` header when that
-   URL is in the issuer's `jku_allowlist` (or equals its `jwks_url`); any other `jku` is refused and never
-   fetched;
+4. the key set is the issuer's `jwks_file` when it has one (pinned keys: a `jku` header is then ignored,
+   never fetched); otherwise its `jwks_url`, or the token's `jku` header when that URL is in the issuer's
+   `jku_allowlist` (or equals its `jwks_url`); any other `jku` is refused and never fetched;
 5. the `kid` is in that key set (cached per source for `jwks_cache_s`; an unknown `kid` forces one refresh,
    but no source is fetched more than once per `JWKS_MIN_REFETCH_S`, so a flood of made-up kids cannot
    hammer the EHR), and the key's type (and curve) fits `alg`;
@@ -394,6 +394,10 @@ class ClientAuthenticator:
         return header, claims
 
     def _key_source(self, issuer: TrustedIssuer, jku: object, has_jku: bool) -> _Source:
+        if issuer.jwks_file:
+            # Pinned keys: the operator handed us the issuer's keys, so a `jku` header (real clients send
+            # one on every token) is neither fetched nor needs allowlisting; the file decides.
+            return _Source("file", issuer.jwks_file)
         if has_jku:
             allowed = set(issuer.jku_allowlist) | ({issuer.jwks_url} if issuer.jwks_url else set())
             if not isinstance(jku, str) or jku not in allowed:
@@ -401,8 +405,6 @@ class ClientAuthenticator:
             return _Source("url", jku)
         if issuer.jwks_url:
             return _Source("url", issuer.jwks_url)
-        if issuer.jwks_file:
-            return _Source("file", issuer.jwks_file)
         raise _Reject("jwks_unavailable")  # config validation requires one of the two
 
     @staticmethod
