@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from fhir.resources.R4B.valueset import ValueSet
 
 from cds.clinical.terminology import EXT_MATCH_BRAND, EXT_MATCH_INGREDIENT, Terminology
@@ -17,48 +18,14 @@ ROOT = Path(__file__).resolve().parents[1]
 PROFILES = ROOT / "fhir_profiles"
 VALUESETS = PROFILES / "valuesets"
 TOOL = ROOT / "tools" / "build_valuesets.py"
-SHARED_SOURCES = ROOT.parent / "shared" / "clinical" / "valuesets"
+SOURCES = ROOT / "knowledge" / "sources"
+RECIPES = ROOT / "knowledge" / "valueset-recipes.yaml"
 BASE = "https://ketamine-cds.example.org/fhir/ValueSet/"
 SYSTEMS = {
     "http://www.nlm.nih.gov/research/umls/rxnorm",
     "http://snomed.info/sct",
     "http://hl7.org/fhir/sid/icd-10-cm",
     "http://loinc.org",
-}
-REQUIRED_IDS = {
-    "ketamine-racemic-medications",
-    "esketamine-medications",
-    "ketamine-substances",
-    "benzodiazepine-medications",
-    "benzodiazepine-rescue-procedural",
-    "lamotrigine-medications",
-    "risperidone-olanzapine-medications",
-    "other-antipsychotic-medications",
-    "maoi-medications",
-    "psychostimulant-medications",
-    "naltrexone-medications",
-    "theophylline-medications",
-    "mi-acute",
-    "mi-history",
-    "stroke",
-    "intracerebral-hemorrhage",
-    "stroke-history-tia",
-    "aneurysm-avm",
-    "hypertensive-crisis",
-    "unstable-cardiac",
-    "raised-intracranial-pressure",
-    "raised-intraocular-pressure",
-    "psychotic-disorder",
-    "bipolar-disorder",
-    "seizure-disorder",
-    "substance-use-disorder",
-    "ketamine-use-disorder",
-    "pregnancy",
-    "hyperthyroidism",
-    "severe-hepatic-impairment",
-    "interstitial-cystitis",
-    "anaesthetic-allergy-history",
-    "blood-pressure-observations",
 }
 FILES = sorted(VALUESETS.glob("*.json"))
 
@@ -68,8 +35,14 @@ def load(path: Path) -> dict[str, Any]:
     return data
 
 
-def test_every_required_set_is_present() -> None:
-    assert {path.stem for path in FILES} == REQUIRED_IDS
+def test_every_recipe_has_its_set_and_every_set_a_recipe() -> None:
+    recipes = yaml.safe_load(RECIPES.read_text(encoding="utf-8"))["valuesets"]
+    assert {path.stem for path in FILES} == {recipe["id"] for recipe in recipes}
+
+
+def test_every_value_set_a_rule_or_treatment_names_is_present(knowledge: Any) -> None:
+    named = {url for rule in knowledge.rules for url in rule.valuesets()} | set(knowledge.treatments.values())
+    assert named <= {BASE + path.stem for path in FILES}
 
 
 @pytest.mark.parametrize("path", FILES, ids=[p.stem for p in FILES])
@@ -147,18 +120,19 @@ def test_the_corpus_loads() -> None:
     assert set(terminology.urls()) == {BASE + path.stem for path in FILES}
 
 
-@pytest.mark.skipif(
-    not SHARED_SOURCES.is_dir(),
-    reason=f"research CSVs not found at {SHARED_SOURCES}; the rebuild check needs ../shared beside the repo",
-)
-def test_rebuilding_from_the_sources_reproduces_the_committed_files(tmp_path: Path) -> None:
-    result = subprocess.run(
-        [sys.executable, str(TOOL), str(SHARED_SOURCES), "--out", str(tmp_path)],
+def _build(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, str(TOOL), *args],
         capture_output=True,
         text=True,
         check=False,
         timeout=120,
     )
+
+
+def test_rebuilding_from_the_sources_reproduces_the_committed_files(tmp_path: Path) -> None:
+    """The tool's defaults are the repository's own sources, recipes and rules: no path outside it."""
+    result = _build("--out", str(tmp_path))
     assert result.returncode == 0, result.stderr
     built = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*") if p.is_file())
     assert built, "the tool wrote nothing"
@@ -168,3 +142,34 @@ def test_rebuilding_from_the_sources_reproduces_the_committed_files(tmp_path: Pa
         assert committed.read_bytes() == (tmp_path / relative).read_bytes(), f"{relative} differs: rebuild it"
     built_sets = {p.name for p in built if p.parent.name == "valuesets"}
     assert {p.name for p in FILES} <= built_sets, "a committed value set is not produced by the tool"
+
+
+def test_every_source_file_is_listed_with_its_provenance() -> None:
+    provenance = (SOURCES / "PROVENANCE.md").read_text(encoding="utf-8")
+    index = {entry["file"] for entry in json.loads((SOURCES / "index.json").read_text(encoding="utf-8"))}
+    for path in sorted(SOURCES.glob("*.csv")):
+        assert f"`{path.name}`" in provenance, f"{path.name} has no provenance entry"
+        assert path.read_text(encoding="utf-8").startswith("#"), f"{path.name} lost its provenance header"
+    assert index <= {p.name for p in SOURCES.glob("*.csv")}, "index.json lists a file that is not here"
+
+
+def test_ingredient_rule_ids_name_real_rules() -> None:
+    rules = {path.stem for path in (ROOT / "rules").glob("*.yaml") if not path.name.startswith("_")}
+    table = load(PROFILES / "tables" / "ingredients.json")
+    named = {rule for entry in table["ingredients"].values() for rule in entry.get("rule_ids", [])}
+    assert named, "no ingredient names a rule"
+    assert named <= rules, f"rule_ids naming no rule: {sorted(named - rules)}"
+
+
+def test_a_misspelt_recipe_key_stops_the_build(tmp_path: Path) -> None:
+    text = RECIPES.read_text(encoding="utf-8").replace(
+        "    ingredients: [lamotrigine]", "    ingredient: [lamotrigine]"
+    )
+    assert "ingredient: [lamotrigine]" in text
+    broken = tmp_path / "recipes.yaml"
+    broken.write_text(text, encoding="utf-8")
+    result = _build("--recipes", str(broken), "--out", str(tmp_path / "out"))
+    assert result.returncode == 1
+    assert "lamotrigine-medications" in result.stderr
+    assert "'ingredient'" in result.stderr
+    assert not (tmp_path / "out").exists(), "nothing is written when the build fails"

@@ -1,24 +1,24 @@
 #!/usr/bin/env python3
-"""Build the service's FHIR ValueSets and code tables from the project's research CSVs.
+"""Build the service's FHIR ValueSets and code tables from the knowledge sources in this repository.
 
-    python tools/build_valuesets.py [SOURCE_DIR] [--out PROFILES_DIR]
+    python tools/build_valuesets.py [--sources DIR] [--recipes FILE] [--rules DIR] [--out PROFILES_DIR]
 
-SOURCE_DIR defaults to ../shared/clinical/valuesets (beside the repository); PROFILES_DIR defaults to the
-repository's fhir_profiles/. The tool writes
+By default it reads the source tables in knowledge/sources/ (CSV code lists with their provenance, see
+knowledge/sources/PROVENANCE.md), the recipes in knowledge/valueset-recipes.yaml and the rules in rules/,
+and writes into fhir_profiles/:
 
-    PROFILES_DIR/valuesets/<id>.json        one FHIR R4 ValueSet per rule concept (+ README.md)
-    PROFILES_DIR/tables/ingredients.json    ingredient -> RxNorm IN, verification status, brands, class
-    PROFILES_DIR/tables/diazepam-equivalence.json
-    PROFILES_DIR/tables/code-systems.json   canonical code-system URI -> accepted aliases
-    PROFILES_DIR/tables/blood-pressure-codes.json
+    valuesets/<id>.json        one FHIR R4 ValueSet per recipe (+ README.md)
+    tables/ingredients.json    ingredient -> RxNorm IN, verification status, brands, class, rules
+    tables/diazepam-equivalence.json
+    tables/code-systems.json   canonical code-system URI -> accepted aliases
+    tables/blood-pressure-codes.json
 
-The service reads only those committed files; it never reads SOURCE_DIR at run time. Output is
+The service reads only those committed files; it never reads the sources at run time. Output is
 deterministic (sorted codes, fixed key order, no build clock), so running the tool twice gives
 byte-identical files and a test can check that the committed knowledge matches its sources.
 
-What each value set is made of is declared in RECIPES below: which CSV files, which ICD-10-CM subtree
-rules, which hand-picked codes (each with the reason it is there). This is build-time curation, kept
-in one declarative block so a clinical reviewer can read it next to the generated files.
+All curation (which files, ICD-10-CM subtrees, hand-picked codes and names make up each value set) is data
+in the recipes file; this tool only knows how to read the sources and write FHIR.
 """
 
 from __future__ import annotations
@@ -30,12 +30,16 @@ import json
 import re
 import sys
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT_SOURCE = REPO.parent / "shared" / "clinical" / "valuesets"
+DEFAULT_SOURCES = REPO / "knowledge" / "sources"
+DEFAULT_RECIPES = REPO / "knowledge" / "valueset-recipes.yaml"
+DEFAULT_RULES = REPO / "rules"
 DEFAULT_OUT = REPO / "fhir_profiles"
 
 VALUESET_BASE = "https://ketamine-cds.example.org/fhir/ValueSet/"
@@ -43,64 +47,22 @@ EXT_INGREDIENT = "https://ketamine-cds.example.org/fhir/StructureDefinition/matc
 EXT_BRAND = "https://ketamine-cds.example.org/fhir/StructureDefinition/match-brand"
 PUBLISHER = "ketamine-cds project"
 
+# The code systems whose role the build knows: products (RxNorm), the prefix hierarchy of the subtree file
+# (ICD-10-CM), and blood-pressure codes (LOINC). Their aliases and OIDs are data (recipes file).
 RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
 SNOMED = "http://snomed.info/sct"
 ICD10CM = "http://hl7.org/fhir/sid/icd-10-cm"
 LOINC = "http://loinc.org"
 
-# Date given to content that has no expansion date of its own (the curated ingredient and equivalence
-# tables and the hand-picked codes below): the day the project's research tables were handed over.
-CURATED_AS_OF = "2026-11-22"
-
-# --------------------------------------------------------------------------------------- code systems
-
-CODE_SYSTEMS: dict[str, dict[str, Any]] = {
-    RXNORM: {
-        "name": "RxNorm",
-        "oid": "2.16.840.1.113883.6.88",
-        "code_form": "trim",
-        "hierarchy": None,
-        "names": ["RXNORM"],
-        "other_uris": ["http://nlm.nih.gov/research/umls/rxnorm"],
-    },
-    SNOMED: {
-        "name": "SNOMED CT",
-        "oid": "2.16.840.1.113883.6.96",
-        "code_form": "trim",
-        "hierarchy": None,
-        "names": ["SNOMEDCT", "SNOMED CT", "SNOMED-CT", "SNOMEDCT_US", "SCT"],
-        "other_uris": [],
-    },
-    ICD10CM: {
-        "name": "ICD-10-CM",
-        "oid": "2.16.840.1.113883.6.90",
-        "code_form": "upper-without-dots",
-        "hierarchy": "code-prefix",
-        "names": ["ICD-10-CM", "ICD10CM", "ICD10-CM"],
-        "other_uris": ["http://www.cdc.gov/nchs/icd/icd10cm"],
-    },
-    LOINC: {
-        "name": "LOINC",
-        "oid": "2.16.840.1.113883.6.1",
-        "code_form": "trim",
-        "hierarchy": None,
-        "names": ["LOINC", "LN"],
-        "other_uris": [],
-    },
-}
+KINDS = frozenset({"medication", "substance", "condition", "observation"})
+SUBTREE_FILE = "icd10cm-rule-subtrees.csv"
+INGREDIENT_FILE = "ingredients.csv"
+EQUIVALENCE_FILE = "benzodiazepine-equivalence.csv"
 
 
-def _aliases(uri: str, spec: Mapping[str, Any]) -> list[str]:
-    found: set[str] = set()
-    for base in [uri, *spec["other_uris"]]:
-        https = base.replace("http://", "https://", 1)
-        found.update({base, base + "/", https, https + "/"})
-    found.update({f"urn:oid:{spec['oid']}", spec["oid"], *spec["names"]})
-    found.discard(uri)
-    return sorted(found)
+class BuildError(Exception):
+    pass
 
-
-CSV_SYSTEM = {name: uri for uri, spec in CODE_SYSTEMS.items() for name in spec["names"]}
 
 # ------------------------------------------------------------------------------------------- recipes
 
@@ -132,584 +94,191 @@ class Recipe:
     kind: str  # "medication" | "substance" | "condition" | "observation"
     purpose: str
     picks: tuple[Pick, ...] = ()
-    icd: tuple[tuple[str, tuple[str, ...] | None], ...] = ()  # (rule_id in the subtree CSV, roots or all)
+    icd: tuple[tuple[str, tuple[str, ...] | None], ...] = ()  # (group in the subtree CSV, roots or all)
     extras: tuple[Extra, ...] = ()
     # medication and substance sets: which ingredient names belong to the set
     ingredients: tuple[str, ...] = ()  # named explicitly
     ingredient_classes: tuple[str, ...] = ()  # every table ingredient whose class starts with one of these
     ingredients_from_products: bool = False  # every ingredient named in the set's product displays ...
     not_in_class: tuple[str, ...] = ()  # ... except these co-ingredients
-    extra_brands: tuple[
-        str, ...
-    ] = ()  # brand names whose products all belong here (beyond ingredient brands)
-    known_products_of: tuple[
-        str, ...
-    ] = ()  # add product RxCUIs listed for these ingredients in ingredients.csv
+    extra_brands: tuple[str, ...] = ()  # brand names whose products all belong here (beyond ingredients')
+    known_products_of: tuple[str, ...] = ()  # product RxCUIs listed for these ingredients in ingredients.csv
     ingredient_codes_in_expansion: bool = False  # list the ingredients' RxNorm IN codes as members
     class_label: str | None = None  # class recorded for ingredients first seen through this set
     products_name_an_ingredient: bool = True  # check: every product name mentions a set ingredient
     notes: tuple[str, ...] = ()  # extra sentences for the description
 
 
-BENZO_FILES = ("cdc-benzodiazepine-medications.csv", "vsac-schedule-iv-benzodiazepines.csv")
-RESCUE_DISPLAY = r"\bdiazepam\b.*\b(?:nasal|rectal|buccal)\b|\b(?:midazolam|remimazolam)\b"
+@dataclass(frozen=True)
+class Catalogue:
+    """The recipes file, checked."""
 
-RECIPES: tuple[Recipe, ...] = (
-    # ---------------------------------------------------------------- medications and substances
-    Recipe(
-        id="ketamine-racemic-medications",
-        title="Racemic ketamine medications",
-        kind="medication",
-        purpose=(
-            "Recognises racemic ketamine (generic injectables and Ketalar) in orders and medication lists, "
-            "so that the ketamine treatment rules can tell an IV ketamine course from esketamine. "
-            "Esketamine is deliberately not a member: it has its own set."
-        ),
-        extras=(Extra(RXNORM, "6130", "ketamine", "RxNorm ingredient (IN) from ingredients.csv"),),
-        ingredients=("ketamine",),
-        known_products_of=("ketamine",),
-        notes=(
-            "The product RxCUIs come from the ingredients table, which took them from openFDA NDC "
-            "mappings; their RxNorm names were not verified, so their displays here are descriptive "
-            "labels written by the build, not RxNorm names.",
-        ),
-    ),
-    Recipe(
-        id="esketamine-medications",
-        title="Esketamine medications",
-        kind="medication",
-        purpose=(
-            "Recognises esketamine nasal spray (Spravato) in orders and medication lists, for the "
-            "esketamine-specific rules (aneurysm/AVM and intracerebral haemorrhage contraindications, "
-            "REMS monitoring). Racemic ketamine is not a member."
-        ),
-        ingredients=("esketamine",),
-        known_products_of=("esketamine",),
-        notes=(
-            "No RxNorm ingredient (IN) code for esketamine was verified, so the set relies on the two "
-            "verified dose-form concepts and on the names esketamine and Spravato.",
-        ),
-    ),
-    Recipe(
-        id="ketamine-substances",
-        title="Ketamine and esketamine as allergy substances",
-        kind="substance",
-        purpose=(
-            "Recognises ketamine or esketamine as the substance of an AllergyIntolerance (its code or a "
-            "reaction substance), for the hypersensitivity contraindication. The two are treated as one "
-            "allergen because esketamine is an enantiomer of ketamine."
-        ),
-        extras=(
-            Extra(
-                SNOMED, "373464007", "Ketamine (substance)", "SNOMED CT substance named in evidence.md 5.2"
-            ),
-            Extra(RXNORM, "6130", "ketamine", "RxNorm ingredient (IN) from ingredients.csv"),
-        ),
-        ingredients=("ketamine", "esketamine"),
-        known_products_of=("ketamine", "esketamine"),
-    ),
-    Recipe(
-        id="benzodiazepine-medications",
-        title="Benzodiazepine medications",
-        kind="medication",
-        purpose=(
-            "Recognises benzodiazepine products, whose regular use (especially at higher daily "
-            "diazepam-equivalent doses) is associated with a weaker or shorter response to ketamine, and "
-            "which add sedation with esketamine. Z-drugs (zolpidem, zaleplon, zopiclone, eszopiclone) are "
-            "not members."
-        ),
-        picks=tuple(Pick(f) for f in BENZO_FILES),
-        ingredient_classes=("benzodiazepine",),
-        ingredients_from_products=True,
-        not_in_class=("amitriptyline", "clidinium"),
-        class_label="benzodiazepine",
-        notes=(
-            "Union of the CDC opioid-CDS benzodiazepine list and the VSAC Schedule IV Benzodiazepines "
-            "expansion. Products missing from both (for example clonazePAM 0.25 MG Oral Tablet, RxCUI "
-            "204892) are still recognised by ingredient code or by ingredient or brand name.",
-        ),
-    ),
-    Recipe(
-        id="benzodiazepine-rescue-procedural",
-        title="Benzodiazepine rescue and procedural products",
-        kind="medication",
-        purpose=(
-            "Marks benzodiazepine products that are used intermittently (nasal, rectal and buccal diazepam "
-            "rescue forms) or for procedures (midazolam, remimazolam), so that they are left out of the "
-            "regular daily diazepam-equivalent sum."
-        ),
-        picks=tuple(Pick(f, keep_display=RESCUE_DISPLAY) for f in BENZO_FILES),
-        ingredients=("midazolam", "remimazolam"),
-        extra_brands=("Valtoco", "Diastat", "Libervant"),
-        products_name_an_ingredient=False,
-        notes=(
-            "Members were selected from the benzodiazepine product lists by product name: diazepam "
-            "products whose dose form is nasal, rectal or buccal, and every midazolam or remimazolam "
-            "product. Valtoco, Diastat and Libervant are diazepam brands that exist only as rescue forms, "
-            "so those brand names mark a product as rescue even without a code.",
-        ),
-    ),
-    Recipe(
-        id="lamotrigine-medications",
-        title="Lamotrigine medications",
-        kind="medication",
-        purpose=(
-            "Recognises lamotrigine, which one clinic FAQ lists as reducing ketamine's effect above "
-            "100 mg/day (evidence disputed); used by the lamotrigine information rule."
-        ),
-        picks=(Pick("derived-lamotrigine-products.csv"),),
-        ingredients=("lamotrigine",),
-    ),
-    Recipe(
-        id="risperidone-olanzapine-medications",
-        title="Risperidone and olanzapine medications",
-        kind="medication",
-        purpose=(
-            "Recognises risperidone and olanzapine products, which one clinic FAQ lists as relative "
-            "contraindications (evidence mechanistic and low quality); used by the antipsychotic rule."
-        ),
-        picks=(Pick("derived-olanzapine-risperidone-products.csv"),),
-        ingredients=("risperidone", "olanzapine"),
-    ),
-    Recipe(
-        id="other-antipsychotic-medications",
-        title="Other antipsychotic medications",
-        kind="medication",
-        purpose=(
-            "Recognises antipsychotics other than risperidone and olanzapine (haloperidol, clozapine, "
-            "quetiapine, ...), for an information card about possible blunting of ketamine's acute effects "
-            "and the underlying psychotic illness."
-        ),
-        picks=(Pick("vsac-antipsychotics-beers.csv", drop_display=r"\b(?:risperidone|olanzapine)\b"),),
-        ingredient_classes=("antipsychotic",),
-        ingredients_from_products=True,
-        not_in_class=("risperidone", "olanzapine", "fluoxetine", "amitriptyline", "samidorphan"),
-        class_label="antipsychotic",
-        notes=(
-            "VSAC 'Potentially Harmful Antipsychotics for Older Adults' minus every product that contains "
-            "risperidone or olanzapine (those are in risperidone-olanzapine-medications).",
-        ),
-    ),
-    Recipe(
-        id="maoi-medications",
-        title="Monoamine oxidase inhibitor medications",
-        kind="medication",
-        purpose=(
-            "Recognises MAOIs (phenelzine, tranylcypromine, isocarboxazid, selegiline), which the Spravato "
-            "label says may raise blood pressure with esketamine; used by the MAOI rule."
-        ),
-        picks=(Pick("derived-maoi-products.csv"),),
-        ingredients=("phenelzine", "tranylcypromine", "isocarboxazid", "selegiline"),
-    ),
-    Recipe(
-        id="psychostimulant-medications",
-        title="Psychostimulant medications",
-        kind="medication",
-        purpose=(
-            "Recognises psychostimulants (amphetamines, methylphenidate, modafinil, armodafinil), which the "
-            "Spravato label says may raise blood pressure with esketamine; used by the stimulant rule."
-        ),
-        picks=(Pick("cdc-amphetamines-class-medications.csv"),),
-        ingredients=("methylphenidate", "dexmethylphenidate", "modafinil", "armodafinil"),
-        ingredients_from_products=True,
-        not_in_class=("topiramate", "tropicamide"),
-        class_label="psychostimulant (amphetamine class)",
-        notes=(
-            "Products: the CDC amphetamine-class list as published. Methylphenidate, dexmethylphenidate, "
-            "modafinil and armodafinil have no product list in the sources and are recognised by "
-            "ingredient code or name.",
-        ),
-    ),
-    Recipe(
-        id="naltrexone-medications",
-        title="Naltrexone and samidorphan medications",
-        kind="medication",
-        purpose=(
-            "Recognises the opioid antagonists naltrexone and samidorphan (in olanzapine/samidorphan, "
-            "Lybalvi), after a small crossover study in which naltrexone blocked ketamine's antidepressant "
-            "effect (contradicted by later studies); used by the naltrexone information rule."
-        ),
-        picks=(
-            Pick("derived-naltrexone-products.csv"),
-            Pick("derived-olanzapine-risperidone-products.csv", keep_display=r"\bsamidorphan\b"),
-        ),
-        ingredients=("naltrexone", "samidorphan"),
-    ),
-    Recipe(
-        id="theophylline-medications",
-        title="Theophylline and aminophylline medications",
-        kind="medication",
-        purpose=(
-            "Recognises theophylline and aminophylline, which lower the seizure threshold together with "
-            "ketamine (EU SmPC); used by the theophylline rule."
-        ),
-        ingredients=("theophylline", "aminophylline"),
-        ingredient_codes_in_expansion=True,
-        notes=(
-            "No product list exists in the sources, so the members are the two RxNorm ingredient codes "
-            "(recalled, not verified: see ingredients.json) and matching relies on ingredient and brand "
-            "names.",
-        ),
-    ),
-    # ----------------------------------------------------------------------------------- conditions
-    Recipe(
-        id="mi-acute",
-        title="Myocardial infarction (acute or recent)",
-        kind="condition",
-        purpose=(
-            "Recognises a myocardial infarction whose onset date decides the recent-MI contraindication "
-            "(within 6 months) and the 6-12 month caution."
-        ),
-        picks=(Pick("vsac-acute-myocardial-infarction.csv"), Pick("vsac-myocardial-infarction.csv")),
-        icd=(("MI_ACUTE", None),),
-        extras=(
-            Extra(
-                SNOMED, "428752002", "Recent myocardial infarction (situation)", "named in evidence.md 5.2"
-            ),
-        ),
-        notes=(
-            "The VSAC 'Myocardial Infarction' set also holds a few concepts for past infarctions; the rule "
-            "decides recency from the onset or recorded date, not from the code.",
-        ),
-    ),
-    Recipe(
-        id="mi-history",
-        title="History of myocardial infarction (date unknown)",
-        kind="condition",
-        purpose=(
-            "Recognises codes that say an infarction happened in the past without saying when (ICD-10-CM "
-            "I25.2 only means more than 4 weeks ago), so the clinician is asked to confirm the date."
-        ),
-        icd=(("MI_OLD", None),),
-        extras=(
-            Extra(
-                SNOMED,
-                "399211009",
-                "History of myocardial infarction (situation)",
-                "seen in the project's Synthea test patients (shared/fhir-test-data); display as Synthea "
-                "writes it",
-            ),
-        ),
-    ),
-    Recipe(
-        id="stroke",
-        title="Stroke (ischaemic or haemorrhagic)",
-        kind="condition",
-        purpose=(
-            "Recognises an ischaemic or haemorrhagic stroke whose onset date decides the recent-stroke "
-            "contraindication (within 12 months)."
-        ),
-        picks=(Pick("vsac-ischemic-stroke.csv"), Pick("vsac-hemorrhagic-stroke.csv")),
-        icd=(("STROKE_ISCHEMIC", None), ("STROKE_HEMORRHAGIC", None)),
-    ),
-    Recipe(
-        id="intracerebral-hemorrhage",
-        title="Intracerebral haemorrhage (any time)",
-        kind="condition",
-        purpose=(
-            "Recognises a past or present intracranial haemorrhage, an absolute contraindication to "
-            "esketamine at any time (Spravato label) and part of the stroke rules for IV ketamine."
-        ),
-        picks=(Pick("vsac-hemorrhagic-stroke.csv"),),
-        icd=(("ICH_HISTORY", None),),
-    ),
-    Recipe(
-        id="stroke-history-tia",
-        title="Stroke history, sequelae and transient ischaemic attack",
-        kind="condition",
-        purpose=(
-            "Recognises a history of stroke, its sequelae and transient ischaemic attacks, for the "
-            "physician-review caution when no recent stroke is recorded."
-        ),
-        icd=(("STROKE_HISTORY", None), ("TIA", None)),
-        extras=(
-            Extra(SNOMED, "266257000", "", "display from vsac-cerebrovascular-disease-stroke-tia.csv"),
-            Extra(
-                SNOMED,
-                "161511000",
-                "History of transient ischemic attack (situation)",
-                "named in evidence.md 5.2; display as used in public FHIR value sets",
-            ),
-            Extra(
-                SNOMED,
-                "275526006",
-                "History of cerebrovascular accident (situation)",
-                "named in evidence.md 5.2; display as used in public FHIR value sets",
-            ),
-        ),
-    ),
-    Recipe(
-        id="aneurysm-avm",
-        title="Aneurysmal vascular disease and arteriovenous malformation",
-        kind="condition",
-        purpose=(
-            "Recognises aortic, intracranial and peripheral arterial aneurysms and arteriovenous "
-            "malformations: an absolute contraindication to esketamine (Spravato label) and a strong "
-            "caution for IV ketamine, which raises blood pressure."
-        ),
-        picks=(Pick("vsac-aortic-aneurysm.csv"),),
-        icd=(("ANEURYSM", None), ("AVM", None)),
-        extras=(
-            Extra(
-                SNOMED,
-                "234142008",
-                "Cerebral arteriovenous malformation",
-                "named in evidence.md 5.2; display as used in public code tables",
-            ),
-            Extra(
-                SNOMED,
-                "234141001",
-                "Congenital arteriovenous malformation",
-                "named in evidence.md 5.2 ('congenital AVM'); display not checked against a SNOMED release",
-            ),
-            Extra(
-                SNOMED,
-                "261482004",
-                "Spinal arteriovenous malformation",
-                "named in evidence.md 5.2 ('spinal AVM'); display not checked against a SNOMED release",
-            ),
-        ),
-    ),
-    Recipe(
-        id="hypertensive-crisis",
-        title="Hypertensive crisis",
-        kind="condition",
-        purpose=(
-            "Recognises hypertensive urgency, emergency and crisis (ICD-10-CM I16), which escalate the "
-            "blood-pressure rule regardless of the latest reading."
-        ),
-        icd=(("HYPERTENSION", ("I16",)),),
-    ),
-    Recipe(
-        id="unstable-cardiac",
-        title="Unstable cardiac disease",
-        kind="condition",
-        purpose=(
-            "Recognises unstable angina, other acute ischaemic heart disease and heart failure, for the "
-            "unstable-cardiac-disease caution (cardiology clearance). SNOMED CT members are the unstable "
-            "forms picked from the VSAC angina set (preinfarction syndrome, new-onset and post-infarct "
-            "angina); stable angina is not a member."
-        ),
-        picks=(
+    curated_as_of: str
+    icd10cm_release_date: str
+    code_systems: Mapping[str, Mapping[str, Any]]
+    csv_system: Mapping[str, str]  # name used in the source CSVs or the recipes -> canonical URI
+    licences: Mapping[str, str]  # system URI -> licence sentence for hand-picked codes
+    blood_pressure: Mapping[str, str]
+    extra_ingredients: Mapping[str, str]
+    salt_words: frozenset[str]
+    lead_words: frozenset[str]
+    recipes: tuple[Recipe, ...]
+
+    def system_name(self, uri: str) -> str:
+        return str(self.code_systems[uri]["name"])
+
+
+def _strict(raw: Any, where: str, allowed: Iterable[str], required: Iterable[str] = ()) -> dict[str, Any]:
+    if not isinstance(raw, dict):
+        raise BuildError(f"{where}: expected a mapping")
+    unknown = sorted(set(raw) - set(allowed))
+    if unknown:
+        raise BuildError(f"{where}: unknown keys {unknown} (allowed: {sorted(allowed)})")
+    missing = sorted(set(required) - set(raw))
+    if missing:
+        raise BuildError(f"{where}: missing keys {missing}")
+    return raw
+
+
+def _strings(raw: Any, where: str) -> tuple[str, ...]:
+    if not isinstance(raw, list) or not all(isinstance(item, str) and item for item in raw):
+        raise BuildError(f"{where}: expected a list of strings")
+    return tuple(raw)
+
+
+def _recipe(raw: Any, where: str, system_of: Mapping[str, str]) -> Recipe:
+    names = {f.name for f in fields(Recipe)} - {"picks", "icd", "extras"}
+    if isinstance(raw, dict) and "id" in raw:
+        where = f"{where} ({raw['id']})"
+    data = _strict(
+        raw,
+        where,
+        names | {"from_files", "icd10cm_subtrees", "hand_picked"},
+        {"id", "title", "kind", "purpose"},
+    )
+    if data["kind"] not in KINDS:
+        raise BuildError(f"{where}: kind must be one of {sorted(KINDS)}")
+    picks = []
+    for i, item in enumerate(data.get("from_files", [])):
+        pick = _strict(item, f"{where} from_files[{i}]", {f.name for f in fields(Pick)}, {"file"})
+        picks.append(
             Pick(
-                "vsac-stable-and-unstable-angina.csv",
-                keep_display=r"unstable|preinfarction|new onset angina|post infarct angina",
-            ),
-        ),
-        icd=(("UNSTABLE_CARDIAC", None),),
-    ),
-    Recipe(
-        id="raised-intracranial-pressure",
-        title="Raised intracranial pressure",
-        kind="condition",
-        purpose=(
-            "Recognises hydrocephalus, benign intracranial hypertension, cerebral oedema and brain "
-            "compression, where a rise in intracranial pressure would be a serious risk."
-        ),
-        icd=(("RAISED_ICP", None),),
-    ),
-    Recipe(
-        id="raised-intraocular-pressure",
-        title="Glaucoma and raised intraocular pressure",
-        kind="condition",
-        purpose=(
-            "Recognises glaucoma and ocular hypertension: ketamine can raise intraocular pressure, so "
-            "untreated or angle-closure disease needs ophthalmology input."
-        ),
-        picks=(Pick("vsac-glaucoma.csv"),),
-        icd=(("RAISED_IOP", None),),
-    ),
-    Recipe(
-        id="psychotic-disorder",
-        title="Psychotic disorder",
-        kind="condition",
-        purpose=(
-            "Recognises schizophrenia-spectrum and other psychotic disorders, including mood disorders "
-            "with psychotic features, for the psychosis-history caution."
-        ),
-        picks=(Pick("vsac-schizophrenia-or-psychotic-disorder.csv"),),
-        icd=(("PSYCHOSIS", None),),
-        notes=("The ICD-10-CM block F20-F29 is expressed as one is-a filter per category in the block.",),
-    ),
-    Recipe(
-        id="bipolar-disorder",
-        title="Bipolar disorder",
-        kind="condition",
-        purpose="Recognises bipolar disorder and manic episodes, for an information card about switch risk.",
-        picks=(Pick("vsac-bipolar-disorder.csv"),),
-        icd=(("BIPOLAR", None),),
-    ),
-    Recipe(
-        id="seizure-disorder",
-        title="Seizure disorder and epilepsy",
-        kind="condition",
-        purpose=(
-            "Recognises epilepsy and seizure disorders, for an information card and for the theophylline "
-            "interaction."
-        ),
-        picks=(Pick("vsac-seizure-disorder.csv"), Pick("vsac-epilepsy.csv")),
-        icd=(("SEIZURE", None),),
-    ),
-    Recipe(
-        id="substance-use-disorder",
-        title="Substance use disorder (excluding nicotine)",
-        kind="condition",
-        purpose=(
-            "Recognises alcohol and drug use disorders, for the abuse-and-misuse caution. Nicotine "
-            "dependence (ICD-10-CM F17) is not a member."
-        ),
-        picks=(Pick("vsac-substance-use-disorder.csv", drop_icd_under=("F17",)),),
-        extras=(
-            Extra(
-                SNOMED,
-                "6525002",
-                "Dependent drug abuse (disorder)",
-                "seen in the project's Synthea test data; not in the VSAC expansion",
-            ),
-        ),
-        icd=(("SUBSTANCE_USE", None),),
-    ),
-    Recipe(
-        id="ketamine-use-disorder",
-        title="Ketamine or hallucinogen use disorder",
-        kind="condition",
-        purpose=(
-            "Recognises harmful use of or dependence on ketamine (and the ICD-10-CM hallucinogen category "
-            "that contains it), which most clinics treat as an absolute contraindication."
-        ),
-        extras=(
-            Extra(SNOMED, "724713006", "", "display from vsac-substance-use-disorder.csv"),
-            Extra(SNOMED, "724715004", "", "display from vsac-substance-use-disorder.csv"),
-        ),
-        icd=(("SUBSTANCE_USE", ("F16",)),),
-    ),
-    Recipe(
-        id="pregnancy",
-        title="Pregnancy",
-        kind="condition",
-        purpose=(
-            "Recognises a current pregnancy: esketamine is not recommended in pregnancy (embryo-fetal "
-            "toxicity) and IV ketamine needs obstetric input."
-        ),
-        picks=(Pick("vsac-pregnancy.csv"), Pick("vsac-pregnant-state.csv")),
-        icd=(("PREGNANCY", None),),
-    ),
-    Recipe(
-        id="hyperthyroidism",
-        title="Hyperthyroidism",
-        kind="condition",
-        purpose="Recognises thyrotoxicosis, a contraindication when untreated (EU/Swiss SmPC).",
-        picks=(Pick("vsac-hyperthyroidism.csv"),),
-        icd=(("HYPERTHYROID", None),),
-    ),
-    Recipe(
-        id="severe-hepatic-impairment",
-        title="Severe hepatic impairment",
-        kind="condition",
-        purpose=(
-            "Recognises hepatic failure and cirrhosis: esketamine is not recommended in severe hepatic "
-            "impairment, and repeated ketamine can injure the liver."
-        ),
-        icd=(("HEPATIC", None),),
-    ),
-    Recipe(
-        id="interstitial-cystitis",
-        title="Interstitial cystitis",
-        kind="condition",
-        purpose=(
-            "Recognises interstitial cystitis, for an information card about ketamine-associated urinary "
-            "tract symptoms."
-        ),
-        icd=(("CYSTITIS", None),),
-    ),
-    Recipe(
-        id="anaesthetic-allergy-history",
-        title="Allergy to or adverse effect of an anaesthetic (non-specific)",
-        kind="condition",
-        purpose=(
-            "Recognises ICD-10-CM codes that record an allergy to, or an adverse effect of, an anaesthetic "
-            "agent without naming it: a weak hint that the hypersensitivity rule asks the clinician to check."
-        ),
-        icd=(("KETAMINE_ADVERSE", None),),
-    ),
-    # ---------------------------------------------------------------------------------- observations
-    Recipe(
-        id="blood-pressure-observations",
-        title="Blood pressure observations",
-        kind="observation",
-        purpose=(
-            "Recognises blood-pressure Observations (the panel and its systolic and diastolic components) "
-            "for the uncontrolled-hypertension rule."
-        ),
-        extras=(
-            Extra(LOINC, "85354-9", "Blood pressure panel with all children optional", "LOINC panel"),
-            Extra(LOINC, "8480-6", "Systolic blood pressure", "LOINC component"),
-            Extra(LOINC, "8462-4", "Diastolic blood pressure", "LOINC component"),
-        ),
-        notes=("fhir_profiles/tables/blood-pressure-codes.json says which code plays which part.",),
-    ),
-)
+                file=pick["file"],
+                keep_display=pick.get("keep_display"),
+                drop_display=pick.get("drop_display"),
+                drop_icd_under=_strings(pick.get("drop_icd_under", []), f"{where} drop_icd_under"),
+            )
+        )
+    icd = []
+    for i, item in enumerate(data.get("icd10cm_subtrees", [])):
+        group = _strict(item, f"{where} icd10cm_subtrees[{i}]", {"group", "roots"}, {"group"})
+        roots = _strings(group["roots"], f"{where} roots") if "roots" in group else None
+        icd.append((str(group["group"]), roots))
+    extras = []
+    for i, item in enumerate(data.get("hand_picked", [])):
+        extra = _strict(
+            item, f"{where} hand_picked[{i}]", {"system", "code", "display", "why"}, {"system", "code", "why"}
+        )
+        system = system_of.get(str(extra["system"]))
+        if system is None:
+            raise BuildError(f"{where} hand_picked[{i}]: unknown code system {extra['system']!r}")
+        extras.append(Extra(system, str(extra["code"]), str(extra.get("display", "")), str(extra["why"])))
+    values: dict[str, Any] = {}
+    for key in names - {"id", "title", "kind", "purpose"}:
+        if key not in data:
+            continue
+        default = next(f.default for f in fields(Recipe) if f.name == key)
+        if isinstance(default, bool):
+            if not isinstance(data[key], bool):
+                raise BuildError(f"{where}: {key} must be true or false")
+            values[key] = data[key]
+        elif isinstance(default, tuple):
+            values[key] = _strings(data[key], f"{where} {key}")
+        else:
+            values[key] = str(data[key])
+    return Recipe(
+        id=str(data["id"]),
+        title=str(data["title"]),
+        kind=str(data["kind"]),
+        purpose=str(data["purpose"]),
+        picks=tuple(picks),
+        icd=tuple(icd),
+        extras=tuple(extras),
+        **values,
+    )
 
-BLOOD_PRESSURE = {"panel": "85354-9", "systolic": "8480-6", "diastolic": "8462-4"}
 
-# Extra ingredients the recipes rely on that the ingredient table does not list (name -> class).
-EXTRA_INGREDIENTS = {
-    "dexmethylphenidate": "psychostimulant",
-    "armodafinil": "wakefulness agent",
-    "samidorphan": "opioid antagonist",
-}
+def load_catalogue(path: Path) -> Catalogue:
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as exc:
+        raise BuildError(f"{path}: cannot read: {exc}") from exc
+    top = {
+        "curated_as_of",
+        "icd10cm_release_date",
+        "code_systems",
+        "licences",
+        "blood_pressure",
+        "extra_ingredients",
+        "product_names",
+        "valuesets",
+    }
+    data = _strict(raw, path.name, top, top)
+    systems: dict[str, dict[str, Any]] = {}
+    system_of: dict[str, str] = {}
+    for uri, spec in data["code_systems"].items():
+        entry = _strict(
+            spec,
+            f"code_systems.{uri}",
+            {"name", "oid", "code_form", "hierarchy", "names", "other_uris"},
+            {"name", "oid", "code_form", "names"},
+        )
+        systems[uri] = {
+            "name": entry["name"],
+            "oid": str(entry["oid"]),
+            "code_form": entry["code_form"],
+            "hierarchy": entry.get("hierarchy"),
+            "names": list(_strings(entry["names"], f"code_systems.{uri}.names")),
+            "other_uris": list(_strings(entry.get("other_uris", []), f"code_systems.{uri}.other_uris")),
+        }
+        for name in (uri, entry["name"], *entry["names"]):
+            if system_of.setdefault(name, uri) != uri:
+                raise BuildError(f"code_systems: {name!r} names two systems")
+    for uri in (RXNORM, SNOMED, ICD10CM, LOINC):
+        if uri not in systems:
+            raise BuildError(f"code_systems: {uri} is required")
+    words = _strict(
+        data["product_names"], "product_names", {"salt_words", "lead_words"}, {"salt_words", "lead_words"}
+    )
+    recipes = tuple(_recipe(item, f"valuesets[{i}]", system_of) for i, item in enumerate(data["valuesets"]))
+    ids = [recipe.id for recipe in recipes]
+    if len(ids) != len(set(ids)):
+        raise BuildError("duplicate value-set ids")
+    return Catalogue(
+        curated_as_of=str(data["curated_as_of"]),
+        icd10cm_release_date=str(data["icd10cm_release_date"]),
+        code_systems=systems,
+        csv_system={name: uri for uri, spec in systems.items() for name in spec["names"]},
+        licences={system_of[key]: str(value) for key, value in data["licences"].items()},
+        blood_pressure={str(k): str(v) for k, v in data["blood_pressure"].items()},
+        extra_ingredients={str(k): str(v) for k, v in data["extra_ingredients"].items()},
+        salt_words=frozenset(_strings(words["salt_words"], "salt_words")),
+        lead_words=frozenset(_strings(words["lead_words"], "lead_words")),
+        recipes=recipes,
+    )
 
-# Words that follow an ingredient name in RxNorm product names (salts, esters, complexes).
-SALT_WORDS = frozenset(
-    [
-        "acetate",
-        "anhydrous",
-        "aspartate",
-        "besylate",
-        "bitartrate",
-        "bromide",
-        "citrate",
-        "decanoate",
-        "dihydrochloride",
-        "dimesylate",
-        "dipotassium",
-        "fumarate",
-        "hcl",
-        "hydrobromide",
-        "hydrochloride",
-        "lactate",
-        "lauroxil",
-        "maleate",
-        "mesylate",
-        "monohydrate",
-        "pamoate",
-        "palmitate",
-        "potassium",
-        "resin",
-        "saccharate",
-        "sodium",
-        "succinate",
-        "sulfate",
-        "tartrate",
-    ]
-)
-# Words that precede an ingredient name (quantity units, release time, device words).
-LEAD_WORDS = frozenset(["actuat", "day", "hr", "ml", "sensor"])
 
-LOINC_LICENCE = (
-    "LOINC codes and names are copyright Regenstrief Institute, Inc. and the LOINC Committee, "
-    "available at no cost under the LOINC licence."
-)
-SNOMED_LICENCE = (
-    "SNOMED CT codes are the property of SNOMED International; use in the US is free under the UMLS "
-    "Metathesaurus licence and SNOMED affiliate terms."
-)
+def _aliases(uri: str, spec: Mapping[str, Any]) -> list[str]:
+    found: set[str] = set()
+    for base in [uri, *spec["other_uris"]]:
+        https = base.replace("http://", "https://", 1)
+        found.update({base, base + "/", https, https + "/"})
+    found.update({f"urn:oid:{spec['oid']}", spec["oid"], *spec["names"]})
+    found.discard(uri)
+    return sorted(found)
+
 
 # ------------------------------------------------------------------------------------------- reading
-
-
-class BuildError(Exception):
-    pass
 
 
 @dataclass
@@ -749,10 +318,11 @@ def read_source(path: Path) -> SourceFile:
 
 
 class Sources:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, catalogue: Catalogue) -> None:
         if not root.is_dir():
             raise BuildError(f"source directory not found: {root}")
         self.root = root
+        self.catalogue = catalogue
         self._cache: dict[str, SourceFile] = {}
         self.index = {entry["file"]: entry for entry in json.loads((root / "index.json").read_text())}
 
@@ -766,8 +336,8 @@ class Sources:
         source = self.get(name)
         if "expansion_timestamp" in source.meta:
             return source.meta["expansion_timestamp"]
-        if name == "icd10cm-rule-subtrees.csv":
-            return ICD_RELEASE_DATE
+        if name == SUBTREE_FILE:
+            return self.catalogue.icd10cm_release_date
         # a derived subset: the newest of the VSAC expansions it names that are among the sources
         oids = re.findall(r"urn:oid:([\d.]+)", source.meta.get("oid_or_url", ""))
         stamps = [
@@ -775,10 +345,7 @@ class Sources:
             for entry in self.index.values()
             if any(entry.get("oid_or_url", "").startswith(f"urn:oid:{oid} ") for oid in oids)
         ]
-        return max(stamps, key=_instant) if stamps else CURATED_AS_OF
-
-
-ICD_RELEASE_DATE = "2026-04-01"  # "CDC/NCHS ICD-10-CM tabular list, April 1 2026 release"
+        return max(stamps, key=_instant) if stamps else self.catalogue.curated_as_of
 
 
 def _instant(stamp: str) -> str:
@@ -789,7 +356,7 @@ def _instant(stamp: str) -> str:
 # ---------------------------------------------------------------------------------------- ingredients
 
 
-def parse_product_ingredients(display: str) -> list[str]:
+def parse_product_ingredients(display: str, catalogue: Catalogue) -> list[str]:
     """Base ingredient names in an RxNorm product name ('amphetamine aspartate 5 MG / ...' -> amphetamine)."""
     text = re.sub(r"\[[^\]]*\]", " ", display.lower())
     text = re.sub(r"[{}()]", " ", text)
@@ -797,9 +364,9 @@ def parse_product_ingredients(display: str) -> list[str]:
     pattern = r"([a-z][a-z\- ]*?)\s+\d+(?:\.\d+)?\s+(?:mg|mcg|meq|unt|ml|%)"
     for match in re.finditer(pattern, text):
         words = match.group(1).split()
-        while words and words[0] in LEAD_WORDS:
+        while words and words[0] in catalogue.lead_words:
             words.pop(0)
-        while len(words) > 1 and words[-1] in SALT_WORDS:
+        while len(words) > 1 and words[-1] in catalogue.salt_words:
             words.pop()
         if len(words) != 1:
             raise BuildError(f"cannot read an ingredient name from {display!r} (got {words})")
@@ -819,7 +386,6 @@ class Ingredient:
     rxcui_status: str | None = None
     drug_class: str | None = None
     brands: list[str] = field(default_factory=list)
-    rule_ids: list[str] = field(default_factory=list)
     notes: str | None = None
     source: str = ""
     products: list[tuple[str, str]] = field(default_factory=list)  # (rxcui, label) from ingredients.csv
@@ -837,15 +403,14 @@ def build_ingredients(sources: Sources) -> tuple[dict[str, Ingredient], dict[str
             rxnorm_in=row["rxcui_in"] or None,
             rxcui_status=row["rxcui_status"] or None,
             drug_class=row["drug_class"] or None,
-            rule_ids=_split_list(row["rule_ids"]),
             notes=row["notes"] or None,
             source="ingredients.csv",
         )
         if ing.rxnorm_in and not ing.rxnorm_in.isdigit():
             raise BuildError(f"ingredients.csv: bad RxCUI for {name}: {ing.rxnorm_in}")
-        for match in re.finditer(r"((?:\d+;?)+)\s*\(([^)]*)\)", row["product_rxcuis_known"]):
-            for code in _split_list(match.group(1)):
-                ing.products.append((code, match.group(2).strip()))
+        for listed in re.finditer(r"((?:\d+;?)+)\s*\(([^)]*)\)", row["product_rxcuis_known"]):
+            for code in _split_list(listed.group(1)):
+                ing.products.append((code, listed.group(2).strip()))
         for raw in _split_list(row["brands"]):
             match = re.match(r"^([^()]+?)\s*(?:\(([^)]*)\))?$", raw)
             if not match:
@@ -866,7 +431,7 @@ def build_ingredients(sources: Sources) -> tuple[dict[str, Ingredient], dict[str
         if name not in table:
             cls = "z-drug" if "z-drug" in row["notes"].lower() else "benzodiazepine"
             table[name] = Ingredient(name=name, drug_class=cls, source="benzodiazepine-equivalence.csv")
-    for name, cls in EXTRA_INGREDIENTS.items():
+    for name, cls in sources.catalogue.extra_ingredients.items():
         table.setdefault(name, Ingredient(name=name, drug_class=cls, source="value-set recipe"))
     for brand, owner in pending_brands:
         if owner not in table:
@@ -935,7 +500,7 @@ def _describe_source(sources: Sources, name: str, kept: int) -> str:
 def _licence(sources: Sources, name: str) -> str:
     src = sources.get(name)
     if "license" in src.meta:
-        return re.sub(r",? see \.\./clinical\.md", "", src.meta["license"])
+        return src.meta["license"]
     for line in src.free:
         if line.lower().startswith("license:"):
             return line.split(":", 1)[1].strip()
@@ -948,6 +513,7 @@ def build_valueset(
     table: dict[str, Ingredient],
     brands: dict[str, list[str]],
 ) -> Built:
+    catalogue = sources.catalogue
     codes: dict[tuple[str, str], str] = {}
     used: dict[str, int] = {}
     stamps: list[str] = []
@@ -987,7 +553,7 @@ def build_valueset(
         src = sources.get(pick.file)
         kept = 0
         for row in src.rows:
-            system = CSV_SYSTEM.get(row["system"])
+            system = catalogue.csv_system.get(row["system"])
             if system is None:
                 raise BuildError(f"{pick.file}: unknown code system {row['system']!r}")
             display = row["display"]
@@ -1010,15 +576,15 @@ def build_valueset(
         display = extra.display or _display_from_sources(sources, extra)
         if not add(extra.system, extra.code, display):
             extras_text.append(
-                f"- {CODE_SYSTEMS[extra.system]['name']} {extra.code}: {extra.why} (also in a source)."
+                f"- {catalogue.system_name(extra.system)} {extra.code}: {extra.why} (also in a source)."
             )
             continue
-        extras_text.append(f'- {CODE_SYSTEMS[extra.system]["name"]} {extra.code} "{display}": {extra.why}.')
-        stamps.append(CURATED_AS_OF)
-        if extra.system == SNOMED and not any("SNOMED" in text for text in licences):
-            licences.append(SNOMED_LICENCE)
-        if extra.system == LOINC:
-            licences.append(LOINC_LICENCE)
+        extras_text.append(f'- {catalogue.system_name(extra.system)} {extra.code} "{display}": {extra.why}.')
+        stamps.append(catalogue.curated_as_of)
+        licence = catalogue.licences.get(extra.system)
+        # a SNOMED CT source file already states the SNOMED terms
+        if licence and not (extra.system == SNOMED and any("SNOMED" in text for text in licences)):
+            licences.append(licence)
 
     # ingredient membership
     ingredients: set[str] = set(recipe.ingredients)
@@ -1028,7 +594,7 @@ def build_valueset(
     if recipe.ingredients_from_products:
         for (system, _code), display in codes.items():
             if system == RXNORM:
-                ingredients.update(parse_product_ingredients(display))
+                ingredients.update(parse_product_ingredients(display, catalogue))
     ingredients -= set(recipe.not_in_class)
     uses_ingredients = recipe.kind in {"medication", "substance"}
     if uses_ingredients:
@@ -1045,11 +611,11 @@ def build_valueset(
                 from_table += add(RXNORM, code, _product_display(name, label))
         if recipe.ingredient_codes_in_expansion:
             for name in sorted(ingredients):
-                code = table[name].rxnorm_in
-                if code:
-                    from_table += add(RXNORM, code, name)
+                in_code = table[name].rxnorm_in
+                if in_code:
+                    from_table += add(RXNORM, in_code, name)
         if from_table:
-            stamps.append(CURATED_AS_OF)
+            stamps.append(catalogue.curated_as_of)
         used["ingredients.csv"] = from_table
         licences.append(_licence(sources, "ingredients.csv"))
         if recipe.products_name_an_ingredient:  # else name matching would have a hole
@@ -1123,7 +689,10 @@ def _display_from_sources(sources: Sources, extra: Extra) -> str:
         if name == "icd10cm-rule-subtrees.csv":
             continue
         for row in sources.get(name).rows:
-            if CSV_SYSTEM.get(row.get("system", "")) == extra.system and row.get("code") == extra.code:
+            if (
+                sources.catalogue.csv_system.get(row.get("system", "")) == extra.system
+                and row.get("code") == extra.code
+            ):
                 return row["display"]
     raise BuildError(f"no display found for {extra.system} {extra.code}")
 
@@ -1202,7 +771,10 @@ def _description(
 
 
 def ingredients_json(
-    table: Mapping[str, Ingredient], brands: Mapping[str, list[str]], sources: Sources
+    table: Mapping[str, Ingredient],
+    brands: Mapping[str, list[str]],
+    sources: Sources,
+    rules_by_ingredient: Mapping[str, list[str]],
 ) -> Any:
     src = sources.get("ingredients.csv")
     entries: dict[str, Any] = {}
@@ -1215,8 +787,8 @@ def ingredients_json(
         if ing.drug_class:
             entry["class"] = ing.drug_class
         entry["brands"] = sorted(ing.brands, key=str.lower)
-        if ing.rule_ids:
-            entry["rule_ids"] = ing.rule_ids
+        if rules_by_ingredient.get(name):
+            entry["rule_ids"] = rules_by_ingredient[name]
         if ing.notes:
             entry["notes"] = ing.notes
         entry["source"] = ing.source
@@ -1235,7 +807,7 @@ def ingredients_json(
         "provenance": {
             "built_by": "tools/build_valuesets.py",
             "source_files": ["ingredients.csv", "benzodiazepine-equivalence.csv", "value-set product names"],
-            "as_of": CURATED_AS_OF,
+            "as_of": sources.catalogue.curated_as_of,
             "notes": [line for line in src.free if line]
             + [f"{key}: {value}" for key, value in src.meta.items() if key != "license"],
             "licence": src.meta.get("license", ""),
@@ -1296,7 +868,7 @@ def equivalence_json(sources: Sources, table: Mapping[str, Ingredient]) -> Any:
         "provenance": {
             "built_by": "tools/build_valuesets.py",
             "source_file": "benzodiazepine-equivalence.csv",
-            "as_of": CURATED_AS_OF,
+            "as_of": sources.catalogue.curated_as_of,
             "source_notes": [
                 f"{key}: {value}" for key, value in src.meta.items() if key in {"sources", "caveats"}
             ],
@@ -1306,10 +878,10 @@ def equivalence_json(sources: Sources, table: Mapping[str, Ingredient]) -> Any:
     }
 
 
-def code_systems_json() -> Any:
+def code_systems_json(catalogue: Catalogue) -> Any:
     systems = {}
-    for uri in sorted(CODE_SYSTEMS):
-        spec = CODE_SYSTEMS[uri]
+    for uri in sorted(catalogue.code_systems):
+        spec = catalogue.code_systems[uri]
         entry: dict[str, Any] = {
             "name": spec["name"],
             "aliases": _aliases(uri, spec),
@@ -1338,10 +910,10 @@ def code_systems_json() -> Any:
     }
 
 
-def blood_pressure_json(valueset: Mapping[str, Any]) -> Any:
+def blood_pressure_json(valueset: Mapping[str, Any], catalogue: Catalogue) -> Any:
     displays = {c["code"]: c["display"] for c in valueset["expansion"]["contains"]}
     parts = {}
-    for part, code in BLOOD_PRESSURE.items():
+    for part, code in catalogue.blood_pressure.items():
         if code not in displays:
             raise BuildError(f"blood pressure {part} code {code} is not in the value set")
         parts[part] = {"system": LOINC, "code": code, "display": displays[code]}
@@ -1353,7 +925,7 @@ def blood_pressure_json(valueset: Mapping[str, Any]) -> Any:
             "built_by": "tools/build_valuesets.py",
             "notes": (
                 "The panel Observation carries the systolic and diastolic values as components; a "
-                "systolic or diastolic Observation may also stand alone. " + LOINC_LICENCE
+                "systolic or diastolic Observation may also stand alone. " + catalogue.licences[LOINC]
             ),
         },
     }
@@ -1363,9 +935,10 @@ def readme(built: list[Built]) -> str:
     lines = [
         "# Value sets",
         "",
-        "Generated by `tools/build_valuesets.py` from the project's research tables "
-        "(`../shared/clinical/valuesets/*.csv`); do not edit the JSON by hand, change the recipe in the "
-        "tool and rebuild. Each ValueSet's `description` gives its sources (files, OIDs/URLs, versions, "
+        "Generated by `tools/build_valuesets.py` from the source tables in `knowledge/sources/` "
+        "(provenance in `knowledge/sources/PROVENANCE.md`) and the recipes in "
+        "`knowledge/valueset-recipes.yaml`; do not edit the JSON by hand: change the recipe or the "
+        "sources and rebuild. Each ValueSet's `description` gives its sources (files, OIDs/URLs, versions, "
         "dates), `copyright` the licences, and `expansion.timestamp` the date of its newest source "
         "content. Medication and substance sets also list the ingredient names (`match-ingredient`) and "
         "brand names (`match-brand`) that make a product a member when its code is not listed.",
@@ -1400,40 +973,72 @@ def dump(data: Any) -> str:
     return json.dumps(data, indent=2, ensure_ascii=False) + "\n"
 
 
-def build(source_dir: Path) -> Iterator[tuple[str, str]]:
+def rules_by_ingredient(rules_dir: Path, built: Iterable[Built]) -> dict[str, list[str]]:
+    """Ingredient -> ids of the rules that read a value set naming it (so the table names real rules)."""
+    ingredients_of = {
+        VALUESET_BASE + item.recipe.id: [
+            ext["valueString"] for ext in item.resource.get("extension", []) if ext["url"] == EXT_INGREDIENT
+        ]
+        for item in built
+    }
+    found: dict[str, set[str]] = {}
+    paths = sorted(rules_dir.glob("*.yaml"))
+    if not paths:
+        raise BuildError(f"no rules found in {rules_dir}")
+    for path in paths:
+        if path.name.startswith(("_", "site-policy", "card-text")):
+            continue
+        rule = yaml.safe_load(path.read_text(encoding="utf-8"))
+        urls = {url for band in rule.get("bands", []) for url in band.get("match", [])}
+        dose = rule.get("dose") or {}
+        urls.update(dose.get("match", []), dose.get("exclude", []))
+        for url in urls:
+            if url not in ingredients_of:
+                raise BuildError(f"rules/{path.name}: value set {url} is not built by the recipes")
+            for name in ingredients_of[url]:
+                found.setdefault(name, set()).add(str(rule["id"]))
+    return {name: sorted(ids) for name, ids in found.items()}
+
+
+def build(
+    source_dir: Path = DEFAULT_SOURCES, recipes: Path = DEFAULT_RECIPES, rules_dir: Path = DEFAULT_RULES
+) -> Iterator[tuple[str, str]]:
     """Every output file as (path relative to the profiles directory, text)."""
-    sources = Sources(source_dir)
+    catalogue = load_catalogue(recipes)
+    sources = Sources(source_dir, catalogue)
     table, brands = build_ingredients(sources)
-    built = [build_valueset(recipe, sources, table, brands) for recipe in RECIPES]
+    built = [build_valueset(recipe, sources, table, brands) for recipe in catalogue.recipes]
     for item in built:  # every other ingredient named in a product, so ingredients() can report it
         for entry in item.resource["expansion"]["contains"]:
             if entry["system"] == RXNORM:
-                for name in parse_product_ingredients(entry["display"]):
+                for name in parse_product_ingredients(entry["display"], catalogue):
                     table.setdefault(
                         name,
                         Ingredient(name=name, source=f"co-ingredient in product names of {item.recipe.id}"),
                     )
-    ids = [b.recipe.id for b in built]
-    if len(ids) != len(set(ids)):
-        raise BuildError("duplicate value-set ids")
     for item in built:
         yield f"valuesets/{item.recipe.id}.json", dump(item.resource)
     yield "valuesets/README.md", readme(built)
-    yield "tables/ingredients.json", dump(ingredients_json(table, brands, sources))
+    yield (
+        "tables/ingredients.json",
+        dump(ingredients_json(table, brands, sources, rules_by_ingredient(rules_dir, built))),
+    )
     yield "tables/diazepam-equivalence.json", dump(equivalence_json(sources, table))
-    yield "tables/code-systems.json", dump(code_systems_json())
+    yield "tables/code-systems.json", dump(code_systems_json(catalogue))
     bp = next(b for b in built if b.recipe.id == "blood-pressure-observations")
-    yield "tables/blood-pressure-codes.json", dump(blood_pressure_json(bp.resource))
+    yield "tables/blood-pressure-codes.json", dump(blood_pressure_json(bp.resource, catalogue))
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("source", nargs="?", type=Path, default=DEFAULT_SOURCE, help="research CSV directory")
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    parser.add_argument("--sources", type=Path, default=DEFAULT_SOURCES, help="source table directory")
+    parser.add_argument("--recipes", type=Path, default=DEFAULT_RECIPES, help="value-set recipes (YAML)")
+    parser.add_argument("--rules", type=Path, default=DEFAULT_RULES, help="rules directory (rule ids)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="fhir_profiles directory to write")
     args = parser.parse_args(argv)
     try:
-        outputs = list(build(args.source))
-    except (BuildError, OSError, KeyError, ValueError) as exc:
+        outputs = list(build(args.sources, args.recipes, args.rules))
+    except (BuildError, OSError, KeyError, ValueError, yaml.YAMLError) as exc:
         print(f"build_valuesets: {exc}", file=sys.stderr)
         return 1
     written = set()
