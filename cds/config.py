@@ -50,6 +50,8 @@ class Settings:
     fhir_page_size: int = 200
     fhir_allow_http: bool = False  # plain-http fhirServer; forced on in dev mode
     fhir_server_allowlist: tuple[str, ...] = ()  # http(s) base URLs allowed even when not https
+    # FHIR base URLs (prefixes) read without fhirAuthorization; never implied by any other setting
+    open_fhir_servers: tuple[str, ...] = ()
     # browser clients
     cors_origins: tuple[str, ...] = ()
     # persistence and shared state
@@ -151,6 +153,45 @@ def _check_url(name: str, value: str) -> None:
         raise ConfigError(f"{ENV_PREFIX}{name.upper()} must be an absolute http(s) URL, got {value!r}")
 
 
+def http_allowed(url: str, settings: Settings) -> bool:
+    """May this FHIR base URL be plain http? Dev mode, FHIR_ALLOW_HTTP, or listed in FHIR_SERVER_ALLOWLIST."""
+    if settings.dev_mode or settings.fhir_allow_http:
+        return True
+    mine = _base_key(url)
+    return mine is not None and any(_base_key(allowed) == mine for allowed in settings.fhir_server_allowlist)
+
+
+def _base_key(url: str) -> tuple[str, str, int | None, str] | None:
+    try:
+        parts = urlsplit(url.strip())
+        port = parts.port
+    except ValueError:
+        return None
+    scheme = parts.scheme.lower()
+    default = {"http": 80, "https": 443}.get(scheme)
+    return scheme, (parts.hostname or "").lower(), port or default, parts.path.rstrip("/")
+
+
+def _check_fhir_base(name: str, url: str, settings: Settings) -> None:
+    """A FHIR base URL the operator lists: absolute https (http only where explicitly allowed), no extras."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises on a malformed port
+    except ValueError:
+        raise ConfigError(f"{ENV_PREFIX}{name.upper()}: {url!r} is not a valid URL") from None
+    if parts.scheme not in {"http", "https"} or not parts.hostname:
+        raise ConfigError(f"{ENV_PREFIX}{name.upper()}: {url!r} must be an absolute https URL")
+    if parts.query or parts.fragment or parts.username is not None or parts.password is not None:
+        raise ConfigError(
+            f"{ENV_PREFIX}{name.upper()}: {url!r} must not carry credentials, a query or a fragment"
+        )
+    if parts.scheme == "http" and not http_allowed(url, settings):
+        raise ConfigError(
+            f"{ENV_PREFIX}{name.upper()}: {url!r} is plain http; allow it explicitly with "
+            f"{ENV_PREFIX}FHIR_SERVER_ALLOWLIST (or {ENV_PREFIX}FHIR_ALLOW_HTTP)"
+        )
+
+
 def validate(settings: Settings) -> None:
     positive = (
         "max_body_bytes",
@@ -176,6 +217,8 @@ def validate(settings: Settings) -> None:
         _check_url("public_base_url", settings.public_base_url)
     for url in settings.fhir_server_allowlist:
         _check_url("fhir_server_allowlist", url)
+    for url in settings.open_fhir_servers:
+        _check_fhir_base("open_fhir_servers", url, settings)
     if settings.redis_url and urlsplit(settings.redis_url).scheme not in {"redis", "rediss", "unix"}:
         raise ConfigError(f"{ENV_PREFIX}REDIS_URL must be a redis:// or rediss:// URL")
     for issuer in settings.trusted_issuers:

@@ -8,8 +8,13 @@ feedback with override reasons that carry only a code and a system.
 
 from __future__ import annotations
 
+import copy
+import json
+import re
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import requests
@@ -19,11 +24,16 @@ from cds.clinical.knowledge import Knowledge
 from cds.config import TrustedIssuer
 from tests.conftest import assert_valid_response
 from tests.support.ehr_client import EhrClient, serving
-from tests.support.synthea import synthea_patients, synthea_request
+from tests.support.fhir_server import FhirServerHandle, running_fhir_server
+from tests.support.synthea import SyntheaPatient, synthea_patients, synthea_request
 
 PUBLIC_BASE = "https://cds.example.org"  # what the EHR calls; the test reaches it on loopback (a proxy)
 EHR_ORIGIN = "http://localhost:3000"  # a browser-based EHR simulator on another port
 SERVICE = "/cds-services/ketamine-patient-view"
+HOOKS = Path(__file__).resolve().parents[1] / "hooks"
+# The longest record of the test data (137 conditions): at 20 a page, most of it is past page 1.
+PAGED_STEM = "Yvone_Emmerich"
+SIMULATOR_PAGE_SIZE = 20  # the browser simulator's FHIR server pages at 20 whatever _count asks
 
 
 def preflight(base: str, path: str, origin: str) -> requests.Response:
@@ -130,3 +140,124 @@ def test_pinned_jwks_file_refuses_a_token_signed_by_another_key(
     response = impostor.get("/cds-services")
     assert response.status_code == 401
     assert response.json()["issue"][0]["diagnostics"] == "unauthorized"
+
+
+# ---------------------------------------------------------------------------------------- paged prefetch
+
+
+@pytest.fixture(scope="module")
+def open_fhir() -> Iterator[FhirServerHandle]:
+    """An open FHIR server (no token needed), as EHR simulators run, holding one long record."""
+    with running_fhir_server(open_access=True, stems=(PAGED_STEM,)) as server:
+        yield server
+
+
+def paged_patient() -> SyntheaPatient:
+    return next(p for p in synthea_patients() if p.stem.startswith(PAGED_STEM))
+
+
+def ehr_prefetch(server: FhirServerHandle, patient_id: str) -> dict[str, Any]:
+    """What the EHR sends: each of our templates, run against its own server, first page only."""
+    templates = json.loads((HOOKS / "patient-view.json").read_text(encoding="utf-8"))["prefetch"]
+    prefetch: dict[str, Any] = {}
+    for key, template in templates.items():
+        query = template.replace("{{context.patientId}}", patient_id)
+        if "?" in query:
+            query = re.sub(r"_count=\d+", f"_count={SIMULATOR_PAGE_SIZE}", query)
+        response = requests.get(f"{server.base_url}/{query}", timeout=30)  # open: no token
+        assert response.status_code == 200, response.text[:500]
+        prefetch[key] = response.json()
+    return prefetch
+
+
+def hook_request(patient: SyntheaPatient, prefetch: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    return {
+        "hook": "patient-view",
+        "hookInstance": str(uuid.uuid4()),
+        "context": {"userId": "Practitioner/contract-test", "patientId": patient.id},
+        "prefetch": prefetch,
+        **extra,
+    }
+
+
+def summaries(response: requests.Response) -> list[str]:
+    assert response.status_code == 200, response.text[:2000]
+    return sorted(card["summary"] for card in response.json()["cards"])
+
+
+@pytest.fixture
+def prod_open(
+    make_app: Callable[..., Flask], tmp_path: Path, open_fhir: FhirServerHandle
+) -> Iterator[EhrClient]:
+    """Production; the EHR's FHIR server is declared open (plain http allowed for it: a local test)."""
+    ehr = EhrClient.new(tmp_path, "http://unset", PUBLIC_BASE)
+    app = make_app(
+        dev_mode=False,
+        public_base_url=PUBLIC_BASE,
+        trusted_issuers=(TrustedIssuer(iss=ehr.iss, jwks_file=str(ehr.jwks_file)),),
+        open_fhir_servers=(open_fhir.base_url,),
+        fhir_server_allowlist=(open_fhir.base_url,),
+    )
+    with serving(app) as base:
+        ehr.service_url = base
+        yield ehr
+
+
+def test_paged_prefetch_from_an_open_server_is_screened_in_full(
+    prod_open: EhrClient, open_fhir: FhirServerHandle, knowledge: Knowledge
+) -> None:
+    """Issue 11: page 1 in the prefetch, the rest behind next links, no fhirAuthorization: the service
+    follows the pages, and the records on later pages produce their cards."""
+    patient = paged_patient()
+    prefetch = ehr_prefetch(open_fhir, patient.id)
+    assert any(link["relation"] == "next" for link in prefetch["conditions"].get("link", [])), (
+        "the test needs a record longer than one page"
+    )
+    assert len(prefetch["conditions"]["entry"]) == SIMULATOR_PAGE_SIZE
+
+    paged = prod_open.post(SERVICE, hook_request(patient, prefetch, fhirServer=open_fhir.base_url))
+    assert_valid_response(knowledge, paged.json())
+    complete = prod_open.post(SERVICE, synthea_request(patient))  # every record, in the prefetch
+
+    first_pages_only = copy.deepcopy(prefetch)
+    for value in first_pages_only.values():
+        value.pop("link", None)
+    truncated = prod_open.post(SERVICE, hook_request(patient, first_pages_only))
+
+    assert summaries(paged) == summaries(complete)
+    assert set(summaries(truncated)) < set(summaries(paged)), "later pages must carry cards of their own"
+
+
+def test_missing_keys_are_fetched_from_an_open_server_without_a_token(
+    prod_open: EhrClient, open_fhir: FhirServerHandle
+) -> None:
+    patient = paged_patient()
+    prefetch = ehr_prefetch(open_fhir, patient.id)
+    for key in ("conditions", "medicationStatements"):
+        del prefetch[key]
+    fetched = prod_open.post(SERVICE, hook_request(patient, prefetch, fhirServer=open_fhir.base_url))
+    assert summaries(fetched) == summaries(prod_open.post(SERVICE, synthea_request(patient)))
+
+
+def test_without_a_token_any_server_not_declared_open_is_412_and_says_why(
+    make_app: Callable[..., Flask], tmp_path: Path, open_fhir: FhirServerHandle
+) -> None:
+    ehr = EhrClient.new(tmp_path, "http://unset", PUBLIC_BASE)
+    app = make_app(
+        dev_mode=False,
+        public_base_url=PUBLIC_BASE,
+        trusted_issuers=(TrustedIssuer(iss=ehr.iss, jwks_file=str(ehr.jwks_file)),),
+        fhir_server_allowlist=(open_fhir.base_url,),  # plain http allowed: not the same as open
+    )
+    patient = paged_patient()
+    with serving(app) as base:
+        ehr.service_url = base
+        response = ehr.post(
+            SERVICE, hook_request(patient, ehr_prefetch(open_fhir, patient.id), fhirServer=open_fhir.base_url)
+        )
+    assert response.status_code == 412
+    outcome = response.json()
+    assert outcome["resourceType"] == "OperationOutcome"
+    text = " ".join(issue["diagnostics"] for issue in outcome["issue"])
+    assert "fhirAuthorization" in text
+    assert "open" in text

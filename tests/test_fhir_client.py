@@ -21,9 +21,9 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 import requests
 
-from cds.config import Settings
-from cds.errors import FhirError
-from cds.fhir.client import FhirClient, InsecureFhirServer, client_factory_for
+from cds.config import Settings, TrustedIssuer, load_settings
+from cds.errors import ConfigError, FhirError
+from cds.fhir.client import FhirAccessRefused, FhirClient, InsecureFhirServer, client_factory_for
 from cds.fhir.prefetch import render_template
 from tests.support.fhir_server import DATA_DIR, FhirServerHandle, Reply, ScriptedServer
 
@@ -420,12 +420,97 @@ def test_client_factory_for_requests() -> None:
         https = "https://ehr.example.org/fhir"
         assert factory({}) is None
         assert factory({"fhirServer": ""}) is None
-        assert factory({"fhirServer": https}) is None  # no token outside dev mode: 412 for missing data
-        assert factory({"fhirServer": https, "fhirAuthorization": {**auth, "token_type": "MAC"}}) is None
+        # no bearer token outside dev mode: refused with the reason (the caller answers 412 and says why)
+        with pytest.raises(FhirAccessRefused, match="KETAMINE_CDS_OPEN_FHIR_SERVERS"):
+            factory({"fhirServer": https})
+        with pytest.raises(FhirAccessRefused):
+            factory({"fhirServer": https, "fhirAuthorization": {**auth, "token_type": "MAC"}})
         assert isinstance(factory({"fhirServer": https, "fhirAuthorization": auth}), FhirClient)
         assert isinstance(factory({"fhirServer": https}, dev_mode=True), FhirClient)  # the sandbox
         with pytest.raises(InsecureFhirServer):
             factory({"fhirServer": "http://ehr.example.org/fhir", "fhirAuthorization": auth})
+
+
+@pytest.mark.parametrize(
+    ("server", "is_open"),
+    [
+        ("https://open.example.org/fhir", True),
+        ("https://open.example.org/fhir/", True),
+        ("https://OPEN.example.org:443/fhir", True),
+        ("https://open.example.org/fhir/r4", True),  # below a listed prefix
+        ("https://open.example.org/fhirx", False),  # whole path segments only
+        ("https://open.example.org/other", False),
+        ("http://open.example.org/fhir", False),  # scheme exact
+        ("https://open.example.org:8443/fhir", False),  # port exact
+        ("https://evil.open.example.org/fhir", False),  # host exact
+        ("https://open.example.org.evil.example/fhir", False),
+        ("https://user@open.example.org/fhir", False),
+        ("https://open.example.org/fhir/../admin", False),
+    ],
+)
+def test_open_fhir_servers_are_read_without_a_token_and_only_they(server: str, is_open: bool) -> None:
+    with requests.Session() as s:
+        make = client_factory_for(
+            {"fhirServer": server},
+            settings=settings(open_fhir_servers=("https://open.example.org/fhir",), fhir_allow_http=True),
+            session=s,
+            deadline=0,
+        )
+        if is_open:
+            client = make()
+            assert isinstance(client, FhirClient)
+            assert "Authorization" not in client._headers()
+        else:
+            with pytest.raises(FhirError):
+                make()
+
+
+def test_open_fhir_servers_setting_is_never_implied() -> None:
+    """Neither the http allowlist nor FHIR_ALLOW_HTTP makes a server open."""
+    with requests.Session() as s:
+        for overrides in (
+            {"fhir_server_allowlist": ("http://127.0.0.1:9/fhir",)},
+            {"fhir_allow_http": True},
+        ):
+            make = client_factory_for(
+                {"fhirServer": "http://127.0.0.1:9/fhir"},
+                settings=settings(**overrides),
+                session=s,
+                deadline=0,
+            )
+            with pytest.raises(FhirAccessRefused):
+                make()
+
+
+PRODUCTION: dict[str, Any] = {
+    "public_base_url": "https://cds.example.org",
+    "trusted_issuers": (TrustedIssuer(iss="https://ehr.example.org", jwks_file="/x.json"),),
+}
+
+
+@pytest.mark.parametrize(
+    ("entry", "message"),
+    [
+        ("http://open.example.org/fhir", "plain http"),
+        ("open.example.org/fhir", "absolute https"),
+        ("https://open.example.org/fhir?x=1", "query"),
+        ("https://me:pw@open.example.org/fhir", "credentials"),
+        ("https://open.example.org:99999/fhir", "not a valid URL"),
+    ],
+)
+def test_bad_open_fhir_server_entries_stop_start_up(entry: str, message: str) -> None:
+    with pytest.raises(ConfigError, match="KETAMINE_CDS_OPEN_FHIR_SERVERS") as caught:
+        load_settings(environ={"KETAMINE_CDS_OPEN_FHIR_SERVERS": entry}, overrides=PRODUCTION)
+    assert message in str(caught.value)
+
+
+def test_plain_http_open_fhir_server_needs_an_explicit_http_allowance() -> None:
+    url = "http://127.0.0.1:8090/fhir"
+    loaded = load_settings(
+        environ={"KETAMINE_CDS_OPEN_FHIR_SERVERS": url, "KETAMINE_CDS_FHIR_SERVER_ALLOWLIST": url},
+        overrides=PRODUCTION,
+    )
+    assert loaded.open_fhir_servers == (url,)
 
 
 # ---------------------------------------------------------------------- the real FHIR server (sekmet)

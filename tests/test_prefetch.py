@@ -7,6 +7,7 @@ that a real server will not produce on demand come from a scripted local server.
 from __future__ import annotations
 
 import json
+import re
 import string
 import time
 from collections.abc import Callable, Iterator
@@ -286,7 +287,7 @@ def truth(fhir_server: FhirServerHandle) -> dict[str, list[dict[str, Any]]]:
 def first_page(server: FhirServerHandle, key: str, count: int) -> dict[str, Any]:
     query = render_template(TEMPLATES[key], CONTEXT)
     assert query is not None
-    query = query.replace("&_count=10", "")  # bloodPressure's own page size
+    query = re.sub(r"&_count=\d+", "", query)  # the template's page size: this page has its own
     response = requests.get(
         f"{server.base_url}/{query}&_count={count}",
         headers={"Authorization": f"Bearer {server.token}"},

@@ -22,7 +22,7 @@ import json
 import logging
 import re
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urljoin, urlsplit
 
@@ -31,7 +31,7 @@ import urllib3
 import urllib3.exceptions
 import urllib3.response
 
-from cds.config import Settings
+from cds.config import Settings, http_allowed
 from cds.errors import FhirError
 
 log = logging.getLogger(__name__)
@@ -80,6 +80,12 @@ class InsecureFhirServer(FhirError):
     issue_code = "security"
 
 
+class FhirAccessRefused(FhirError):
+    """The call's fhirServer may not be read as asked; answered with 412 without any outbound request."""
+
+    issue_code = "security"
+
+
 class FhirClient:
     """Reads and searches one FHIR server on behalf of one CDS request."""
 
@@ -94,7 +100,7 @@ class FhirClient:
     ) -> None:
         self._origin, self._base_path = _split_base(base_url)
         self.base_url = f"{self._origin[0]}://{urlsplit(base_url).netloc}{self._base_path}"
-        if self._origin[0] != "https" and not _http_allowed(self.base_url, settings):
+        if self._origin[0] != "https" and not http_allowed(self.base_url, settings):
             raise InsecureFhirServer(
                 "fhirServer must use https; plain http is accepted only in dev mode, with "
                 "KETAMINE_CDS_FHIR_ALLOW_HTTP, or for a server in KETAMINE_CDS_FHIR_SERVER_ALLOWLIST"
@@ -110,21 +116,7 @@ class FhirClient:
 
     def is_under_base(self, url: str) -> bool:
         """True when `url` (absolute) lies under this client's base URL, i.e. may receive the token."""
-        try:
-            parts = urlsplit(url)
-            port = parts.port
-        except ValueError:
-            return False
-        scheme = parts.scheme.lower()
-        if (scheme, (parts.hostname or "").lower(), port or _DEFAULT_PORTS.get(scheme)) != self._origin:
-            return False
-        if parts.username is not None or parts.password is not None or parts.fragment:
-            return False
-        path = parts.path
-        if any(segment in {".", ".."} for segment in unquote(path).split("/")):
-            return False
-        base = self._base_path
-        return path == base or path.startswith(base + "/")
+        return _is_under(url, self._origin, self._base_path)
 
     def search(self, query: str) -> list[dict[str, Any]]:
         """Every resource of a search, following `next` links; de-duplicated by (resourceType, id).
@@ -288,33 +280,34 @@ def client_factory_for(
 ) -> Callable[[], FhirClient | None]:
     """A `client_factory` for `cds.fhir.prefetch.gather` built from a CDS Hooks request body.
 
-    Returns None (no usable server: the caller answers 412 for data it still needs) when `fhirServer` is
-    missing, or when there is no bearer `fhirAuthorization` outside dev mode (the CDS Hooks sandbox sends an
-    open fhirServer without a token, which only dev mode accepts). Raises `InsecureFhirServer` when called
-    for a plain-http server that the settings do not allow.
+    Returns None when `fhirServer` is missing. Raises (so the caller's 412 says why) `FhirAccessRefused`
+    when there is no bearer `fhirAuthorization` and the server is not one the operator declared open
+    (`open_fhir_servers`; dev mode reads any server without a token, as the CDS Hooks sandbox expects), and
+    `InsecureFhirServer` for a plain-http server that the settings do not allow.
     """
 
     def factory() -> FhirClient | None:
         server = request.get("fhirServer")
         if not isinstance(server, str) or not server:
             return None
-        auth = request.get("fhirAuthorization")
-        token: str | None = None
-        if isinstance(auth, Mapping):
-            candidate = auth.get("access_token")
-            token_type = auth.get("token_type")
-            if (
-                isinstance(candidate, str)
-                and candidate
-                and isinstance(token_type, str)
-                and token_type.lower() == "bearer"
-            ):
-                token = candidate
-        if token is None and not settings.dev_mode:
-            return None
+        token = _bearer_token(request.get("fhirAuthorization"))
+        if token is None and not settings.dev_mode and not under_any(server, settings.open_fhir_servers):
+            raise FhirAccessRefused(
+                "the request carries no fhirAuthorization bearer token, and its fhirServer is not one the "
+                "operator declared open (KETAMINE_CDS_OPEN_FHIR_SERVERS)"
+            )
         return FhirClient(server, session=session, access_token=token, settings=settings, deadline=deadline)
 
     return factory
+
+
+def _bearer_token(auth: object) -> str | None:
+    if not isinstance(auth, Mapping):
+        return None
+    token, token_type = auth.get("access_token"), auth.get("token_type")
+    if isinstance(token, str) and token and isinstance(token_type, str) and token_type.lower() == "bearer":
+        return token
+    return None
 
 
 def _split_base(base_url: str) -> tuple[tuple[str, str, int | None], str]:
@@ -333,18 +326,34 @@ def _split_base(base_url: str) -> tuple[tuple[str, str, int | None], str]:
     return (scheme, parts.hostname.lower(), port or _DEFAULT_PORTS[scheme]), parts.path.rstrip("/")
 
 
-def _normalise_base(url: str) -> tuple[tuple[str, str, int | None], str] | None:
+def _is_under(url: str, origin: tuple[str, str, int | None], base_path: str) -> bool:
+    """Same scheme, host and port as the base, and a path at or below its path (whole segments)."""
     try:
-        return _split_base(url)
-    except FhirError:
-        return None
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        return False
+    scheme = parts.scheme.lower()
+    if (scheme, (parts.hostname or "").lower(), port or _DEFAULT_PORTS.get(scheme)) != origin:
+        return False
+    if parts.username is not None or parts.password is not None or parts.fragment:
+        return False
+    path = parts.path
+    if any(segment in {".", ".."} for segment in unquote(path).split("/")):
+        return False
+    return path == base_path or path.startswith(base_path + "/")
 
 
-def _http_allowed(base_url: str, settings: Settings) -> bool:
-    if settings.dev_mode or settings.fhir_allow_http:
-        return True
-    mine = _normalise_base(base_url)
-    return any(_normalise_base(allowed) == mine for allowed in settings.fhir_server_allowlist)
+def under_any(url: str, bases: Iterable[str]) -> bool:
+    """Does `url` (a fhirServer, say) lie under one of these base URL prefixes (scheme and host exact)?"""
+    for base in bases:
+        try:
+            origin, base_path = _split_base(base)
+        except FhirError:
+            continue  # configuration is validated at start-up; a bad entry matches nothing
+        if _is_under(url, origin, base_path):
+            return True
+    return False
 
 
 def _resource_type(query: str) -> str:

@@ -274,7 +274,7 @@ def _unobtainable(plans: Iterable[_Plan], error: FhirError | None) -> Preconditi
     why = (
         f"the FHIR server cannot be used: {error.message}"
         if error is not None
-        else "the request has no usable fhirServer (with fhirAuthorization) to fetch it from"
+        else "the request names no fhirServer to fetch it from"
     )
     return PreconditionFailed(
         "required prefetch data is missing and could not be fetched",

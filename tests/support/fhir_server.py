@@ -119,18 +119,26 @@ def _wait_until_up(process: subprocess.Popen[bytes], base_url: str, log_path: Pa
     )
 
 
-def patient_bundles() -> list[Path]:
-    """The bundles in load order: every `*.trimmed.json`, then every `*.medicationstatements.json`."""
+def patient_bundles(stems: tuple[str, ...] | None = None) -> list[Path]:
+    """The bundles in load order: every `*.trimmed.json`, then every `*.medicationstatements.json`.
+
+    `stems` (file name prefixes such as "Yvone_Emmerich") limits them to those patients.
+    """
     trimmed = sorted(DATA_DIR.glob("*.trimmed.json"))
     statements = sorted(DATA_DIR.glob("*.medicationstatements.json"))
     if len(trimmed) != 9 or len(statements) != 9:
         raise RuntimeError(
             f"expected 9 + 9 test bundles in {DATA_DIR}, found {len(trimmed)} + {len(statements)}"
         )
-    return trimmed + statements
+    chosen = trimmed + statements
+    if stems is not None:
+        chosen = [path for path in chosen if path.name.startswith(stems)]
+        if len(chosen) != 2 * len(stems):
+            raise RuntimeError(f"not every patient of {stems} has its two bundles in {DATA_DIR}")
+    return chosen
 
 
-def load_test_patients(base_url: str, token: str) -> None:
+def load_test_patients(base_url: str, token: str, stems: tuple[str, ...] | None = None) -> None:
     """POST each transaction bundle to the base URL; fail loudly if any entry was not stored."""
     headers = {
         "Authorization": f"Bearer {token}",
@@ -138,7 +146,7 @@ def load_test_patients(base_url: str, token: str) -> None:
         "Accept": "application/fhir+json",
     }
     with requests.Session() as session:
-        for path in patient_bundles():
+        for path in patient_bundles(stems):
             response = session.post(base_url, data=path.read_bytes(), headers=headers, timeout=120)
             if response.status_code != 200:
                 raise RuntimeError(
@@ -153,8 +161,14 @@ def load_test_patients(base_url: str, token: str) -> None:
 
 
 @contextlib.contextmanager
-def running_fhir_server(*, load_patients: bool = True) -> Iterator[FhirServerHandle]:
-    """Start sekmet on a free loopback port with the nine test patients; stop it on exit."""
+def running_fhir_server(
+    *, load_patients: bool = True, open_access: bool = False, stems: tuple[str, ...] | None = None
+) -> Iterator[FhirServerHandle]:
+    """Start sekmet on a free loopback port with the nine test patients; stop it on exit.
+
+    `open_access`: the server answers without a token (as open test servers and EHR simulators do); the
+    handle's token is then accepted but never needed. `stems`: load only these patients.
+    """
     timings: dict[str, float] = {}
     started = time.monotonic()
     executable = ensure_sekmet_venv()
@@ -175,7 +189,7 @@ def running_fhir_server(*, load_patients: bool = True) -> Iterator[FhirServerHan
                 "db_path": str(workdir / f"sekmet-{attempt}.db"),
                 "data_dir": str(workdir / "data"),
                 "own_private_key_path": str(workdir / "keys" / "sekmet_private.pem"),
-                "server_auth": {"types": ["bearer"], "tokens": [token]},
+                "server_auth": {"types": ["none"] if open_access else ["bearer"], "tokens": [token]},
                 "simulator": {"enabled": False},
                 "validation": {"inbound": "strict"},
                 "log_inbound": False,
@@ -201,7 +215,7 @@ def running_fhir_server(*, load_patients: bool = True) -> Iterator[FhirServerHan
         timings["start_s"] = time.monotonic() - started
         if load_patients:
             started = time.monotonic()
-            load_test_patients(base_url, token)
+            load_test_patients(base_url, token, stems)
             timings["load_s"] = time.monotonic() - started
         yield FhirServerHandle(base_url=base_url, token=token, timings=timings)
     finally:
