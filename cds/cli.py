@@ -84,6 +84,7 @@ def _screen(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
+    from cds.clinical.knowledge import override_displays
     from cds.report import render_report
     from cds.storage.store import Store
 
@@ -92,7 +93,7 @@ def _report(args: argparse.Namespace) -> int:
     try:
         store.migrate()
         since = datetime.fromisoformat(args.since).replace(tzinfo=UTC) if args.since else None
-        text = render_report(store.report(since), args.format)
+        text = render_report(store.report(since, displays=override_displays()), args.format)
     finally:
         store.close()
     if args.output:

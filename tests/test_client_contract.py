@@ -13,6 +13,8 @@ import json
 import re
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +24,7 @@ from flask import Flask
 
 from cds.clinical.knowledge import Knowledge
 from cds.config import TrustedIssuer
+from cds.storage.store import FeedbackItem
 from tests.conftest import assert_valid_response
 from tests.support.ehr_client import EhrClient, serving
 from tests.support.fhir_server import FhirServerHandle, running_fhir_server
@@ -54,8 +57,15 @@ def dev_service(make_app: Callable[..., Flask]) -> Iterator[str]:
         yield base
 
 
+@dataclass
+class Live:
+    base: str  # where the test reaches the service (loopback)
+    ehr: EhrClient
+    app: Flask
+
+
 @pytest.fixture
-def prod(make_app: Callable[..., Flask], tmp_path: Path) -> Iterator[tuple[str, EhrClient]]:
+def prod(make_app: Callable[..., Flask], tmp_path: Path) -> Iterator[Live]:
     """Production mode; the EHR's issuer is trusted with a pinned JWKS file."""
     ehr = EhrClient.new(tmp_path, "http://unset", PUBLIC_BASE)
     app = make_app(
@@ -66,7 +76,7 @@ def prod(make_app: Callable[..., Flask], tmp_path: Path) -> Iterator[tuple[str, 
     )
     with serving(app) as base:
         ehr.service_url = base
-        yield base, ehr
+        yield Live(base, ehr, app)
 
 
 # ---------------------------------------------------------------------------------------- CORS
@@ -103,8 +113,8 @@ def test_dev_mode_says_at_start_up_that_any_origin_is_allowed(
     assert any("any origin" in record.getMessage() for record in caplog.records)
 
 
-def test_production_allows_only_the_configured_origins(prod: tuple[str, EhrClient]) -> None:
-    base, _ = prod
+def test_production_allows_only_the_configured_origins(prod: Live) -> None:
+    base = prod.base
     listed = preflight(base, SERVICE, EHR_ORIGIN)
     assert listed.headers["Access-Control-Allow-Origin"] == EHR_ORIGIN
     other = preflight(base, SERVICE, "https://evil.example")
@@ -116,11 +126,9 @@ def test_production_allows_only_the_configured_origins(prod: tuple[str, EhrClien
 # ---------------------------------------------------------------------------------------- pinned keys
 
 
-def test_pinned_jwks_file_accepts_real_client_tokens_with_a_jku(
-    prod: tuple[str, EhrClient], knowledge: Knowledge
-) -> None:
+def test_pinned_jwks_file_accepts_real_client_tokens_with_a_jku(prod: Live, knowledge: Knowledge) -> None:
     """Tokens carry a jku naming a URL nobody allowlisted (and that cannot be reached): the file decides."""
-    _, ehr = prod
+    ehr = prod.ehr
     assert ehr.jku is not None
     discovery = ehr.get("/cds-services")
     assert discovery.status_code == 200, discovery.text
@@ -131,10 +139,8 @@ def test_pinned_jwks_file_accepts_real_client_tokens_with_a_jku(
     assert_valid_response(knowledge, response.json())
 
 
-def test_pinned_jwks_file_refuses_a_token_signed_by_another_key(
-    prod: tuple[str, EhrClient], tmp_path: Path
-) -> None:
-    base, ehr = prod
+def test_pinned_jwks_file_refuses_a_token_signed_by_another_key(prod: Live, tmp_path: Path) -> None:
+    base, ehr = prod.base, prod.ehr
     impostor = EhrClient.new(tmp_path, base, PUBLIC_BASE)
     impostor.kid = ehr.kid  # same kid, same jku, other key
     response = impostor.get("/cds-services")
@@ -261,3 +267,112 @@ def test_without_a_token_any_server_not_declared_open_is_412_and_says_why(
     text = " ".join(issue["diagnostics"] for issue in outcome["issue"])
     assert "fhirAuthorization" in text
     assert "open" in text
+
+
+# ---------------------------------------------------------------------------------------- feedback
+
+HL7_NON_ADHERENCE = "http://cds-hooks.hl7.org/CodeSystem/non-adherence-reason"
+
+
+def benzodiazepine_card(live: Live) -> dict[str, Any]:
+    """A card offering override reasons: Yvone Emmerich's record (a benzodiazepine, a stroke...)."""
+    response = live.ehr.post(SERVICE, synthea_request(paged_patient()))
+    assert response.status_code == 200, response.text[:2000]
+    card: dict[str, Any] = next(c for c in response.json()["cards"] if c.get("overrideReasons"))
+    return card
+
+
+def overridden(card: dict[str, Any], reason: dict[str, str], at: str) -> dict[str, Any]:
+    return {
+        "card": card["uuid"],
+        "outcome": "overridden",
+        "overrideReason": {"reason": reason},
+        "outcomeTimestamp": at,
+    }
+
+
+def test_code_only_override_reasons_are_stored_and_reported_with_their_display(prod: Live) -> None:
+    """Issue 11: clients send overrideReason with code and system only; analytics showed blank reasons."""
+    card = benzodiazepine_card(prod)
+    offered = card["overrideReasons"][0]
+    code_only = {"system": offered["system"], "code": offered["code"]}
+    response = prod.ehr.post(
+        f"{SERVICE}/feedback", {"feedback": [overridden(card, code_only, "2026-11-22T12:01:00Z")]}
+    )
+    assert response.status_code == 200, response.text
+    runtime = prod.app.extensions["ketamine_cds"]
+    (stored,) = runtime.store.feedback_for(card["uuid"])
+    assert stored.item.override_display == offered["display"]
+
+    report = prod.ehr.get("/analytics/overrides")
+    assert report.status_code == 200, report.text
+    reasons = [reason for rule in report.json()["rules"] for reason in rule["overrideReasons"]]
+    assert reasons == [{"count": 1, **offered}]
+
+
+def test_hl7_non_adherence_code_only_reason_gets_the_hl7_display(prod: Live) -> None:
+    card = benzodiazepine_card(prod)
+    reason = {"system": HL7_NON_ADHERENCE, "code": "need-more-info"}
+    response = prod.ehr.post(
+        f"{SERVICE}/feedback", {"feedback": [overridden(card, reason, "2026-11-22T12:02:00Z")]}
+    )
+    assert response.status_code == 200
+    (stored,) = prod.app.extensions["ketamine_cds"].store.feedback_for(card["uuid"])
+    assert stored.item.override_display is not None
+    assert stored.item.override_display.startswith("Could not address recommended action")
+
+
+@pytest.mark.parametrize(
+    "reason",
+    [
+        {
+            "system": "https://ehr.example.org/local-reasons",
+            "code": "need-more-info",
+        },  # our code, their system
+        {"system": "https://ehr.example.org/local-reasons", "code": "pt-declined"},
+    ],
+)
+def test_reasons_of_other_code_systems_are_not_given_our_display(prod: Live, reason: dict[str, str]) -> None:
+    card = benzodiazepine_card(prod)
+    feedback = {"feedback": [overridden(card, reason, "2026-11-22T12:03:00Z")]}
+    assert prod.ehr.post(f"{SERVICE}/feedback", feedback).status_code == 200
+    (stored,) = prod.app.extensions["ketamine_cds"].store.feedback_for(card["uuid"])
+    assert stored.item.override_display is None
+
+
+def test_a_display_the_client_sent_is_kept(prod: Live) -> None:
+    card = benzodiazepine_card(prod)
+    offered = card["overrideReasons"][0]
+    reason = {**offered, "display": "Reason as our EHR words it"}
+    feedback = {"feedback": [overridden(card, reason, "2026-11-22T12:04:00Z")]}
+    assert prod.ehr.post(f"{SERVICE}/feedback", feedback).status_code == 200
+    (stored,) = prod.app.extensions["ketamine_cds"].store.feedback_for(card["uuid"])
+    assert stored.item.override_display == "Reason as our EHR words it"
+
+
+def test_feedback_stored_without_display_is_reported_with_it(prod: Live, knowledge: Knowledge) -> None:
+    """Feedback stored before issue 11 has an empty display; the report completes it from the catalogue."""
+    card = benzodiazepine_card(prod)
+    offered = card["overrideReasons"][0]
+    runtime = prod.app.extensions["ketamine_cds"]
+    runtime.flush()
+    runtime.store.record_feedback(
+        "ketamine-patient-view",
+        [
+            FeedbackItem(
+                card_uuid=card["uuid"],
+                outcome="overridden",
+                override_system=offered["system"],
+                override_code=offered["code"],
+                override_display=None,
+                user_comment=None,
+                accepted_suggestions=(),
+                outcome_at=datetime(2026, 11, 22, 12, 5, tzinfo=UTC),
+                received_at=datetime(2026, 11, 22, 12, 5, tzinfo=UTC),
+            )
+        ],
+    )
+    plain = runtime.store.report()
+    assert [r.display for rule in plain.rules for r in rule.total.reasons] == [None]
+    completed = runtime.store.report(displays=knowledge.override_displays())
+    assert [r.display for rule in completed.rules for r in rule.total.reasons] == [offered["display"]]

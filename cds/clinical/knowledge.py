@@ -66,6 +66,14 @@ class Knowledge:
     relevance: RelevanceFilter  # which chart records any rule (or treatment detection) could match
     bp_unit: str
 
+    def override_display(self, system: object, code: object) -> str | None:
+        """The display of an override reason we offer (our CodeSystem or the HL7 non-adherence codes)."""
+        reason = self.override_reasons.get(code) if isinstance(code, str) else None
+        return reason.display if reason is not None and reason.system == system else None
+
+    def override_displays(self) -> dict[tuple[str, str], str]:
+        return _displays(self.override_reasons)
+
     def engine_context(self) -> EngineContext:
         return EngineContext(
             terminology=self.terminology,
@@ -108,6 +116,16 @@ def _services(root: Path) -> dict[str, ServiceDefinition]:
     if not services:
         raise ConfigError("no service definitions in hooks/")
     return services
+
+
+def override_displays(root: Path | None = None) -> dict[tuple[str, str], str]:
+    """(system, code) -> display for every override reason the service offers; for reports of feedback
+    that arrived with a code only (clients often send code and system without a display)."""
+    return _displays(_override_reasons(root or knowledge_root()))
+
+
+def _displays(reasons: Mapping[str, OverrideReason]) -> dict[tuple[str, str], str]:
+    return {(reason.system, reason.code): reason.display for reason in reasons.values()}
 
 
 def _override_reasons(root: Path) -> dict[str, OverrideReason]:

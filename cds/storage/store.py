@@ -35,7 +35,7 @@ import json
 import sqlite3
 import time
 from collections import defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
@@ -608,12 +608,15 @@ class Store:
             for row in rows
         )
 
-    def report(self, since: datetime | None = None) -> RuleReport:
+    def report(
+        self, since: datetime | None = None, *, displays: Mapping[tuple[str, str], str] | None = None
+    ) -> RuleReport:
         """Per rule: cards issued since `since`, how they were answered, why they were overridden, by week.
 
         Each card counts once, by its latest feedback (by ``outcomeTimestamp``, then arrival), so a card
         first overridden and later accepted counts as accepted. Cards are grouped into weeks by the time
-        they were issued.
+        they were issued. A reason stored without a display (older feedback) takes its display from
+        `displays` ((system, code) -> display, the service's own catalogue) when it is there.
         """
         generated_at = utc_now()
         fb = feedback_table
@@ -653,10 +656,12 @@ class Store:
         if since is not None:
             unmatched = unmatched.where(fb.c.received_at >= since)
 
+        known = displays or {}
         builders: dict[str, _RuleBuilder] = defaultdict(_RuleBuilder)
         with self.engine.connect() as conn:
             for row in conn.execute(query.execution_options(yield_per=2000)):
-                answer = _Answer(row.outcome, row.override_system, row.override_code, row.override_display)
+                display = row.override_display or known.get((row.override_system, row.override_code))
+                answer = _Answer(row.outcome, row.override_system, row.override_code, display)
                 builders[row.rule_id].add(row.rule_version, row.issued_at, answer)
             unmatched_count = int(conn.execute(unmatched).scalar_one())
         rules = tuple(builders[rule_id].build(rule_id) for rule_id in sorted(builders))

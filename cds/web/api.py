@@ -149,13 +149,15 @@ def feedback(service_id: str) -> Response:
                 issues=[Issue("value", "not a valid date-time", path)],
             ) from None
         reason = (entry.get("overrideReason") or {}).get("reason") or {}
+        system, code = reason.get("system"), reason.get("code")
         items.append(
             FeedbackItem(
                 card_uuid=entry["card"],
                 outcome=entry["outcome"],
-                override_system=reason.get("system"),
-                override_code=reason.get("code"),
-                override_display=reason.get("display"),
+                override_system=system,
+                override_code=code,
+                # clients often send code and system only; a reason we offered gets its display back
+                override_display=reason.get("display") or rt.knowledge.override_display(system, code),
                 user_comment=(entry.get("overrideReason") or {}).get("userComment"),
                 accepted_suggestions=tuple(s["id"] for s in entry.get("acceptedSuggestions", [])),
                 outcome_at=outcome_at,
@@ -199,7 +201,8 @@ def analytics() -> Response:
             raise BadRequest(
                 "since must be an ISO date", issues=[Issue("value", "not a date", "since")]
             ) from None
-    return Response(render_report(rt.store.report(since), "json"), content_type=JSON)
+    report = rt.store.report(since, displays=rt.knowledge.override_displays())
+    return Response(render_report(report, "json"), content_type=JSON)
 
 
 # ------------------------------------------------------------------------------------- request plumbing
