@@ -86,6 +86,7 @@ def _screen(args: argparse.Namespace) -> int:
 def _report(args: argparse.Namespace) -> int:
     from cds.clinical.knowledge import override_displays
     from cds.report import render_report
+    from cds.storage.analytics import override_report
     from cds.storage.store import Store
 
     settings = load_settings(overrides={"dev_mode": True})
@@ -93,7 +94,7 @@ def _report(args: argparse.Namespace) -> int:
     try:
         store.migrate()
         since = datetime.fromisoformat(args.since).replace(tzinfo=UTC) if args.since else None
-        text = render_report(store.report(since, displays=override_displays()), args.format)
+        text = render_report(override_report(store, since, displays=override_displays()), args.format)
     finally:
         store.close()
     if args.output:

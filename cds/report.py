@@ -1,6 +1,6 @@
 """The override report for the CDS committee: `RuleReport` as CSV, JSON or a self-contained HTML page.
 
-    render_report(store.report(since), "html" | "csv" | "json") -> str
+    render_report(override_report(store, since), "html" | "csv" | "json") -> str
 
 * ``json``: a stable document for dashboards (also what the report endpoint returns); see `report_to_dict`.
 * ``csv``: one row per rule for the whole period (``period`` = ``all``) followed by one row per rule and
@@ -25,7 +25,7 @@ from collections.abc import Iterable
 from datetime import date, datetime
 from typing import Any
 
-from cds.storage.store import ReasonCount, RuleReport, RuleStats, Tally
+from cds.storage.analytics import ReasonCount, RuleReport, RuleStats, Tally
 
 __all__ = ["DEFINITIONS", "FORMATS", "render_report", "report_to_dict"]
 

@@ -24,6 +24,7 @@ from flask import Flask
 
 from cds.clinical.knowledge import Knowledge
 from cds.config import TrustedIssuer
+from cds.storage.analytics import override_report
 from cds.storage.store import FeedbackItem
 from tests.conftest import assert_valid_response
 from tests.support.ehr_client import EhrClient, serving
@@ -372,7 +373,7 @@ def test_feedback_stored_without_display_is_reported_with_it(prod: Live, knowled
             )
         ],
     )
-    plain = runtime.store.report()
+    plain = override_report(runtime.store)
     assert [r.display for rule in plain.rules for r in rule.total.reasons] == [None]
-    completed = runtime.store.report(displays=knowledge.override_displays())
+    completed = override_report(runtime.store, displays=knowledge.override_displays())
     assert [r.display for rule in completed.rules for r in rule.total.reasons] == [offered["display"]]

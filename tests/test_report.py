@@ -12,7 +12,7 @@ from html.parser import HTMLParser
 import pytest
 
 from cds.report import render_report, report_to_dict
-from cds.storage.store import ReasonCount, RuleReport, RuleStats, Tally, WeekTally
+from cds.storage.analytics import ReasonCount, RuleReport, RuleStats, Tally, WeekTally
 
 SYSTEM = "https://example.org/CodeSystem/ketamine-override-reasons"
 GENERATED = datetime(2025, 3, 20, 8, 30, tzinfo=UTC)

@@ -12,9 +12,10 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from cds.clinical.engine import EngineContext, Finding, Hit, Situation, product_text
+from cds.clinical.engine import EngineContext, Finding, Hit, product_text
 from cds.clinical.policy import DEFAULT_ORIGIN, SITE_ORIGIN
 from cds.clinical.rules import Rule
+from cds.clinical.situation import Situation
 from cds.ids import new_uuid
 
 SUMMARY_LIMIT = 139  # the spec's "<140 characters"

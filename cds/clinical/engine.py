@@ -18,6 +18,8 @@ from typing import Any
 from cds.clinical.dosing import DosingVocabulary, daily_dose
 from cds.clinical.policy import SitePolicy
 from cds.clinical.rules import INDICATOR_RANK, Band, Rule
+from cds.clinical.situation import INTERACTION, NONE, Situation
+from cds.clinical.statuses import StatusSemantics, medication_counts
 from cds.clinical.terminology import Terminology, TermMatch
 from cds.fhir.model import (
     AllergyFact,
@@ -31,38 +33,6 @@ from cds.fhir.model import (
     PatientFacts,
     SourceRef,
 )
-
-FULL = "full"
-INTERACTION = "interaction"
-NONE = "none"
-
-
-@dataclass(frozen=True, slots=True)
-class StatusSemantics:
-    """Which FHIR statuses count, loaded from fhir_profiles/tables/status-semantics.json."""
-
-    statement_counts: frozenset[str]
-    request_counts: frozenset[str]
-    request_intents: frozenset[str]
-    condition_active: frozenset[str]
-    verification_excluded: frozenset[str]
-    allergy_active: frozenset[str]
-
-
-@dataclass(frozen=True, slots=True)
-class Situation:
-    mode: str  # FULL, INTERACTION or NONE
-    hook: str
-    products: frozenset[str]  # treatments the screen is about
-    reference_date: date  # planned start of treatment, else today
-    reference_from_order: bool
-    focus: frozenset[SourceRef] = frozenset()  # INTERACTION: the ordered medicines under review
-    ketamine_orders: tuple[MedicationFact, ...] = ()
-    today: date | None = None  # the screen's clock date; None means reference_date
-
-    @property
-    def clock_date(self) -> date:
-        return self.today or self.reference_date
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,19 +124,6 @@ def _first_match(ctx: EngineContext, urls: Sequence[str], concepts: Iterable[Any
 
 
 # ------------------------------------------------------------------------------------- fact selection
-
-
-def medication_counts(med: MedicationFact, statuses: StatusSemantics) -> bool:
-    """Whether a medication record describes current or planned use."""
-    if med.is_draft_order:
-        return True
-    status = (med.status or "").lower()
-    if med.kind is MedicationKind.STATEMENT:
-        return not status or status in statuses.statement_counts
-    if status and status not in statuses.request_counts:
-        return False
-    intent = (med.intent or "").lower()
-    return not intent or intent in statuses.request_intents
 
 
 def _condition_counts(fact: ConditionFact, rule: Rule, statuses: StatusSemantics) -> bool:

@@ -19,9 +19,10 @@ from jsonschema import Draft202012Validator
 
 from cds.clinical.cards import CardText, OverrideReason
 from cds.clinical.dosing import DosingVocabulary
-from cds.clinical.engine import EngineContext, StatusSemantics
+from cds.clinical.engine import EngineContext
 from cds.clinical.policy import SitePolicy, load_policy
 from cds.clinical.rules import Rule, load_rules
+from cds.clinical.statuses import StatusSemantics
 from cds.clinical.terminology import Terminology
 from cds.errors import ConfigError
 from cds.fhir.facts import BloodPressureSpec, RelevanceFilter

@@ -17,9 +17,9 @@ from typing import Any
 import requests
 
 from cds.clinical.cards import render_cards
-from cds.clinical.engine import FULL, INTERACTION, Finding, Situation, evaluate
+from cds.clinical.engine import Finding, evaluate
 from cds.clinical.knowledge import Knowledge, ServiceDefinition
-from cds.clinical.situation import decide
+from cds.clinical.situation import FULL, INTERACTION, Situation, decide
 from cds.config import Settings
 from cds.fhir.client import client_factory_for
 from cds.fhir.conformance import annotate, cited_resources

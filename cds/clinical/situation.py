@@ -11,12 +11,33 @@ Windows run from the earliest planned start on a ketamine order, else from today
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import date
 
-from cds.clinical.engine import FULL, INTERACTION, NONE, Situation, StatusSemantics, medication_counts
 from cds.clinical.policy import SitePolicy
+from cds.clinical.statuses import StatusSemantics, medication_counts
 from cds.clinical.terminology import Terminology
-from cds.fhir.model import MedicationFact
+from cds.fhir.model import MedicationFact, SourceRef
+
+FULL = "full"
+INTERACTION = "interaction"
+NONE = "none"
+
+
+@dataclass(frozen=True, slots=True)
+class Situation:
+    mode: str  # FULL, INTERACTION or NONE
+    hook: str
+    products: frozenset[str]  # treatments the screen is about
+    reference_date: date  # planned start of treatment, else today
+    reference_from_order: bool
+    focus: frozenset[SourceRef] = frozenset()  # INTERACTION: the ordered medicines under review
+    ketamine_orders: tuple[MedicationFact, ...] = ()
+    today: date | None = None  # the screen's clock date; None means reference_date
+
+    @property
+    def clock_date(self) -> date:
+        return self.today or self.reference_date
 
 
 def treatment_of(med: MedicationFact, terminology: Terminology, treatments: Mapping[str, str]) -> str | None:

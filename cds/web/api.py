@@ -28,6 +28,7 @@ from cds.errors import (
     operation_outcome,
 )
 from cds.report import render_report
+from cds.storage.analytics import override_report
 from cds.storage.store import FeedbackItem
 from cds.web.limits import depth_exceeds
 from cds.web.runtime import Runtime
@@ -201,7 +202,7 @@ def analytics() -> Response:
             raise BadRequest(
                 "since must be an ISO date", issues=[Issue("value", "not a date", "since")]
             ) from None
-    report = rt.store.report(since, displays=rt.knowledge.override_displays())
+    report = override_report(rt.store, since, displays=rt.knowledge.override_displays())
     return Response(render_report(report, "json"), content_type=JSON)
 
 
