@@ -33,7 +33,8 @@ from cds.fhir.model import (
 
 ROOT = Path(__file__).resolve().parents[1]
 VOCABULARY_FILE = ROOT / "fhir_profiles" / "tables" / "dosing-vocabulary.json"
-SHARED = Path("/work/shared")
+SOURCES = ROOT / "knowledge" / "sources"
+TEST_PATIENTS = ROOT / "tests" / "data" / "fhir-test-data"
 RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
 
 
@@ -531,10 +532,7 @@ BENZO_SUFFIXES = ("azepam", "azolam", "azepate", "azepoxide", "bazam")
 
 
 def test_every_cdc_benzodiazepine_display_yields_a_benzodiazepine_strength() -> None:
-    path = SHARED / "clinical" / "valuesets" / "cdc-benzodiazepine-medications.csv"
-    if not path.is_file():
-        pytest.skip("shared clinical value sets not present")
-    rows = _csv_rows(path)
+    rows = _csv_rows(SOURCES / "cdc-benzodiazepine-medications.csv")
     assert len(rows) > 200
     for row in rows:
         strengths = parse_strengths(row["display"])
@@ -547,9 +545,8 @@ def test_every_cdc_benzodiazepine_display_yields_a_benzodiazepine_strength() -> 
 
 
 def test_synthea_fixtures_compute_or_explain() -> None:
-    files = sorted((SHARED / "fhir-test-data").glob("*.trimmed.json"))
-    if not files:
-        pytest.skip("shared FHIR test data not present")
+    files = sorted(TEST_PATIENTS.glob("*.trimmed.json"))
+    assert len(files) == 9
     vocab = DosingVocabulary.load(VOCABULARY_FILE)
     computed = 0
     seen: dict[tuple[str, str], Any] = {}
