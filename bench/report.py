@@ -536,7 +536,7 @@ def markdown(results: dict[str, Any]) -> str:
         f"- **Client:** {meta['client']}; seed {meta['seed']}"
         + ("; **quick smoke run** (few iterations: not for decisions)" if meta["quick"] else ""),
         "",
-        "## Targets (issue 6)",
+        "## Targets",
         "",
     ]
     lines += _table(

@@ -1,4 +1,4 @@
-"""Client authentication through the HTTP API, with the app in production mode (issue 4).
+"""Client authentication through the HTTP API, with the app in production mode.
 
 The app runs as a hospital would run it: `dev_mode` off, `public_base_url` https://cds.example.org, one
 trusted issuer whose JWKS is a file written here with an ES384 key generated here. Every call to

@@ -1,4 +1,4 @@
-"""CDS Hooks 2.0 conformance of the HTTP edge (checklist rows in ../shared/cds-hooks/checklist.md)."""
+"""CDS Hooks 2.0 conformance of the HTTP edge (requirements in docs/cds-hooks-conformance.md)."""
 
 from __future__ import annotations
 
@@ -351,7 +351,7 @@ def test_invalid_feedback_is_400(client: FlaskClient) -> None:
 
 
 def test_cors_preflight_on_every_route(make_app: Callable[..., Flask]) -> None:
-    """Production mode: only the configured origins (dev mode allows any origin since issue 11)."""
+    """Production mode: only the configured origins (dev mode allows any origin)."""
     client = make_app(cors_origins=("https://sandbox.cds-hooks.org",), **PRODUCTION).test_client()
     for path in (
         "/cds-services",

@@ -517,8 +517,8 @@ def test_jku_not_allowlisted_rejected_and_never_fetched(
 def test_pinned_file_keys_accept_a_token_with_any_jku_and_never_fetch_it(
     make_auth: Any, server: JwksServer, keys: Keys, clock: Clock, tmp_path: Path
 ) -> None:
-    """Issue 11: real clients put a jku in every token; with a jwks_file the keys are pinned, so the jku is
-    neither required to be allowlisted nor fetched. (Until issue 11 this was refused as jku_not_allowlisted.)
+    """Real clients put a jku in every token; with a jwks_file the keys are pinned, so the jku is neither
+    required to be allowlisted nor fetched (it used to be refused as jku_not_allowlisted).
     """
     path = tmp_path / "jwks.json"
     path.write_text(json.dumps(keys.jwks()), encoding="utf-8")

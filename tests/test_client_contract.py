@@ -1,4 +1,4 @@
-"""Contract tests driven as a real CDS Hooks client drives the service (issue 11).
+"""Contract tests driven as a real CDS Hooks client drives the service.
 
 The service runs behind a real HTTP server on loopback; the "EHR" (tests/support/ehr_client.py) signs ES384
 tokens with `kid` and `jku` headers as the CDS Hooks sandbox and Epic do, sends browser-style CORS

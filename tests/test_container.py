@@ -1,4 +1,4 @@
-"""The container image builds, runs and answers a hook call (issue 2, item 11).
+"""The container image builds, runs and answers a hook call (docs/container-build.md).
 
 Runs .ci/container-smoke.sh, which lints the Dockerfile with hadolint and builds the image with buildah
 from a local debootstrap base. It then runs the image with podman, gets a critical card from an

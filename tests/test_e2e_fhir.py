@@ -58,7 +58,7 @@ PREFETCH_TYPES = {
     "bloodPressure": "Observation",
 }
 
-# Which records count (issue 3, item 5; fhir_profiles/tables/status-semantics.json says the same).
+# Which records count (fhir_profiles/tables/status-semantics.json says the same).
 COUNTING_STATEMENT = {"active", "intended", "on-hold"}
 COUNTING_REQUEST = {"active", "on-hold", "draft"}
 ACTIVE_CONDITION = {"active", "recurrence", "relapse"}
@@ -149,7 +149,7 @@ def day(value: Any) -> date | None:
 
 
 def condition_date(condition: dict[str, Any]) -> date | None:
-    """Onset, else the recorded date (issue 3, item 5)."""
+    """Onset, else the recorded date."""
     return day(condition.get("onsetDateTime")) or day(condition.get("recordedDate"))
 
 

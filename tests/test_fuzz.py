@@ -1,4 +1,4 @@
-"""Property-based fuzzing of the HTTP API (issue 4, item 5): bad input never crashes, never goes unsaid.
+"""Property-based fuzzing of the HTTP API: bad input never crashes, never goes unsaid.
 
 Hypothesis generates request bodies and FHIR resources with wrong types, missing and extra fields, huge
 strings, deep nesting, impossible dates ("2026-02-30", "99999-01-01"), unknown units, NaN-like values

@@ -1,4 +1,4 @@
-"""No log line of the whole suite carries patient data or a token (issue 4, item 4). Runs last, by name.
+"""No log line of the whole suite carries patient data or a token. Runs last, by name.
 
 conftest's LOG_CAPTURE keeps every record any logger emitted during the run (root at DEBUG, so library
 loggers too). This module fails if one of them contains:

@@ -39,7 +39,7 @@ NOTE_PREFIX = "nonconformant:"
 
 
 def _tolerated(resource: Mapping[str, Any]) -> dict[str, Any]:
-    """Undo the deviations real clients are known to send (checklist section 3) before judging the rest."""
+    """Undo the deviations real clients are known to send (docs/cds-hooks-conformance.md) before judging."""
     fixed = dict(resource)
     if isinstance(fixed.get("category"), dict):
         fixed["category"] = [fixed["category"]]

@@ -1,10 +1,10 @@
 """Raw FHIR R4 JSON -> normalised facts (cds.fhir.model). Tolerant by design, never silent.
 
-Real clients send odd shapes (checklist section 3): a Bundle without `type`, a draft MedicationRequest with
-no medication yet, `category` as an object. Everything is read defensively from plain dicts, which keeps
-the hot path fast; a resource the rules would need but cannot read is kept with `unreadable` set so the
-engine can say so. Partial dates resolve to the *latest* day they could mean: for "within the last N
-months" checks, that is the cautious reading.
+Real clients send odd shapes (docs/cds-hooks-conformance.md): a Bundle without `type`, a draft
+MedicationRequest with no medication yet, `category` as an object. Everything is read defensively from
+plain dicts, which keeps the hot path fast; a resource the rules would need but cannot read is kept with
+`unreadable` set so the engine can say so. Partial dates resolve to the *latest* day they could mean: for
+"within the last N months" checks, that is the cautious reading.
 """
 
 from __future__ import annotations
