@@ -213,8 +213,8 @@ def prod_open(
 def test_paged_prefetch_from_an_open_server_is_screened_in_full(
     prod_open: EhrClient, open_fhir: FhirServerHandle, knowledge: Knowledge
 ) -> None:
-    """Issue 11: page 1 in the prefetch, the rest behind next links, no fhirAuthorization: the service
-    follows the pages, and the records on later pages produce their cards."""
+    """Page 1 in the prefetch, the rest behind next links, no fhirAuthorization: the service follows the
+    pages, and the records on later pages produce their cards."""
     patient = paged_patient()
     prefetch = ehr_prefetch(open_fhir, patient.id)
     assert any(link["relation"] == "next" for link in prefetch["conditions"].get("link", [])), (
