@@ -293,7 +293,7 @@ def overridden(card: dict[str, Any], reason: dict[str, str], at: str) -> dict[st
 
 
 def test_code_only_override_reasons_are_stored_and_reported_with_their_display(prod: Live) -> None:
-    """Issue 11: clients send overrideReason with code and system only; analytics showed blank reasons."""
+    """Clients send overrideReason with code and system only; analytics once showed blank reasons."""
     card = benzodiazepine_card(prod)
     offered = card["overrideReasons"][0]
     code_only = {"system": offered["system"], "code": offered["code"]}
@@ -352,7 +352,7 @@ def test_a_display_the_client_sent_is_kept(prod: Live) -> None:
 
 
 def test_feedback_stored_without_display_is_reported_with_it(prod: Live, knowledge: Knowledge) -> None:
-    """Feedback stored before issue 11 has an empty display; the report completes it from the catalogue."""
+    """Older feedback was stored with an empty display; the report completes it from the catalogue."""
     card = benzodiazepine_card(prod)
     offered = card["overrideReasons"][0]
     runtime = prod.app.extensions["ketamine_cds"]
