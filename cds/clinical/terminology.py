@@ -428,12 +428,15 @@ def _texts(concept: Concept) -> Iterator[str]:
 
 
 def _names_pattern(names: Mapping[str, object]) -> re.Pattern[str] | None:
-    """One case-insensitive, whole-word pattern for every name (longest first, so "xanax xr" wins)."""
+    """One case-insensitive, whole-word pattern for every name (longest first, so "xanax xr" wins).
+
+    A name joined to "-free" ("ketamine-free anaesthesia") says the substance is absent: not a mention.
+    """
     if not names:
         return None
     ordered = sorted(names, key=lambda name: (-len(name), name))
     body = "|".join(r"\s+".join(re.escape(word) for word in name.split()) for name in ordered)
-    return re.compile(rf"\b(?:{body})\b", re.IGNORECASE)
+    return re.compile(rf"\b(?:{body})\b(?!\s*-\s*free\b)", re.IGNORECASE)
 
 
 # ----------------------------------------------------------------------------------------- loaders
