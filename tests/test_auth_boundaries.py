@@ -1,0 +1,163 @@
+"""Client JWT checks at their exact edges: the time leeway to the second, and RSA keys at 2048 bits.
+
+A token is judged against a fixed clock (no wall-clock read); keys come from a JWKS file, so no server is
+needed. Each edge is tested on both sides: the value that must pass and the one step that must fail.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import uuid
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import jwt
+import pytest
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from jwt.warnings import InsecureKeyLengthWarning
+
+from cds.config import Settings, TrustedIssuer
+from cds.errors import Unauthorized
+from cds.web.auth import ClientAuthenticator
+
+ISS = "https://ehr.example.org"
+BASE = "https://cds.example.org"
+AUD = f"{BASE}/cds-services/ketamine-order-select"
+NOW = 1_795_000_000  # 2026-11-18T09:46:40Z, a fixed instant
+LEEWAY = 30
+MAX_LIFETIME = 3600
+
+
+class _Replay:
+    def __init__(self) -> None:
+        self.ttls: dict[str, int] = {}
+
+    def add_if_new(self, jti_key: str, ttl_s: int) -> bool:
+        if jti_key in self.ttls:
+            return False
+        self.ttls[jti_key] = ttl_s
+        return True
+
+
+@pytest.fixture(scope="module")
+def ec_key() -> ec.EllipticCurvePrivateKey:
+    return ec.generate_private_key(ec.SECP384R1())
+
+
+@pytest.fixture(scope="module")
+def rsa_keys() -> dict[int, rsa.RSAPrivateKey]:
+    return {bits: rsa.generate_private_key(public_exponent=65537, key_size=bits) for bits in (1024, 2048)}
+
+
+def _jwk(private_key: Any, kid: str) -> dict[str, Any]:
+    alg = "ES384" if isinstance(private_key, ec.EllipticCurvePrivateKey) else "RS384"
+    jwk = jwt.get_algorithm_by_name(alg).to_jwk(private_key.public_key(), as_dict=True)
+    jwk.update(kid=kid, use="sig")
+    return jwk
+
+
+@pytest.fixture
+def make_auth(
+    tmp_path: Path, ec_key: ec.EllipticCurvePrivateKey, rsa_keys: dict[int, rsa.RSAPrivateKey]
+) -> Callable[[], tuple[ClientAuthenticator, _Replay]]:
+    jwks = tmp_path / "jwks.json"
+    keys = [_jwk(ec_key, "ec"), *(_jwk(key, f"rsa-{bits}") for bits, key in rsa_keys.items())]
+    jwks.write_text(json.dumps({"keys": keys}), encoding="utf-8")
+
+    def build() -> tuple[ClientAuthenticator, _Replay]:
+        settings = Settings(
+            public_base_url=BASE,
+            trusted_issuers=(TrustedIssuer(iss=ISS, jwks_file=str(jwks)),),
+            jwt_leeway_s=LEEWAY,
+            jwt_max_lifetime_s=MAX_LIFETIME,
+        )
+        replay = _Replay()
+        return ClientAuthenticator(settings, replay_cache=replay, clock=lambda: float(NOW)), replay
+
+    return build
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _token(private_key: Any, kid: str, **claims: Any) -> str:
+    """Signed by hand: PyJWT's encoder would warn about (and so refuse, in this suite) a 1024-bit key."""
+    payload = {"iss": ISS, "aud": AUD, "iat": NOW, "exp": NOW + 300, "jti": str(uuid.uuid4()), **claims}
+    alg = "ES384" if isinstance(private_key, ec.EllipticCurvePrivateKey) else "RS384"
+    header = {"alg": alg, "typ": "JWT", "kid": kid}
+    signing_input = f"{_b64(json.dumps(header).encode())}.{_b64(json.dumps(payload).encode())}"
+    signature = jwt.get_algorithm_by_name(alg).sign(signing_input.encode(), private_key)
+    return f"Bearer {signing_input}.{_b64(signature)}"
+
+
+def _accepted(auth: ClientAuthenticator, header: str) -> bool:
+    # PyJWT only warns about short RSA keys; the suite turns warnings into errors, which verify() would
+    # report as a rejection. Silence it so that only our own key-size check can refuse the key.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", InsecureKeyLengthWarning)
+        try:
+            auth.verify(header, AUD)
+        except Unauthorized:
+            return False
+    return True
+
+
+@pytest.mark.parametrize(
+    ("claims", "accepted"),
+    [
+        # expired: rejected only once now is MORE than the leeway past exp
+        ({"iat": NOW - 400, "exp": NOW - LEEWAY}, True),
+        ({"iat": NOW - 400, "exp": NOW - LEEWAY - 1}, False),
+        # issued in the future: tolerated up to the leeway, not a second beyond
+        ({"iat": NOW + LEEWAY, "exp": NOW + 300}, True),
+        ({"iat": NOW + LEEWAY + 1, "exp": NOW + 300}, False),
+        # not before: the same leeway
+        ({"nbf": NOW + LEEWAY}, True),
+        ({"nbf": NOW + LEEWAY + 1}, False),
+        # lifetime: exactly the maximum passes; one second more does not
+        ({"iat": NOW, "exp": NOW + MAX_LIFETIME}, True),
+        ({"iat": NOW, "exp": NOW + MAX_LIFETIME + 1}, False),
+        # exp equal to iat is a (useless but) consistent token; exp before iat is not
+        ({"iat": NOW, "exp": NOW}, True),
+        ({"iat": NOW, "exp": NOW - 1}, False),
+    ],
+)
+def test_time_checks_at_the_exact_leeway(
+    make_auth: Callable[[], tuple[ClientAuthenticator, _Replay]],
+    ec_key: ec.EllipticCurvePrivateKey,
+    claims: dict[str, int],
+    accepted: bool,
+) -> None:
+    auth, _ = make_auth()
+    assert _accepted(auth, _token(ec_key, "ec", **claims)) is accepted
+
+
+@pytest.mark.parametrize(
+    ("exp", "ttl"), [(NOW + 300, 300 + LEEWAY), (NOW - LEEWAY, 1), (NOW + 1, 1 + LEEWAY)]
+)
+def test_replay_memory_lasts_the_rest_of_the_token_life_plus_leeway(
+    make_auth: Callable[[], tuple[ClientAuthenticator, _Replay]],
+    ec_key: ec.EllipticCurvePrivateKey,
+    exp: int,
+    ttl: int,
+) -> None:
+    auth, replay = make_auth()
+    header = _token(ec_key, "ec", iat=NOW - 60, exp=exp, jti="jti-1")
+    assert _accepted(auth, header)
+    assert replay.ttls == {f"{ISS}|jti-1": ttl}
+    assert not _accepted(auth, header)  # the same jti again is a replay
+
+
+@pytest.mark.parametrize(("bits", "accepted"), [(2048, True), (1024, False)])
+def test_rsa_keys_below_2048_bits_are_refused(
+    make_auth: Callable[[], tuple[ClientAuthenticator, _Replay]],
+    rsa_keys: dict[int, rsa.RSAPrivateKey],
+    bits: int,
+    accepted: bool,
+) -> None:
+    auth, _ = make_auth()
+    assert _accepted(auth, _token(rsa_keys[bits], f"rsa-{bits}")) is accepted
