@@ -12,6 +12,7 @@ one ever reaches a log line. The service calls carry the Synthea test patients' 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -34,7 +35,7 @@ from cds.app import create_app
 from cds.config import TrustedIssuer
 from cds.errors import ConfigError
 from cds.storage.analytics import override_report
-from cds.storage.shared_state import DEFAULT_PREFIX, _digest
+from cds.storage.shared_state import DEFAULT_PREFIX
 from tests.conftest import SENSITIVE, assert_valid_response
 from tests.support.backends import redis_url_or_skip
 from tests.support.synthea import synthea_patients, synthea_request
@@ -376,6 +377,11 @@ def test_serve_without_trusted_issuers_exits_with_the_message(
 # ------------------------------------------------------------------------------------ shared replay cache
 
 
+def _replay_key(jti: str) -> str:
+    """The replay marker's Redis key, spelled out here: prefix, "jti:", SHA-256 of "<iss>|<jti>"."""
+    return f"{DEFAULT_PREFIX}jti:{hashlib.sha256(f'{ISS}|{jti}'.encode()).hexdigest()}"
+
+
 def test_replayed_jti_rejected_across_two_app_instances_sharing_redis(
     make_prod_app: Callable[..., Flask], issuer: Issuer, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -384,7 +390,7 @@ def test_replayed_jti_rejected_across_two_app_instances_sharing_redis(
     second = make_prod_app(redis_url=redis_url).test_client()
     jti, fresh = str(uuid.uuid4()), str(uuid.uuid4())
     token = issuer.token(url(CALL), jti=jti)
-    key = DEFAULT_PREFIX + "jti:" + _digest(f"{ISS}|{jti}")
+    key = _replay_key(jti)
     try:
         assert first.post(CALL, json=patient_request(2), headers=bearer(token)).status_code == 200
         with caplog.at_level(logging.WARNING, logger="cds.web.auth"):
@@ -403,6 +409,6 @@ def test_replayed_jti_rejected_across_two_app_instances_sharing_redis(
     finally:
         client = redis.Redis.from_url(redis_url)
         try:
-            client.delete(key, DEFAULT_PREFIX + "jti:" + _digest(f"{ISS}|{fresh}"))
+            client.delete(key, _replay_key(fresh))
         finally:
             client.close()

@@ -11,7 +11,7 @@ from html.parser import HTMLParser
 
 import pytest
 
-from cds.report import render_report, report_to_dict
+from cds.report import render_report
 from cds.storage.analytics import ReasonCount, RuleReport, RuleStats, Tally, WeekTally
 
 SYSTEM = "https://example.org/CodeSystem/ketamine-override-reasons"
@@ -101,8 +101,10 @@ def test_csv_does_not_let_spreadsheets_run_formulas() -> None:
 
 
 def test_json_is_stable_and_complete() -> None:
-    data = json.loads(render_report(sample(), "json"))
-    assert data == report_to_dict(sample())
+    text = render_report(sample(), "json")
+    assert render_report(sample(), "json") == text  # stable: the same report gives the same bytes
+    data = json.loads(text)
+    assert sorted(data) == ["definitions", "generatedAt", "rules", "since", "unmatchedFeedback"]
     assert data["generatedAt"] == "2025-03-20T08:30:00+00:00"
     assert data["since"] == "2025-03-01T00:00:00+00:00"
     assert data["unmatchedFeedback"] == 1
@@ -119,8 +121,36 @@ def test_json_is_stable_and_complete() -> None:
     }
     assert [w["weekStart"] for w in benzo["weeks"]] == ["2025-03-03", "2025-03-10"]
     assert benzo["weeks"][0]["overrideRate"] == 0.75
-    assert data["rules"][1]["overrideReasons"] == [{"count": 1}]
-    assert data["rules"][2]["overrideRate"] is None
+    # written out by hand: 3 shown, 1 accepted, 1 overridden (no reason) -> 1 without feedback, rate 1/2
+    bp_week = {
+        "shown": 3,
+        "accepted": 1,
+        "overridden": 1,
+        "noFeedback": 1,
+        "overrideRate": 0.5,
+        "overrideReasons": [{"count": 1}],
+    }
+    assert data["rules"][1] == {
+        "ruleId": "ketamine-blood-pressure",
+        "ruleVersions": ["2.0.0"],
+        **bp_week,
+        "weeks": [{"weekStart": "2025-03-10", **bp_week}],
+    }
+    # cards shown but no feedback: no rate (null, not 0), every card without feedback
+    silent_week = {
+        "shown": 2,
+        "accepted": 0,
+        "overridden": 0,
+        "noFeedback": 2,
+        "overrideRate": None,
+        "overrideReasons": [],
+    }
+    assert data["rules"][2] == {
+        "ruleId": "ketamine-pregnancy",
+        "ruleVersions": ["1.0.0"],
+        **silent_week,
+        "weeks": [{"weekStart": "2025-03-10", **silent_week}],
+    }
 
 
 class _Collector(HTMLParser):
