@@ -17,7 +17,7 @@ from typing import Any
 
 from cds.clinical.dosing import DosingVocabulary, daily_dose
 from cds.clinical.policy import SitePolicy
-from cds.clinical.rules import INDICATOR_RANK, Band, Rule
+from cds.clinical.rules import DOSE_WHEN_KEYS, INDICATOR_RANK, Band, Rule
 from cds.clinical.situation import INTERACTION, NONE, Situation
 from cds.clinical.statuses import StatusSemantics, medication_counts
 from cds.clinical.terminology import Terminology, TermMatch
@@ -338,9 +338,6 @@ def _latest_bp(facts: Sequence[BloodPressureFact], today: date) -> BloodPressure
 # ------------------------------------------------------------------------------------------- the rule
 
 
-DOSE_CONDITIONS = frozenset({"total_above", "regular_use", "as_needed_only", "dose_unknown"})
-
-
 @dataclass(slots=True)
 class _BandInput:
     ctx: EngineContext
@@ -426,7 +423,7 @@ def _collect_allergies(inp: _BandInput, result: _BandResult) -> bool:
 def _collect_medications(inp: _BandInput, result: _BandResult) -> bool:
     urls = inp.rule.dose.match if inp.rule.dose is not None else inp.band.match
     meds = inp.index.candidates(inp.index.medications, urls)
-    if inp.rule.dose is not None and DOSE_CONDITIONS & set(inp.band.when):
+    if inp.rule.dose is not None and DOSE_WHEN_KEYS & set(inp.band.when):
         if inp.rule.id not in inp.dose_cache:
             inp.dose_cache[inp.rule.id] = _dose_summary(inp.ctx, inp.rule, meds, inp.situation)
         summary = inp.dose_cache[inp.rule.id]

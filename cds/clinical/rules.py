@@ -21,6 +21,28 @@ from cds.errors import ConfigError
 
 INDICATOR_RANK = {"info": 0, "warning": 1, "critical": 2}
 
+# What a band's `when:` keys may say, by the kind of fact the band reads, and what each key's value must
+# be. The engine (cds.clinical.engine) implements exactly these predicates; a key outside this table, or
+# one for another kind of fact, would be ignored there, so the loader refuses it.
+NUMBER = "the name of a number parameter"
+SWITCH = "the name of an on/off parameter"
+FLAG = "true"
+COMMON_WHEN_KEYS: Mapping[str, str] = {"enabled": SWITCH}
+WHEN_KEYS: Mapping[str, Mapping[str, str]] = {
+    "condition": {"onset_within_months": NUMBER, "onset_before_months": NUMBER, "onset_unknown": FLAG},
+    "allergy": {},
+    "medication": {"total_above": NUMBER, "regular_use": FLAG, "as_needed_only": FLAG, "dose_unknown": FLAG},
+    "blood-pressure": {
+        "systolic_at_least": NUMBER,
+        "diastolic_at_least": NUMBER,
+        "reading_within_days": NUMBER,
+    },
+    "order": {},
+    "unreadable": {},
+}
+DOSE_WHEN_KEYS = frozenset(WHEN_KEYS["medication"])  # a medication band with any of these reads the total
+MATCHED_FACTS = frozenset({"condition", "allergy", "medication"})  # kinds a value set selects
+
 
 @dataclass(frozen=True, slots=True)
 class Parameter:
@@ -127,6 +149,49 @@ def _template(text: str, where: str, names: Iterable[str]) -> string.Template:
     return template
 
 
+def _when_keys_known(data: Any, where: str) -> None:
+    """Every `when:` key is one the band's kind of fact understands (checked before the schema, whose
+    message could not name the band)."""
+    if not isinstance(data, Mapping) or not isinstance(data.get("bands"), list):
+        return
+    for index, raw in enumerate(data["bands"]):
+        if not isinstance(raw, Mapping) or not isinstance(raw.get("when"), Mapping):
+            continue
+        facts = raw.get("facts", data.get("facts"))
+        if not isinstance(facts, str) or facts not in WHEN_KEYS:
+            continue  # the schema or the parser says what is wrong with the kind of fact
+        allowed = {**COMMON_WHEN_KEYS, **WHEN_KEYS[facts]}
+        for key in raw["when"]:
+            if key in allowed:
+                continue
+            band_id = raw.get("id", f"#{index + 1}")
+            elsewhere = sorted(kind for kind, keys in WHEN_KEYS.items() if key in keys)
+            why = f"applies to {' and '.join(elsewhere)} facts, not {facts}" if elsewhere else "is unknown"
+            raise ConfigError(
+                f"{where}: band {band_id}: when key {key!r} {why}; {facts} bands may use {sorted(allowed)}"
+            )
+
+
+def _check_when_values(
+    where: str, band_id: str, facts: str, when: Mapping[str, Any], parameters: Mapping[str, Parameter]
+) -> None:
+    """Each key's value is what its predicate reads: a declared parameter of the right type, or true."""
+    allowed = {**COMMON_WHEN_KEYS, **WHEN_KEYS[facts]}  # every key is one of these (_when_keys_known)
+    for key, value in when.items():
+        expected = allowed[key]
+        if expected == FLAG:
+            continue  # the schema allows only `true`
+        if value not in parameters:
+            raise ConfigError(f"{where}: band {band_id} when.{key} names undeclared parameter {value!r}")
+        default = parameters[value].default
+        is_switch = isinstance(default, bool)
+        is_number = isinstance(default, (int, float)) and not is_switch
+        if (expected == NUMBER and not is_number) or (expected == SWITCH and not is_switch):
+            raise ConfigError(
+                f"{where}: band {band_id} when.{key} must be {expected}; {value!r} is {default!r}"
+            )
+
+
 def _parse_rule(
     data: Mapping[str, Any],
     when_then: str,
@@ -164,12 +229,20 @@ def _parse_rule(
         facts = raw.get("facts", rule_facts)
         if facts is None:
             raise ConfigError(f"{where}: band {raw['id']} has no facts kind (set it on the rule or band)")
-        if facts in {"condition", "allergy"} and not raw.get("match"):
+        needs_match = facts in {"condition", "allergy"} or (facts == "medication" and "dose" not in data)
+        if needs_match and not raw.get("match"):
             raise ConfigError(f"{where}: band {raw['id']} reads {facts} facts but matches no value set")
+        if facts not in MATCHED_FACTS and raw.get("match"):
+            raise ConfigError(
+                f"{where}: band {raw['id']} reads {facts} facts, which no value set selects: remove `match`"
+            )
         when = dict(raw.get("when", {}))
-        for key, value in when.items():
-            if isinstance(value, str):
-                param(value, f"band {raw['id']} when.{key}")
+        _check_when_values(where, raw["id"], facts, when, parameters)
+        if facts == "blood-pressure" and not {"systolic_at_least", "diastolic_at_least"} & set(when):
+            raise ConfigError(
+                f"{where}: band {raw['id']} reads blood pressures but sets neither when.systolic_at_least "
+                "nor when.diastolic_at_least, so it could never fire"
+            )
         indicator = raw["indicator"]
         indicator_param = None
         if isinstance(indicator, dict):
@@ -208,8 +281,7 @@ def _parse_rule(
                 else None
             ),
         )
-    needs_dose = {"total_above", "regular_use", "as_needed_only", "dose_unknown"}
-    if any(needs_dose & set(band.when) for band in bands) and dose is None:
+    if any(DOSE_WHEN_KEYS & set(band.when) for band in bands) and dose is None:
         raise ConfigError(f"{where}: dose bands need a `dose` block")
 
     return Rule(
@@ -254,6 +326,7 @@ def load_rules(
             data = yaml.safe_load(text)
         except yaml.YAMLError as exc:
             raise ConfigError(f"{where}: not valid YAML: {exc}") from exc
+        _when_keys_known(data, where)
         errors = sorted(validator.iter_errors(data), key=lambda e: list(e.absolute_path))
         if errors:
             first = errors[0]

@@ -1,0 +1,481 @@
+"""The rule loader refuses every malformed rule at start-up, with a message naming the file, band and key.
+
+One test per ConfigError the loader can raise (cds/clinical/rules.py), each on a small rule written to a
+temporary folder and checked against the real rule schema. A misspelt or misplaced `when:` key, above
+all, must stop start-up: a band that silently ignored its condition would fire on every record.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from cds.clinical.knowledge import PLACEHOLDERS, load_knowledge
+from cds.clinical.rules import COMMON_WHEN_KEYS, WHEN_KEYS, Rule, load_rules
+from cds.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parent.parent
+SCHEMA = ROOT / "fhir_profiles" / "schemas" / "rule.schema.json"
+VS = "https://ketamine-cds.example.org/fhir/ValueSet/"
+KNOWN_VALUESETS = {VS + "mi-acute", VS + "benzodiazepine-medications", VS + "ketamine-substances"}
+KNOWN_REASONS = {"record-out-of-date", "risk-benefit-ratio"}
+PRODUCTS = ("ketamine", "esketamine")
+OPENING = "# When the chart says so,\n# Then the card says so.\n"
+
+MI_RULE: dict[str, Any] = {
+    "id": "test-rule",
+    "version": "1.0.0",
+    "title": "A test rule",
+    "category": "contraindication",
+    "evidence_tier": "ABS",
+    "parameters": {
+        "window_months": {
+            "default": 6,
+            "unit": "months",
+            "minimum": 1,
+            "maximum": 36,
+            "description": "window in months",
+            "source": "a test",
+        },
+        "level": {
+            "default": "info",
+            "allowed": ["info", "warning"],
+            "description": "card level",
+            "source": "a test",
+        },
+        "shown": {"default": True, "description": "show the card", "source": "a test"},
+    },
+    "bands": [
+        {
+            "id": "recent",
+            "facts": "condition",
+            "match": [VS + "mi-acute"],
+            "when": {"onset_within_months": "window_months"},
+            "indicator": "critical",
+            "summary": "Infarction $months_ago months ago: defer $product",
+            "detail": "**$condition** from $onset, within $window_months months.",
+        }
+    ],
+    "override_reasons": ["record-out-of-date"],
+    "citations": [{"label": "A label", "url": "https://example.org/label"}],
+}
+DOSE_RULE: dict[str, Any] = {
+    **copy.deepcopy(MI_RULE),
+    "category": "interaction",
+    "evidence_tier": "EFF",
+    "parameters": {
+        "threshold": {"default": 8, "description": "threshold per day", "source": "a test"},
+        "basis": {
+            "default": "drug-mg",
+            "allowed": ["drug-mg"],
+            "description": "dose basis",
+            "source": "a test",
+        },
+    },
+    "dose": {"match": [VS + "benzodiazepine-medications"], "basis": "basis"},
+    "bands": [
+        {
+            "id": "above",
+            "facts": "medication",
+            "when": {"total_above": "threshold"},
+            "indicator": "warning",
+            "summary": "Benzodiazepines $total $basis_unit: response may be weaker",
+            "detail": "The total is $total $basis_unit, over $threshold.",
+        }
+    ],
+}
+
+
+def write(folder: Path, data: Any, *, name: str | None = None, opening: str = OPENING) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / (name or f"{data['id']}.yaml")
+    path.write_text(opening + yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+    return path
+
+
+def load(folder: Path) -> tuple[Rule, ...]:
+    return load_rules(
+        folder,
+        SCHEMA,
+        placeholders=PLACEHOLDERS,
+        valueset_known=KNOWN_VALUESETS.__contains__,
+        override_reason_known=KNOWN_REASONS.__contains__,
+        products=PRODUCTS,
+    )
+
+
+def rule_with(base: dict[str, Any], change: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+    data = copy.deepcopy(base)
+    change(data)
+    return data
+
+
+def refused(tmp_path: Path, data: Any, *, name: str | None = None, opening: str = OPENING) -> str:
+    write(tmp_path, data, name=name, opening=opening)
+    with pytest.raises(ConfigError) as raised:
+        load(tmp_path)
+    return raised.value.message
+
+
+def band(data: dict[str, Any], index: int = 0) -> dict[str, Any]:
+    found: dict[str, Any] = data["bands"][index]
+    return found
+
+
+# ------------------------------------------------------------------------------------------ good rules
+
+
+def test_the_test_rules_themselves_load(tmp_path: Path) -> None:
+    write(tmp_path, MI_RULE)
+    write(tmp_path, {**DOSE_RULE, "id": "dose-rule"})
+    rules = load(tmp_path)
+    assert [r.id for r in rules] == ["dose-rule", "test-rule"]
+    assert rules[1].when_then == "When the chart says so, Then the card says so."
+
+
+def test_files_starting_with_underscore_and_the_policy_and_card_text_are_not_rules(tmp_path: Path) -> None:
+    write(tmp_path, MI_RULE)
+    for name in ("_treatments.yaml", "site-policy.yaml", "card-text.yaml"):
+        (tmp_path / name).write_text("not: a rule\n", encoding="utf-8")
+    assert [r.id for r in load(tmp_path)] == ["test-rule"]
+
+
+# ------------------------------------------------------------------------------------------ when: keys
+
+
+def test_a_misspelt_when_key_names_the_rule_band_and_key(tmp_path: Path) -> None:
+    data = rule_with(MI_RULE, lambda d: band(d).update(when={"onset_within_month": "window_months"}))
+    message = refused(tmp_path, data)
+    assert "rules/test-rule.yaml" in message
+    assert "band recent" in message
+    assert "'onset_within_month'" in message
+    assert "onset_within_months" in message  # the keys this band may use are listed
+
+
+def test_a_when_key_of_another_kind_of_fact_is_refused(tmp_path: Path) -> None:
+    """The case that once loaded silently: a condition key on a medication band."""
+    data = rule_with(DOSE_RULE, lambda d: band(d)["when"].update(onset_within_months="threshold"))
+    message = refused(tmp_path, data)
+    assert "band above" in message
+    assert "'onset_within_months'" in message
+    assert "condition" in message
+    assert "medication" in message
+
+
+@pytest.mark.parametrize("kind", sorted(WHEN_KEYS))
+def test_every_kind_of_fact_refuses_a_made_up_key(tmp_path: Path, kind: str) -> None:
+    data = rule_with(MI_RULE, lambda d: band(d).update(facts=kind, when={"when_it_rains": True}))
+    message = refused(tmp_path, data)
+    assert "'when_it_rains'" in message
+    assert "band recent" in message
+
+
+@pytest.mark.parametrize(
+    ("when", "fragments"),
+    [
+        (
+            {"onset_within_months": "no_such_window"},
+            ["when.onset_within_months", "undeclared parameter 'no_such_window'"],
+        ),
+        ({"onset_within_months": "level"}, ["when.onset_within_months", "'level'", "number parameter"]),
+        (
+            {"onset_within_months": "window_months", "enabled": "window_months"},
+            ["when.enabled", "on/off parameter"],
+        ),
+    ],
+)
+def test_a_when_value_must_name_a_declared_parameter_of_its_type(
+    tmp_path: Path, when: dict[str, Any], fragments: list[str]
+) -> None:
+    message = refused(tmp_path, rule_with(MI_RULE, lambda d: band(d).update(when=when)))
+    assert "band recent" in message
+    for fragment in fragments:
+        assert fragment in message
+
+
+def test_enabled_naming_an_on_off_parameter_loads(tmp_path: Path) -> None:
+    write(tmp_path, rule_with(MI_RULE, lambda d: band(d)["when"].update(enabled="shown")))
+    assert load(tmp_path)[0].bands[0].when["enabled"] == "shown"
+
+
+def test_a_flag_key_must_be_true(tmp_path: Path) -> None:
+    data = rule_with(MI_RULE, lambda d: band(d).update(when={"onset_unknown": False}))
+    message = refused(tmp_path, data)
+    assert "bands/0/when/onset_unknown" in message
+
+
+def test_an_empty_when_is_refused(tmp_path: Path) -> None:
+    message = refused(tmp_path, rule_with(MI_RULE, lambda d: band(d).update(when={})))
+    assert "bands/0/when" in message
+
+
+def test_a_blood_pressure_band_needs_a_threshold(tmp_path: Path) -> None:
+    def change(data: dict[str, Any]) -> None:
+        band(data).update(facts="blood-pressure", when={"reading_within_days": "window_months"})
+        del band(data)["match"]
+        band(data)["summary"] = "Blood pressure $systolic/$diastolic mmHg: control it first"
+        band(data)["detail"] = "Reading $systolic/$diastolic on $reading_date."
+
+    message = refused(tmp_path, rule_with(MI_RULE, change))
+    assert "band recent" in message
+    assert "systolic_at_least" in message
+
+
+@pytest.mark.parametrize("kind", ["blood-pressure", "order", "unreadable"])
+def test_match_on_a_band_whose_facts_no_value_set_selects_is_refused(tmp_path: Path, kind: str) -> None:
+    data = rule_with(MI_RULE, lambda d: band(d).update(facts=kind, when={"enabled": "shown"}))
+    band(data)["summary"] = "Something about $product to say"
+    band(data)["detail"] = "Something about $product to say."
+    message = refused(tmp_path, data)
+    assert "band recent" in message
+    assert "match" in message
+    assert kind in message
+
+
+def test_a_misspelt_key_in_a_shipped_rule_stops_start_up(tmp_path: Path) -> None:
+    for folder in ("hooks", "rules", "fhir_profiles"):
+        shutil.copytree(ROOT / folder, tmp_path / folder)
+    path = tmp_path / "rules" / "recent-myocardial-infarction.yaml"
+    text = path.read_text(encoding="utf-8")
+    assert "when: {onset_within_months: critical_months}" in text
+    path.write_text(
+        text.replace("{onset_within_months: critical_months}", "{onset_within_month: critical_months}")
+    )
+    with pytest.raises(ConfigError) as raised:
+        load_knowledge(root=tmp_path)
+    assert raised.value.message.startswith(
+        "rules/recent-myocardial-infarction.yaml: band within-contraindication-window: "
+        "when key 'onset_within_month' is unknown"
+    )
+
+
+# --------------------------------------------------------------------------------- the rest of the rule
+
+
+def test_a_file_without_the_when_then_opening_is_refused(tmp_path: Path) -> None:
+    message = refused(tmp_path, MI_RULE, opening="# A rule about infarction\n")
+    assert "rules/test-rule.yaml" in message
+    assert "When ... Then" in message
+
+
+def test_invalid_yaml_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "broken.yaml").write_text(OPENING + "id: [unclosed\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"rules/broken\.yaml: not valid YAML"):
+        load(tmp_path)
+
+
+def test_a_schema_violation_names_the_path(tmp_path: Path) -> None:
+    message = refused(tmp_path, rule_with(MI_RULE, lambda d: d.update(category="advice")))
+    assert message.startswith("rules/test-rule.yaml: category:")
+
+
+def test_a_rule_that_is_not_a_mapping_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "list.yaml").write_text(OPENING + "- a\n- b\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"rules/list\.yaml: \(root\)"):
+        load(tmp_path)
+
+
+def test_an_unknown_product_is_refused(tmp_path: Path) -> None:
+    data = rule_with(MI_RULE, lambda d: band(d).update(products=["ketamine", "esketamine"]))
+    write(tmp_path, data)
+    with pytest.raises(ConfigError, match=r"unknown products \['esketamine'\]"):
+        load_rules(
+            tmp_path,
+            SCHEMA,
+            placeholders=PLACEHOLDERS,
+            valueset_known=KNOWN_VALUESETS.__contains__,
+            override_reason_known=KNOWN_REASONS.__contains__,
+            products=("ketamine",),
+        )
+
+
+def test_the_file_name_must_be_the_rule_id(tmp_path: Path) -> None:
+    message = refused(tmp_path, MI_RULE, name="other-name.yaml")
+    assert "file name must be the rule id (test-rule.yaml)" in message
+
+
+def test_an_unknown_value_set_is_refused(tmp_path: Path) -> None:
+    data = rule_with(MI_RULE, lambda d: band(d).update(match=[VS + "no-such-set"]))
+    assert f"unknown value set {VS}no-such-set" in refused(tmp_path, data)
+
+
+def test_an_unknown_value_set_in_the_dose_block_is_refused(tmp_path: Path) -> None:
+    data = rule_with(DOSE_RULE, lambda d: d["dose"].update(exclude=[VS + "no-such-set"]))
+    assert f"unknown value set {VS}no-such-set" in refused(tmp_path, data)
+
+
+def test_an_unknown_override_reason_is_refused(tmp_path: Path) -> None:
+    data = rule_with(MI_RULE, lambda d: d.update(override_reasons=["because"]))
+    assert "unknown override reason 'because'" in refused(tmp_path, data)
+
+
+def test_an_empty_folder_has_no_rules(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="no rules found"):
+        load(tmp_path)
+
+
+def test_a_band_without_a_kind_of_fact_is_refused(tmp_path: Path) -> None:
+    data = rule_with(MI_RULE, lambda d: band(d).pop("facts"))
+    assert "band recent has no facts kind" in refused(tmp_path, data)
+
+
+def test_a_kind_of_fact_set_on_the_rule_is_inherited(tmp_path: Path) -> None:
+    write(tmp_path, rule_with(MI_RULE, lambda d: (d.update(facts="condition"), band(d).pop("facts"))))
+    assert load(tmp_path)[0].bands[0].facts == "condition"
+
+
+@pytest.mark.parametrize("kind", ["condition", "allergy"])
+def test_condition_and_allergy_bands_need_a_value_set(tmp_path: Path, kind: str) -> None:
+    data = rule_with(
+        MI_RULE, lambda d: (band(d).update(facts=kind, when={"enabled": "shown"}), band(d).pop("match"))
+    )
+    band(data)["summary"] = "Something about $product to say"
+    band(data)["detail"] = "Something about $product to say."
+    assert f"band recent reads {kind} facts but matches no value set" in refused(tmp_path, data)
+
+
+def test_a_medication_band_needs_a_value_set_or_a_dose_block(tmp_path: Path) -> None:
+    data = rule_with(DOSE_RULE, lambda d: (d.pop("dose"), band(d).update(when={"enabled": "shown"})))
+    data["parameters"]["shown"] = {"default": True, "description": "show the card", "source": "a test"}
+    band(data)["summary"] = "Something about $product to say"
+    band(data)["detail"] = "Something about $product to say."
+    assert "band above reads medication facts but matches no value set" in refused(tmp_path, data)
+
+
+def test_dose_bands_need_a_dose_block(tmp_path: Path) -> None:
+    data = rule_with(
+        DOSE_RULE, lambda d: (d.pop("dose"), band(d).update(match=[VS + "benzodiazepine-medications"]))
+    )
+    assert "dose bands need a `dose` block" in refused(tmp_path, data)
+
+
+def test_the_dose_basis_must_be_a_declared_parameter(tmp_path: Path) -> None:
+    data = rule_with(DOSE_RULE, lambda d: d["dose"].update(basis="units"))
+    assert "dose.basis names undeclared parameter 'units'" in refused(tmp_path, data)
+
+
+def test_the_equivalence_source_must_be_a_declared_parameter(tmp_path: Path) -> None:
+    data = rule_with(DOSE_RULE, lambda d: d["dose"].update(equivalence_source="table"))
+    assert "dose.equivalence_source names undeclared parameter 'table'" in refused(tmp_path, data)
+
+
+def test_an_indicator_parameter_must_be_declared(tmp_path: Path) -> None:
+    data = rule_with(MI_RULE, lambda d: band(d).update(indicator={"param": "severity"}))
+    assert "band recent indicator names undeclared parameter 'severity'" in refused(tmp_path, data)
+
+
+def test_an_indicator_parameter_may_only_allow_card_indicators(tmp_path: Path) -> None:
+    def change(data: dict[str, Any]) -> None:
+        data["parameters"]["level"]["allowed"] = ["info", "urgent"]
+        band(data)["indicator"] = {"param": "level"}
+
+    assert "parameter level must only allow card indicators" in refused(tmp_path, rule_with(MI_RULE, change))
+
+
+def test_an_indicator_parameter_loads(tmp_path: Path) -> None:
+    write(tmp_path, rule_with(MI_RULE, lambda d: band(d).update(indicator={"param": "level"})))
+    loaded = load(tmp_path)[0].bands[0]
+    assert (loaded.indicator, loaded.indicator_param) == (None, "level")
+
+
+def test_band_ids_must_be_unique(tmp_path: Path) -> None:
+    data = rule_with(MI_RULE, lambda d: d["bands"].append(copy.deepcopy(band(d))))
+    assert "band ids must be unique" in refused(tmp_path, data)
+
+
+def test_broken_placeholder_syntax_is_refused(tmp_path: Path) -> None:
+    data = rule_with(MI_RULE, lambda d: band(d).update(summary="Infarction costs $ 5: defer it now"))
+    assert "band recent summary: invalid $placeholder syntax" in refused(tmp_path, data)
+
+
+def test_a_placeholder_the_band_cannot_fill_is_refused(tmp_path: Path) -> None:
+    data = rule_with(MI_RULE, lambda d: band(d).update(detail="Latest reading $systolic mmHg, now."))
+    assert "band recent detail: unknown placeholders ['systolic']" in refused(tmp_path, data)
+
+
+# ----------------------------------------------------------------------------------------- parameters
+
+
+@pytest.mark.parametrize(
+    ("name", "change", "expected"),
+    [
+        (
+            "window_months",
+            {"presets": {"clinic_faq": "six"}},
+            "preset clinic_faq: window_months must be like 6",
+        ),
+        ("window_months", {"presets": {"clinic_faq": True}}, "preset clinic_faq: window_months must be like"),
+        ("shown", {"presets": {"clinic_faq": 1}}, "shown must be like True"),
+        ("level", {"default": 3}, "level must be one of"),
+        ("level", {"presets": {"clinic_faq": "critical"}}, "level must be one of ['info', 'warning']"),
+        ("window_months", {"default": 0}, "window_months must be at least 1"),
+        ("window_months", {"presets": {"clinic_faq": 40}}, "window_months must be at most 36"),
+    ],
+)
+def test_parameter_defaults_and_presets_are_checked(
+    tmp_path: Path, name: str, change: dict[str, Any], expected: str
+) -> None:
+    data = rule_with(MI_RULE, lambda d: d["parameters"][name].update(change))
+    assert expected in refused(tmp_path, data)
+
+
+def test_a_text_parameter_must_get_text(tmp_path: Path) -> None:
+    data = rule_with(
+        MI_RULE,
+        lambda d: d["parameters"].update(
+            hours={
+                "default": "24-48",
+                "description": "hold hours",
+                "source": "a test",
+                "presets": {"clinic_faq": 24},
+            }
+        ),
+    )
+    assert re.search(r"preset clinic_faq: hours must be text, got 24", refused(tmp_path, data))
+
+
+# ----------------------------------------------------------------------------------------- the schema
+
+
+def _properties(node: Any, path: str = "$") -> list[tuple[str, dict[str, Any]]]:
+    found: list[tuple[str, dict[str, Any]]] = []
+    if isinstance(node, dict):
+        for name, child in node.get("properties", {}).items():
+            found.append((f"{path}.{name}", child))
+        for key, child in node.items():
+            found.extend(_properties(child, f"{path}/{key}"))
+    elif isinstance(node, list):
+        for index, child in enumerate(node):
+            found.extend(_properties(child, f"{path}[{index}]"))
+    return found
+
+
+def test_the_rule_schema_documents_every_key() -> None:
+    schema = json.loads(SCHEMA.read_text(encoding="utf-8"))
+    definitions = schema["$defs"]
+
+    def described(node: dict[str, Any]) -> bool:
+        if "description" in node:
+            return True
+        ref = node.get("$ref", "")
+        return ref.startswith("#/$defs/") and "description" in definitions[ref.removeprefix("#/$defs/")]
+
+    properties = _properties(schema)
+    assert len(properties) > 40
+    undocumented = [path for path, node in properties if not described(node)]
+    assert undocumented == []
+
+
+def test_the_schema_lists_exactly_the_when_keys_the_loader_knows() -> None:
+    schema = json.loads(SCHEMA.read_text(encoding="utf-8"))
+    in_schema = set(schema["$defs"]["band"]["properties"]["when"]["properties"])
+    known = set(COMMON_WHEN_KEYS) | {key for keys in WHEN_KEYS.values() for key in keys}
+    assert in_schema == known
