@@ -136,8 +136,18 @@ def test_synthea_condition_codes(term: Terminology) -> None:
     assert term.match(BASE + "seizure-disorder", stroke) is None
 
 
-def test_condition_sets_never_match_by_name(term: Terminology) -> None:
-    assert term.match(MI_ACUTE, concept(text="myocardial infarction")) is None
+def test_condition_sets_match_by_name_only_where_no_code_is_known_and_the_words_affirm_it(
+    term: Terminology,
+) -> None:
+    found = term.match(MI_ACUTE, concept(text="myocardial infarction"))
+    assert found is not None
+    assert (found.method, found.term) == ("name", "myocardial infarction")
+    assert term.match(MI_ACUTE, concept(text="No history of myocardial infarction")) is None
+    assert term.match(MI_ACUTE, concept(text="myocardial infarction ruled out")) is None
+    # a recognised code speaks for the record: its display's words do not add another condition
+    sequela = concept(Coding(ICD, "I69.30", "Unspecified sequelae of cerebral infarction"))
+    assert term.match(BASE + "stroke", sequela) is None
+    assert term.match(BASE + "stroke-history-tia", sequela) is not None
 
 
 def test_substance_use_excludes_nicotine_and_ketamine_use_is_its_own_set(term: Terminology) -> None:
@@ -390,6 +400,7 @@ def profiles_copy(tmp_path: Path) -> Path:
         "code-systems.json",
         "diazepam-equivalence.json",
         "blood-pressure-codes.json",
+        "mention-cues.json",
     ):
         shutil.copy(PROFILES / "tables" / name, target / "tables" / name)
     return target

@@ -45,6 +45,11 @@ DEFAULT_OUT = REPO / "fhir_profiles"
 VALUESET_BASE = "https://ketamine-cds.example.org/fhir/ValueSet/"
 EXT_INGREDIENT = "https://ketamine-cds.example.org/fhir/StructureDefinition/match-ingredient"
 EXT_BRAND = "https://ketamine-cds.example.org/fhir/StructureDefinition/match-brand"
+EXT_NAME = "https://ketamine-cds.example.org/fhir/StructureDefinition/match-name"
+EXT_NOT_NAME = "https://ketamine-cds.example.org/fhir/StructureDefinition/match-name-excluded"
+EXT_HISTORY_OF = "https://ketamine-cds.example.org/fhir/StructureDefinition/match-history-of"
+EXT_HISTORY_MENTIONS = "https://ketamine-cds.example.org/fhir/StructureDefinition/match-history-mentions"
+HISTORY_MENTIONS = frozenset({"count", "ignore"})
 PUBLISHER = "ketamine-cds project"
 
 # The code systems whose role the build knows: products (RxNorm), the prefix hierarchy of the subtree file
@@ -75,6 +80,7 @@ class Pick:
     keep_display: str | None = None  # regex (case-insensitive): keep only rows whose display matches
     drop_display: str | None = None  # regex (case-insensitive): drop rows whose display matches
     drop_icd_under: tuple[str, ...] = ()  # ICD-10-CM roots whose descendants are dropped
+    systems: tuple[str, ...] = ()  # canonical URIs: keep only rows of these code systems (empty: all)
 
 
 @dataclass(frozen=True)
@@ -106,6 +112,11 @@ class Recipe:
     ingredient_codes_in_expansion: bool = False  # list the ingredients' RxNorm IN codes as members
     class_label: str | None = None  # class recorded for ingredients first seen through this set
     products_name_an_ingredient: bool = True  # check: every product name mentions a set ingredient
+    # condition sets: names that make a record a member when none of its codes is recognised
+    names: tuple[str, ...] = ()
+    not_names: tuple[str, ...] = ()  # longer phrases containing a name that do not mean the condition
+    history_of: tuple[str, ...] = ()  # ids of sets whose names, said as past history, belong here
+    history_mentions: str = "count"  # "ignore": a name said as past history does not make a member
     notes: tuple[str, ...] = ()  # extra sentences for the description
 
 
@@ -146,6 +157,12 @@ def _strings(raw: Any, where: str) -> tuple[str, ...]:
     return tuple(raw)
 
 
+def _system(system_of: Mapping[str, str], name: str, where: str) -> str:
+    if name not in system_of:
+        raise BuildError(f"{where}: unknown code system {name!r}")
+    return system_of[name]
+
+
 def _recipe(raw: Any, where: str, system_of: Mapping[str, str]) -> Recipe:
     names = {f.name for f in fields(Recipe)} - {"picks", "icd", "extras"}
     if isinstance(raw, dict) and "id" in raw:
@@ -158,6 +175,14 @@ def _recipe(raw: Any, where: str, system_of: Mapping[str, str]) -> Recipe:
     )
     if data["kind"] not in KINDS:
         raise BuildError(f"{where}: kind must be one of {sorted(KINDS)}")
+    if data["kind"] != "condition" and {"names", "not_names", "history_of", "history_mentions"} & set(data):
+        raise BuildError(f"{where}: names belong to condition sets (medicines match by ingredient and brand)")
+    for key in ("names", "not_names"):
+        for name in data.get(key, []):
+            if not isinstance(name, str) or name != " ".join(name.lower().split()):
+                raise BuildError(f"{where}: {key} must be lower case with single spaces: {name!r}")
+    if data.get("history_mentions", "count") not in HISTORY_MENTIONS:
+        raise BuildError(f"{where}: history_mentions must be one of {sorted(HISTORY_MENTIONS)}")
     picks = []
     for i, item in enumerate(data.get("from_files", [])):
         pick = _strict(item, f"{where} from_files[{i}]", {f.name for f in fields(Pick)}, {"file"})
@@ -167,6 +192,10 @@ def _recipe(raw: Any, where: str, system_of: Mapping[str, str]) -> Recipe:
                 keep_display=pick.get("keep_display"),
                 drop_display=pick.get("drop_display"),
                 drop_icd_under=_strings(pick.get("drop_icd_under", []), f"{where} drop_icd_under"),
+                systems=tuple(
+                    _system(system_of, name, f"{where} from_files[{i}]")
+                    for name in _strings(pick.get("systems", []), f"{where} systems")
+                ),
             )
         )
     icd = []
@@ -179,9 +208,7 @@ def _recipe(raw: Any, where: str, system_of: Mapping[str, str]) -> Recipe:
         extra = _strict(
             item, f"{where} hand_picked[{i}]", {"system", "code", "display", "why"}, {"system", "code", "why"}
         )
-        system = system_of.get(str(extra["system"]))
-        if system is None:
-            raise BuildError(f"{where} hand_picked[{i}]: unknown code system {extra['system']!r}")
+        system = _system(system_of, str(extra["system"]), f"{where} hand_picked[{i}]")
         extras.append(Extra(system, str(extra["code"]), str(extra.get("display", "")), str(extra["why"])))
     values: dict[str, Any] = {}
     for key in names - {"id", "title", "kind", "purpose"}:
@@ -254,6 +281,10 @@ def load_catalogue(path: Path) -> Catalogue:
     ids = [recipe.id for recipe in recipes]
     if len(ids) != len(set(ids)):
         raise BuildError("duplicate value-set ids")
+    for recipe in recipes:
+        unknown = sorted(set(recipe.history_of) - set(ids))
+        if unknown:
+            raise BuildError(f"{recipe.id}: history_of names unknown value sets {unknown}")
     return Catalogue(
         curated_as_of=str(data["curated_as_of"]),
         icd10cm_release_date=str(data["icd10cm_release_date"]),
@@ -563,6 +594,8 @@ def build_valueset(
                 continue
             if system == ICD10CM and _covered(row["code"], pick.drop_icd_under):
                 continue
+            if pick.systems and system not in pick.systems:
+                continue
             add(system, row["code"], display)
             kept += 1
         if kept == 0:
@@ -656,6 +689,8 @@ def build_valueset(
     extensions += [{"url": EXT_BRAND, "valueString": brand} for brand in sorted(set_brands, key=str.lower)]
     if uses_ingredients:
         resource["extension"] = extensions
+    elif recipe.names or recipe.history_of:
+        resource["extension"] = _name_extensions(recipe)
     resource.update(
         {
             "url": VALUESET_BASE + recipe.id,
@@ -717,6 +752,18 @@ def _unique(items: Iterable[str]) -> list[str]:
     return seen
 
 
+def _name_extensions(recipe: Recipe) -> list[dict[str, str]]:
+    extensions = [{"url": EXT_NAME, "valueString": name} for name in sorted(set(recipe.names))]
+    extensions += [{"url": EXT_NOT_NAME, "valueString": name} for name in sorted(set(recipe.not_names))]
+    extensions += [
+        {"url": EXT_HISTORY_OF, "valueCanonical": VALUESET_BASE + other}
+        for other in sorted(recipe.history_of)
+    ]
+    if recipe.history_mentions != "count":
+        extensions.append({"url": EXT_HISTORY_MENTIONS, "valueCode": recipe.history_mentions})
+    return extensions
+
+
 def _description(
     recipe: Recipe,
     sources: Sources,
@@ -758,6 +805,25 @@ def _description(
             )
             + " (the match-ingredient and match-brand extensions; codes in tables/ingredients.json)."
         )
+    if recipe.names or recipe.history_of:
+        lines.append("")
+    if recipe.names:
+        lines.append(
+            "A record none of whose codes is recognised still matches when its text or a coding's display "
+            "names the condition (the match-name extension; cards then ask to confirm it): "
+            + "; ".join(sorted(set(recipe.names)))
+            + "."
+        )
+    if recipe.not_names:
+        lines.append("These phrases do not count: " + "; ".join(sorted(set(recipe.not_names))) + ".")
+    if recipe.history_of:
+        lines.append(
+            "A name of "
+            + ", ".join(sorted(recipe.history_of))
+            + " said as past history (for example 'history of', 'old', 'previous') counts here instead."
+        )
+    if recipe.history_mentions == "ignore":
+        lines.append("A name said as past history does not count.")
     lines.append("")
     lines.append(
         f"Expansion timestamp {timestamp}: the date of the newest source content, not the build date. "

@@ -20,7 +20,7 @@ from cds.clinical.policy import SitePolicy
 from cds.clinical.rules import DOSE_WHEN_KEYS, INDICATOR_RANK, Band, Rule
 from cds.clinical.situation import INTERACTION, NONE, Situation
 from cds.clinical.statuses import StatusSemantics, medication_counts
-from cds.clinical.terminology import Terminology, TermMatch
+from cds.clinical.terminology import METHOD_NAME, Terminology, TermMatch
 from cds.fhir.model import (
     AllergyFact,
     BloodPressureFact,
@@ -184,6 +184,8 @@ def _condition_band_hits(
         if when_date is None or when_date >= months_before(ref, window):
             return None
     notes: tuple[str, ...] = ("recorded-date-fallback",) if basis == "recorded" and when_date else ()
+    if found.method == METHOD_NAME:
+        notes += ("by-name",)
     if fact.unreadable:
         notes += ("unreadable",)
     return Hit(
@@ -202,9 +204,9 @@ def _allergy_hit(ctx: EngineContext, band: Band, fact: AllergyFact) -> Hit | Non
     if found is None:
         return None
     label = next((c.label() for c in fact.concepts if c.label()), None)
-    notes: tuple[str, ...] = ()
+    notes: tuple[str, ...] = ("by-name",) if found.method == METHOD_NAME else ()
     if (fact.verification_status or "").lower() == "unconfirmed":
-        notes = ("unconfirmed",)
+        notes += ("unconfirmed",)
     return Hit(
         source=fact.source,
         label=label,
@@ -472,7 +474,7 @@ def _collect_orders(inp: _BandInput, result: _BandResult) -> bool:
 
 
 def _collect_unreadable(inp: _BandInput, result: _BandResult) -> bool:
-    result.hits.extend(_unreadable(inp.facts, inp.situation.clock_date))
+    result.hits.extend(_unreadable(inp.ctx.terminology, inp.facts, inp.situation.clock_date))
     if inp.facts.gaps:
         result.values["categories"] = ", ".join(sorted({gap.category for gap in inp.facts.gaps}))
     result.values["count"] = str(len(result.hits))
@@ -537,7 +539,7 @@ def _bp_band_holds(
     return high
 
 
-def _unreadable(facts: PatientFacts, today: date) -> list[Hit]:
+def _unreadable(terminology: Terminology, facts: PatientFacts, today: date) -> list[Hit]:
     hits: list[Hit] = []
     groups: tuple[Sequence[Any], ...] = (
         facts.medications,
@@ -549,6 +551,19 @@ def _unreadable(facts: PatientFacts, today: date) -> list[Hit]:
         for fact in group:
             if fact.unreadable:
                 hits.append(Hit(source=fact.source, label=None, notes=(f"unreadable:{fact.unreadable}",)))
+    # Records that could be read but not recognised: a code nobody knows with no name, or a name the
+    # words around it leave in doubt ("possible TIA"). Neither may pass as "nothing found".
+    concepts: list[tuple[SourceRef, Any]] = [(c.source, c.concept) for c in facts.conditions]
+    concepts += [(m.source, m.concept) for m in facts.medications if not m.is_draft_order]
+    concepts += [(a.source, concept) for a in facts.allergies for concept in a.concepts]
+    for source, concept in concepts:
+        if terminology.unrecognised(concept):
+            hits.append(Hit(source=source, label=concept.label(), notes=("unreadable:code-not-recognised",)))
+        else:
+            hits.extend(
+                Hit(source=source, label=concept.label(), notes=(f"unconfirmed-name:{name}",))
+                for name in terminology.unconfirmed_names(concept)[:1]
+            )
     for reading in facts.blood_pressures:
         if reading.unreadable is None and _future_reading(reading, today):
             taken = reading.taken.date() if reading.taken else None

@@ -227,6 +227,7 @@ def load_knowledge(policy_file: str | None = None, root: Path | None = None) -> 
         relevance=RelevanceFilter(
             terminology.memberships,
             frozenset(url for rule in rules for url in rule.valuesets()) | frozenset(treatments.values()),
+            terminology.needs_review,
         ),
         bp_unit=str(plausible["unit"]),
     )

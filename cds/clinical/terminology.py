@@ -12,7 +12,11 @@ A concept belongs to a value set when, in this order of precedence:
 2. ``ingredient-code``: one of its codings is the RxNorm ingredient (IN) code of an ingredient the set
    names in its ``match-ingredient`` extension;
 3. ``name``: an ingredient or brand name of the set appears as a whole word, case-insensitively, in the
-   concept's text or in any coding's display (so "esketamine" is not "ketamine").
+   concept's text or in any coding's display (so "esketamine" is not "ketamine"); or, for condition sets
+   and only when none of the concept's codes is recognised by any set, one of the set's condition names
+   (``match-name``) appears there with words around it that affirm it (see `cds.clinical.mentions`:
+   "no history of stroke", "family history of stroke" and "ruled out MI" never count, "possible TIA" is a
+   near-match for a person to check, "old MI" counts for the set that takes the MI's history).
 
 Everything is indexed once at load: (system, normalised code) -> value-set URLs, one compiled regular
 expression for every name, and memoised normalisation and name scans, so a code hit costs a couple
@@ -29,11 +33,18 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from cds.clinical.mentions import MentionReader, counts, owners_of
 from cds.errors import ConfigError
 from cds.fhir.model import Coding, Concept
 
 EXT_MATCH_INGREDIENT = "https://ketamine-cds.example.org/fhir/StructureDefinition/match-ingredient"
 EXT_MATCH_BRAND = "https://ketamine-cds.example.org/fhir/StructureDefinition/match-brand"
+EXT_MATCH_NAME = "https://ketamine-cds.example.org/fhir/StructureDefinition/match-name"
+EXT_MATCH_NAME_EXCLUDED = "https://ketamine-cds.example.org/fhir/StructureDefinition/match-name-excluded"
+EXT_MATCH_HISTORY_OF = "https://ketamine-cds.example.org/fhir/StructureDefinition/match-history-of"
+EXT_MATCH_HISTORY_MENTIONS = (
+    "https://ketamine-cds.example.org/fhir/StructureDefinition/match-history-mentions"
+)
 
 METHOD_CODE = "code"
 METHOD_INGREDIENT_CODE = "ingredient-code"
@@ -44,6 +55,7 @@ _TABLE_EQUIVALENCE = "diazepam-equivalence.json"
 _MEMBERSHIP_CACHE_SIZE = 50_000
 _TABLE_SYSTEMS = "code-systems.json"
 _TABLE_BLOOD_PRESSURE = "blood-pressure-codes.json"
+_TABLE_CUES = "mention-cues.json"
 
 _CODE_FORMS = frozenset({"trim", "upper-without-dots"})
 _HIERARCHIES = frozenset({"code-prefix"})
@@ -79,6 +91,10 @@ class _ValueSet:
     ingredients: frozenset[str]
     names: frozenset[str]  # lower-case ingredient and brand names that make a concept a member
     roots: Mapping[str, tuple[str, ...]]  # system -> normalised is-a roots (code-prefix systems)
+    condition_names: frozenset[str] = frozenset()  # names that make a record without a known code a member
+    excluded_names: frozenset[str] = frozenset()  # longer phrases that contain a name but mean otherwise
+    history_of: tuple[str, ...] = ()  # urls of sets whose names, said as past history, belong here
+    history_ignored: bool = False  # a name of this set said as past history makes no member
 
 
 # --------------------------------------------------------------------------------- JSON checking
@@ -189,6 +205,7 @@ class Terminology:
         equivalence_reference_mg: float,
         equivalence_default_source: str,
         blood_pressure: BloodPressureCodes,
+        cue_table: Any,
     ) -> None:
         self._systems = systems
         self._sets = dict(sets)
@@ -213,7 +230,21 @@ class Terminology:
                 name_owners.setdefault(name, set()).add(valueset.url)
         self._roots_by_system = {k: tuple(v) for k, v in roots_by_system.items()}
         self._name_owners = {k: frozenset(v) for k, v in name_owners.items()}
-        self._membership_cache: dict[Concept, frozenset[str]] = {}
+        self._membership_cache: dict[Concept, tuple[frozenset[str], frozenset[str]]] = {}
+        condition_owners: dict[str, set[str]] = {}
+        excluded: set[str] = set()
+        self._history_of: dict[str, str] = {}
+        for valueset in self._sets.values():
+            for name in valueset.condition_names:
+                condition_owners.setdefault(name, set()).add(valueset.url)
+            excluded |= valueset.excluded_names
+            for other in valueset.history_of:
+                claimed = self._history_of.setdefault(other, valueset.url)
+                if other not in self._sets or claimed != valueset.url:
+                    raise ConfigError(f"{valueset.url}: match-history-of {other} is unknown or claimed twice")
+        self._condition_owners = {k: frozenset(v) for k, v in condition_owners.items()}
+        self._history_ignored = frozenset(v.url for v in self._sets.values() if v.history_ignored)
+        self._mentions = MentionReader(condition_owners, excluded, cue_table, f"tables/{_TABLE_CUES}")
         self._key: Callable[[str | None, str | None], _Key | None] = lru_cache(maxsize=16384)(systems.key)
         self._scan: Callable[[str], tuple[str, ...]] = lru_cache(maxsize=32768)(self._scan_text)
 
@@ -277,6 +308,7 @@ class Terminology:
             equivalence_reference_mg=reference_mg,
             equivalence_default_source=default_source,
             blood_pressure=blood_pressure,
+            cue_table=_read(tables / _TABLE_CUES),
         )
 
     # ---------------------------------------------------------------------------- questions
@@ -300,6 +332,10 @@ class Terminology:
 
     def memberships(self, concept: Concept) -> frozenset[str]:
         """Every value set `concept` belongs to, by any method. Cached: charts repeat the same codes."""
+        return self._memberships(concept)[1]
+
+    def _memberships(self, concept: Concept) -> tuple[frozenset[str], frozenset[str]]:
+        """(sets matched by a code, sets matched by any method)."""
         cached = self._membership_cache.get(concept)
         if cached is not None:
             return cached
@@ -313,14 +349,43 @@ class Terminology:
             for url, roots in self._roots_by_system.get(key[0], ()):
                 if key[1].startswith(roots):
                     urls.add(url)
+        by_code = frozenset(urls)
         for text in _texts(concept):
             for name in self._scan(text):
                 urls |= self._name_owners.get(name, frozenset())
-        found = frozenset(urls)
+            if not by_code:  # condition names only speak for records whose codes say nothing
+                for mention in self._mentions.read(text):
+                    if counts(mention):
+                        urls |= self._mention_owners(mention)
+        found = (by_code, frozenset(urls))
         if len(self._membership_cache) >= _MEMBERSHIP_CACHE_SIZE:
             self._membership_cache.clear()  # crude but bounded; a warm working set refills quickly
         self._membership_cache[concept] = found
         return found
+
+    def _mention_owners(self, mention: Any) -> frozenset[str]:
+        return owners_of(mention, self._condition_owners, self._history_of, self._history_ignored)
+
+    def unconfirmed_names(self, concept: Concept) -> tuple[str, ...]:
+        """Names of screened conditions the record nearly states but does not confirm ("possible TIA",
+        "aneurysym"), when nothing else about it is recognised: a person has to check them."""
+        if self.memberships(concept):
+            return ()
+        found: list[str] = []
+        for text in _texts(concept):
+            found.extend(m.name for m in self._mentions.read(text) if m.status == "uncertain")
+            if not found:
+                found.extend(self._mentions.near(text))
+        return tuple(dict.fromkeys(found))
+
+    def needs_review(self, concept: Concept) -> bool:
+        """Whether the data-completeness statement must list the record (see the two methods below)."""
+        return self.unrecognised(concept) or bool(self.unconfirmed_names(concept))
+
+    def unrecognised(self, concept: Concept) -> bool:
+        """A record with codes the service does not know and no name to read it by."""
+        named = any(True for _ in _texts(concept))
+        return bool(concept.codings) and not named and not self.memberships(concept)
 
     def match(self, url: str, concept: Concept) -> TermMatch | None:
         """How `concept` belongs to the value set `url` (code > ingredient-code > name), or None."""
@@ -348,6 +413,11 @@ class Terminology:
                 for name in self._scan(text):
                     if name in valueset.names:
                         return TermMatch(valueset.url, METHOD_NAME, None, name)
+        if not self._memberships(concept)[0]:
+            for text in _texts(concept):
+                for mention in self._mentions.read(text):
+                    if counts(mention) and valueset.url in self._mention_owners(mention):
+                        return TermMatch(valueset.url, METHOD_NAME, None, mention.name)
         return None
 
     def ingredients(self, concept: Concept) -> tuple[str, ...]:
@@ -508,6 +578,47 @@ def _load_blood_pressure(data: Any, systems: _Systems) -> BloodPressureCodes:
     return BloodPressureCodes(**parts)
 
 
+def _match_extensions(resource: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """The ValueSet's matching extensions as `_ValueSet` fields (names, ingredients, history handling)."""
+    ingredients: set[str] = set()
+    names: set[str] = set()
+    condition_names: set[str] = set()
+    excluded_names: set[str] = set()
+    history_of: list[str] = []
+    history_ignored = False
+    for i, raw in enumerate(_list(resource.get("extension", []), f"{where}: extension")):
+        ext = _obj(raw, f"{where}: extension[{i}]")
+        ext_url = ext.get("url")
+        if ext_url in {EXT_MATCH_INGREDIENT, EXT_MATCH_BRAND, EXT_MATCH_NAME, EXT_MATCH_NAME_EXCLUDED}:
+            value = " ".join(
+                _text(ext.get("valueString"), f"{where}: extension[{i}].valueString").lower().split()
+            )
+            if ext_url == EXT_MATCH_NAME:
+                condition_names.add(value)
+            elif ext_url == EXT_MATCH_NAME_EXCLUDED:
+                excluded_names.add(value)
+            else:
+                names.add(value)
+            if ext_url == EXT_MATCH_INGREDIENT:
+                ingredients.add(value)
+        elif ext_url == EXT_MATCH_HISTORY_OF:
+            history_of.append(_text(ext.get("valueCanonical"), f"{where}: extension[{i}].valueCanonical"))
+        elif ext_url == EXT_MATCH_HISTORY_MENTIONS:
+            code = ext.get("valueCode")
+            if code not in {"count", "ignore"}:
+                raise ConfigError(f"{where}: extension[{i}].valueCode must be count or ignore")
+            history_ignored = code == "ignore"
+
+    return {
+        "ingredients": frozenset(ingredients),
+        "names": frozenset(names),
+        "condition_names": frozenset(condition_names),
+        "excluded_names": frozenset(excluded_names),
+        "history_of": tuple(history_of),
+        "history_ignored": history_ignored,
+    }
+
+
 def _load_valueset(data: Any, where: str, systems: _Systems) -> tuple[_ValueSet, dict[_Key, str]]:
     resource = _obj(data, where)
     if resource.get("resourceType") != "ValueSet":
@@ -515,17 +626,7 @@ def _load_valueset(data: Any, where: str, systems: _Systems) -> tuple[_ValueSet,
     url = _text(resource.get("url"), f"{where}: url")
     title = _text(resource.get("title"), f"{where}: title")
 
-    ingredients: set[str] = set()
-    names: set[str] = set()
-    for i, raw in enumerate(_list(resource.get("extension", []), f"{where}: extension")):
-        ext = _obj(raw, f"{where}: extension[{i}]")
-        if ext.get("url") in {EXT_MATCH_INGREDIENT, EXT_MATCH_BRAND}:
-            value = " ".join(
-                _text(ext.get("valueString"), f"{where}: extension[{i}].valueString").lower().split()
-            )
-            names.add(value)
-            if ext["url"] == EXT_MATCH_INGREDIENT:
-                ingredients.add(value)
+    matching = _match_extensions(resource, where)
 
     def key_of(entry: dict[str, Any], path: str) -> _Key:
         system = _text(entry.get("system"), f"{path}.system")
@@ -566,8 +667,7 @@ def _load_valueset(data: Any, where: str, systems: _Systems) -> tuple[_ValueSet,
     valueset = _ValueSet(
         url=url,
         title=title,
-        ingredients=frozenset(ingredients),
-        names=frozenset(names),
         roots={system: tuple(sorted(set(values))) for system, values in roots.items()},
+        **matching,
     )
     return valueset, members

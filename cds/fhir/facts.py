@@ -107,12 +107,20 @@ class RelevanceFilter:
     Most of a chart belongs to no value set any rule reads; building facts for it is most of the cost of
     a large request. The answer depends only on the codings and text, which charts repeat heavily, so it is
     cached by their raw values. An element with nothing readable is always relevant: the data-quality rule
-    must see it. Anything unusual (unhashable junk) is relevant too: when in doubt, build the fact.
+    must see it; so is one that `needs_review` (a code nobody knows with no name, or a condition's name the
+    surrounding words leave in doubt). Anything unusual (unhashable junk) is relevant too: when in doubt,
+    build the fact.
     """
 
-    def __init__(self, memberships: Callable[[Concept], frozenset[str]], urls: frozenset[str]) -> None:
+    def __init__(
+        self,
+        memberships: Callable[[Concept], frozenset[str]],
+        urls: frozenset[str],
+        needs_review: Callable[[Concept], bool] = lambda _concept: False,
+    ) -> None:
         self._memberships = memberships
         self._urls = urls
+        self._needs_review = needs_review
         self._cache: dict[Any, bool] = {}
 
     def __call__(self, value: Any) -> bool:
@@ -125,7 +133,11 @@ class RelevanceFilter:
             return True
         if known is None:
             found = concept(value)
-            known = not (found.codings or found.text) or not self._urls.isdisjoint(self._memberships(found))
+            known = (
+                not (found.codings or found.text)
+                or not self._urls.isdisjoint(self._memberships(found))
+                or self._needs_review(found)
+            )
             if len(self._cache) >= _RELEVANCE_CACHE_SIZE:
                 self._cache.clear()
             self._cache[key] = known

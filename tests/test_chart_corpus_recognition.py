@@ -1,0 +1,452 @@
+"""Chart corpus: contraindications found however a chart records them, and silence where it should be.
+
+Charts shaped like real ones, written apart from the golden scenarios and with codes and wordings other
+than the issue's examples: codes one level below the curated expansions, conditions named only in words
+(with negation, family history and doubt around them), records nobody can read, dates given as an age,
+allergy records of differing severity, and sedating medicines with esketamine. Each case says which rules
+must fire at which level, which must stay silent, and what the card's evidence must say. Firing and silent
+cases come in pairs, as in the CDC opioid CDS test sets.
+
+The corpus runs through the screening function itself (no HTTP, no database), with the clock pinned to
+2026-11-22; the chart's patient was born on 1980-04-02.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+import requests
+
+from cds.clinical.knowledge import Knowledge
+from cds.clinical.screening import Screener
+from cds.config import load_settings
+from tests.conftest import NOW
+from tests.support.builders import (
+    ICD10,
+    RXNORM,
+    SNOMED,
+    allergy,
+    coding,
+    concept,
+    condition,
+    hook_request,
+    ketamine_order,
+    med_statement,
+)
+
+LOCAL = "urn:oid:2.16.840.1.113883.19.5.99"  # a hospital's own problem-list code system
+STROKE_RULE = "recent-stroke"
+MI_RULE = "recent-myocardial-infarction"
+ANEURYSM_RULE = "aneurysm-or-avm"
+DATA_RULE = "unreadable-records"
+ALLERGY_RULE = "ketamine-hypersensitivity"
+BY_NAME = "recognised by name: confirm"
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    chart: Callable[[], dict[str, Any]]
+    fires: dict[str, str] = field(default_factory=dict)  # rule id -> indicator
+    silent: frozenset[str] = frozenset()
+    evidence: dict[str, tuple[str, ...]] = field(default_factory=dict)  # rule id -> phrases in its detail
+    absent: dict[str, tuple[str, ...]] = field(default_factory=dict)  # rule id -> phrases it must not say
+
+
+def ketamine(**chart: Any) -> dict[str, Any]:
+    return hook_request("order-select", drafts=[ketamine_order()], **chart)
+
+
+def esketamine(**chart: Any) -> dict[str, Any]:
+    return hook_request("order-select", drafts=[ketamine_order(esketamine=True)], **chart)
+
+
+def sct(code: str, display: str | None = None) -> dict[str, Any]:
+    return concept(coding(SNOMED, code, display))
+
+
+def icd(code: str, display: str | None = None) -> dict[str, Any]:
+    return concept(coding(ICD10, code, display))
+
+
+def words(text: str) -> dict[str, Any]:
+    return concept(text=text)
+
+
+def local(code: str, display: str | None = None, text: str | None = None) -> dict[str, Any]:
+    return concept(coding(LOCAL, code, display), text=text)
+
+
+CASES: list[Case] = [
+    # ------------------------------------------------ (a) codes below or beside the curated expansions
+    Case(
+        "embolic stroke (SNOMED, a descendant the curated set lacked) 4 months ago",
+        lambda: ketamine(conditions=[condition(sct("371041009", "Embolic stroke"), onset="2026-07-20")]),
+        fires={STROKE_RULE: "critical"},
+    ),
+    Case(
+        "cardioembolic stroke 8 months before esketamine",
+        lambda: esketamine(
+            conditions=[condition(sct("413758000", "Cardioembolic stroke"), onset="2026-03-30")]
+        ),
+        fires={STROKE_RULE: "critical"},
+    ),
+    Case(
+        "completed stroke three years ago is past history, not a contraindication",
+        lambda: ketamine(conditions=[condition(sct("25133001", "Completed stroke"), onset="2023-09-01")]),
+        fires={STROKE_RULE: "warning"},
+    ),
+    Case(
+        "stroke with intracranial haemorrhage in 2019 rules out esketamine",
+        lambda: esketamine(
+            conditions=[
+                condition(
+                    sct("5571000124103", "Cerebrovascular accident with intracranial hemorrhage"),
+                    onset="2019-05-02",
+                )
+            ]
+        ),
+        fires={STROKE_RULE: "critical"},
+    ),
+    Case(
+        "intracranial haemorrhage (parent concept) 2015, esketamine",
+        lambda: esketamine(conditions=[condition(sct("1386000"), onset="2015-02-11", clinical="resolved")]),
+        fires={STROKE_RULE: "critical"},
+    ),
+    Case(
+        "subarachnoid haemorrhage two years ago before a ketamine infusion is a review",
+        lambda: ketamine(
+            conditions=[condition(sct("21454007", "Subarachnoid hemorrhage"), onset="2024-10-01")]
+        ),
+        fires={STROKE_RULE: "warning"},
+    ),
+    Case(
+        "brain stem stroke syndrome (ICD-10-CM G46.3) last month",
+        lambda: ketamine(
+            conditions=[condition(icd("G46.3", "Brain stem stroke syndrome"), onset="2026-10-19")]
+        ),
+        fires={STROKE_RULE: "critical"},
+    ),
+    Case(
+        "ischaemic stroke without coma, recorded 10 weeks ago with no onset",
+        lambda: ketamine(
+            conditions=[
+                condition(sct("140921000119102", "Ischemic stroke without coma"), recorded="2026-09-10")
+            ]
+        ),
+        fires={STROKE_RULE: "critical"},
+        evidence={STROKE_RULE: ("recorded was used",)},
+    ),
+    Case(
+        "ICD-10-CM stroke sent under the OID form of the code system",
+        lambda: ketamine(
+            conditions=[
+                condition(
+                    concept(
+                        coding("urn:oid:2.16.840.1.113883.6.90", "I63.512", "Cerebral infarction, left MCA")
+                    ),
+                    onset="2026-09-01",
+                )
+            ]
+        ),
+        fires={STROKE_RULE: "critical"},
+    ),
+    Case(
+        "thoracic aortic aneurysm (SNOMED) before esketamine",
+        lambda: esketamine(conditions=[condition(sct("433068007", "Aneurysm of thoracic aorta"))]),
+        fires={ANEURYSM_RULE: "critical"},
+    ),
+    Case(
+        "aortic aneurysm (SNOMED parent) before a ketamine infusion",
+        lambda: ketamine(conditions=[condition(sct("67362008"))]),
+        fires={ANEURYSM_RULE: "warning"},
+    ),
+    Case(
+        "cerebral arterial aneurysm before esketamine",
+        lambda: esketamine(conditions=[condition(sct("128608001", "Cerebral arterial aneurysm"))]),
+        fires={ANEURYSM_RULE: "critical"},
+    ),
+    Case(
+        "healed (old) myocardial infarction with no date asks for the date",
+        lambda: ketamine(conditions=[condition(sct("1755008", "Healed myocardial infarction"))]),
+        fires={MI_RULE: "warning"},
+    ),
+    Case(
+        "past MI found on an ECG, recorded last month, is not an infarction last month",
+        lambda: ketamine(
+            conditions=[
+                condition(
+                    sct("32574007", "Past myocardial infarction diagnosed on electrocardiogram"),
+                    recorded="2026-10-30",
+                )
+            ]
+        ),
+        silent=frozenset(),
+        absent={MI_RULE: ("critical",)},
+    ),
+    Case(
+        "cerebrovascular disease without an infarction is not a stroke",
+        lambda: ketamine(
+            conditions=[condition(sct("62914000", "Cerebrovascular disease"), onset="2026-10-01")]
+        ),
+        silent=frozenset({STROKE_RULE, DATA_RULE}),
+    ),
+    Case(
+        "family history of stroke coded in ICD-10-CM (Z82.3)",
+        lambda: ketamine(
+            conditions=[condition(icd("Z82.3", "Family history of stroke"), onset="2026-11-01")]
+        ),
+        silent=frozenset({STROKE_RULE, DATA_RULE}),
+    ),
+    Case(
+        "the digits of the old-MI concept under another code system mean nothing",
+        lambda: ketamine(conditions=[condition(concept(coding(ICD10, "1755008")))]),
+        silent=frozenset({MI_RULE}),
+        fires={DATA_RULE: "info"},
+    ),
+    Case(
+        "the digits of an aneurysm concept in a local code system, named as something else",
+        lambda: esketamine(conditions=[condition(local("128609009", "Chronic knee pain"))]),
+        silent=frozenset({ANEURYSM_RULE, DATA_RULE}),
+    ),
+    Case(
+        "sequela of cerebral infarction three years after is past history",
+        lambda: ketamine(
+            conditions=[
+                condition(icd("I69.398", "Other sequelae of cerebral infarction"), onset="2023-04-01")
+            ]
+        ),
+        fires={STROKE_RULE: "warning"},
+    ),
+    # ------------------------------------------------------------- (b) named, not coded (and not said)
+    Case(
+        "only text: left MCA CVA three months ago",
+        lambda: ketamine(conditions=[condition(words("L MCA CVA"), onset="2026-08-18")]),
+        fires={STROKE_RULE: "critical"},
+        evidence={STROKE_RULE: (BY_NAME,)},
+    ),
+    Case(
+        "a local code whose display names a cerebral infarct, six weeks before esketamine",
+        lambda: esketamine(
+            conditions=[
+                condition(local("NEU-0042", "Cerebral infarct, right PCA territory"), onset="2026-10-10")
+            ]
+        ),
+        fires={STROKE_RULE: "critical"},
+        evidence={STROKE_RULE: (BY_NAME,)},
+    ),
+    Case(
+        "British spelling in the text of an unrecognised SNOMED code",
+        lambda: ketamine(
+            conditions=[
+                condition(
+                    concept(coding(SNOMED, "999999991000000109"), text="Acute ischaemic stroke"),
+                    onset="2026-11-02",
+                )
+            ]
+        ),
+        fires={STROKE_RULE: "critical"},
+    ),
+    Case(
+        "NSTEMI in words two months ago",
+        lambda: ketamine(conditions=[condition(words("NSTEMI - troponin peak 2.1"), onset="2026-09-25")]),
+        fires={MI_RULE: "critical"},
+        evidence={MI_RULE: (BY_NAME,)},
+    ),
+    Case(
+        "heart attack in words ten months ago needs cardiology review",
+        lambda: ketamine(conditions=[condition(words("Heart attack"), onset="2026-01-15")]),
+        fires={MI_RULE: "warning"},
+    ),
+    Case(
+        "inferior STEMI named with no date",
+        lambda: ketamine(conditions=[condition(words("Inferior STEMI, stented"))]),
+        fires={MI_RULE: "warning"},
+    ),
+    Case(
+        "AAA in words before esketamine",
+        lambda: esketamine(conditions=[condition(words("AAA 4.8 cm on surveillance"))]),
+        fires={ANEURYSM_RULE: "critical"},
+        evidence={ANEURYSM_RULE: (BY_NAME,)},
+    ),
+    Case(
+        "berry aneurysm (clipped) before esketamine",
+        lambda: esketamine(conditions=[condition(local("VASC-7", "Berry aneurysm - clipped 2012"))]),
+        fires={ANEURYSM_RULE: "critical"},
+    ),
+    Case(
+        "brain bleed in words, years ago, before esketamine",
+        lambda: esketamine(conditions=[condition(words("Brain bleed"), onset="2014-06-01")]),
+        fires={STROKE_RULE: "critical"},
+    ),
+    Case(
+        "old MI in words, undated",
+        lambda: ketamine(conditions=[condition(words("Old MI"))]),
+        fires={MI_RULE: "warning"},
+    ),
+    Case(
+        "'no history of stroke' never fires",
+        lambda: ketamine(conditions=[condition(words("No history of stroke"), onset="2026-11-01")]),
+        silent=frozenset({STROKE_RULE, DATA_RULE}),
+    ),
+    Case(
+        "'family history of stroke' never fires",
+        lambda: ketamine(
+            conditions=[condition(words("Family history of stroke (mother, aged 70)"), onset="2026-11-01")]
+        ),
+        silent=frozenset({STROKE_RULE, DATA_RULE}),
+    ),
+    Case(
+        "'ruled out MI' never fires",
+        lambda: ketamine(conditions=[condition(words("Chest pain - MI ruled out"), onset="2026-11-15")]),
+        silent=frozenset({MI_RULE, DATA_RULE}),
+    ),
+    Case(
+        "'denies heart attack' never fires",
+        lambda: ketamine(conditions=[condition(words("Denies heart attack or stroke"), onset="2026-11-15")]),
+        silent=frozenset({MI_RULE, STROKE_RULE}),
+    ),
+    Case(
+        "an aneurysm in the father is not the patient's",
+        lambda: esketamine(conditions=[condition(words("FHx: AAA in father"))]),
+        silent=frozenset({ANEURYSM_RULE, DATA_RULE}),
+    ),
+    Case(
+        "heat stroke is not a stroke",
+        lambda: ketamine(conditions=[condition(words("Heat stroke"), onset="2026-08-01")]),
+        silent=frozenset({STROKE_RULE, DATA_RULE}),
+    ),
+    Case(
+        "stroke risk assessment is not a stroke",
+        lambda: ketamine(conditions=[condition(words("Stroke risk assessment"), onset="2026-11-01")]),
+        silent=frozenset({STROKE_RULE, DATA_RULE}),
+    ),
+    Case(
+        "aneurysmal bone cyst is not an aneurysm",
+        lambda: esketamine(conditions=[condition(words("Aneurysmal bone cyst of tibia"))]),
+        silent=frozenset({ANEURYSM_RULE}),
+    ),
+    Case(
+        "splenic infarct is not a stroke",
+        lambda: ketamine(conditions=[condition(words("Splenic infarct"), onset="2026-10-01")]),
+        silent=frozenset({STROKE_RULE}),
+    ),
+    Case(
+        "mild MI on an echo report means mitral insufficiency",
+        lambda: ketamine(conditions=[condition(words("Mild MI"), onset="2026-10-01")]),
+        silent=frozenset({MI_RULE}),
+    ),
+    Case(
+        "deschloroketamine is not ketamine",
+        lambda: ketamine(
+            allergies=[allergy(words("Deschloroketamine (research chemical) - agitation"))],
+            statements=[med_statement(words("2F-deschloroketamine, recreational"))],
+        ),
+        silent=frozenset({ALLERGY_RULE}),
+    ),
+    Case(
+        "a coded record's display is not read for other conditions",
+        lambda: ketamine(
+            conditions=[
+                condition(
+                    icd("Z86.73", "Personal history of TIA and cerebral infarction"), onset="2026-10-20"
+                )
+            ]
+        ),
+        fires={STROKE_RULE: "warning"},
+    ),
+    # ----------------------------------------------------------- (c) near-matches and unreadable codes
+    Case(
+        "possible TIA is listed for a person to check, not fired",
+        lambda: ketamine(conditions=[condition(words("?TIA vs migraine with aura"), onset="2026-10-28")]),
+        silent=frozenset({STROKE_RULE}),
+        fires={DATA_RULE: "info"},
+        evidence={DATA_RULE: ('"tia"',)},
+    ),
+    Case(
+        "suspected MI is listed for a person to check",
+        lambda: ketamine(
+            conditions=[condition(words("Suspected MI, awaiting troponin"), onset="2026-11-20")]
+        ),
+        silent=frozenset({MI_RULE}),
+        fires={DATA_RULE: "info"},
+    ),
+    Case(
+        "a misspelt aneurysm is listed for a person to check",
+        lambda: esketamine(conditions=[condition(words("Aneurysym of aorta"))]),
+        silent=frozenset({ANEURYSM_RULE}),
+        fires={DATA_RULE: "info"},
+        evidence={DATA_RULE: ("aneurysym",)},
+    ),
+    Case(
+        "a local code with no name is counted as unreadable",
+        lambda: ketamine(conditions=[condition(local("PL-88213"), onset="2026-10-01")]),
+        fires={DATA_RULE: "info"},
+        evidence={DATA_RULE: ("code is not one the service knows",)},
+    ),
+    Case(
+        "an unknown SNOMED code with no display is counted as unreadable",
+        lambda: ketamine(conditions=[condition(concept(coding(SNOMED, "1234567000")))]),
+        fires={DATA_RULE: "info"},
+    ),
+    Case(
+        "an unknown code with a readable name is not counted",
+        lambda: ketamine(conditions=[condition(local("PL-1001", "Seasonal allergic rhinitis"))]),
+        silent=frozenset({DATA_RULE}),
+    ),
+    Case(
+        "a medicine coded only locally with no name is counted as unreadable",
+        lambda: ketamine(
+            statements=[med_statement(concept(coding("urn:oid:1.2.36.1.2001.1001.101", "884521")))]
+        ),
+        fires={DATA_RULE: "info"},
+    ),
+    Case(
+        "a medicine with an unknown RxNorm code but a name is not counted",
+        lambda: ketamine(
+            statements=[med_statement(concept(coding(RXNORM, "9999991", "cetirizine 10 MG Oral Tablet")))]
+        ),
+        silent=frozenset({DATA_RULE}),
+    ),
+]
+
+
+@pytest.fixture(scope="module")
+def screen(knowledge: Knowledge) -> Iterator[Callable[[dict[str, Any]], list[dict[str, Any]]]]:
+    settings = load_settings(environ={}, overrides={"dev_mode": True})
+    with requests.Session() as http:
+        screener = Screener(knowledge, settings, http, lambda: NOW)
+
+        def run(body: dict[str, Any]) -> list[dict[str, Any]]:
+            service = next(s for s in knowledge.services.values() if s.hook == body["hook"])
+            return list(screener.screen(service, body).cards)
+
+        yield run
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_case(case: Case, screen: Callable[[dict[str, Any]], list[dict[str, Any]]]) -> None:
+    cards = screen(case.chart())
+    by_rule = {card["source"]["topic"]["code"]: card for card in cards}
+    for rule_id, indicator in case.fires.items():
+        shown = by_rule.get(rule_id, {}).get("indicator")
+        assert shown == indicator, f"{rule_id}: expected {indicator}, got {shown}"
+    for rule_id in case.silent:
+        assert rule_id not in by_rule, f"{rule_id} fired: {by_rule[rule_id]['summary']}"
+    for rule_id, phrases in case.evidence.items():
+        for phrase in phrases:
+            assert phrase in by_rule[rule_id]["detail"], f"{rule_id} does not say {phrase!r}"
+    for rule_id, phrases in case.absent.items():
+        card = by_rule.get(rule_id)
+        for phrase in phrases:
+            assert card is None or phrase not in (card["indicator"], card["detail"]), f"{rule_id}: {phrase!r}"
+
+
+def test_the_corpus_pairs_firing_and_silent_cases() -> None:
+    fired = {rule for case in CASES for rule in case.fires}
+    silenced = {rule for case in CASES for rule in case.silent}
+    assert {STROKE_RULE, MI_RULE, ANEURYSM_RULE, DATA_RULE} <= fired
+    assert {STROKE_RULE, MI_RULE, ANEURYSM_RULE, DATA_RULE, ALLERGY_RULE} <= silenced
