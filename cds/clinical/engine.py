@@ -204,9 +204,9 @@ def _allergy_hit(ctx: EngineContext, band: Band, fact: AllergyFact) -> Hit | Non
     if found is None:
         return None
     label = next((c.label() for c in fact.concepts if c.label()), None)
-    notes: tuple[str, ...] = ("by-name",) if found.method == METHOD_NAME else ()
+    notes: tuple[str, ...] = ()
     if (fact.verification_status or "").lower() == "unconfirmed":
-        notes += ("unconfirmed",)
+        notes = ("unconfirmed",)
     return Hit(
         source=fact.source,
         label=label,
