@@ -57,9 +57,16 @@ def create_app(
     if settings.dev_mode:
         log.warning(
             "DEVELOPMENT MODE: client authentication is OFF, browser clients from any origin are "
-            "allowed (CORS), and plain-http FHIR servers are allowed. "
+            "allowed (CORS), and any fhirServer is read (plain http, no token, no per-issuer list). "
             "Never expose this instance to patient data."
         )
+    for issuer in settings.trusted_issuers if not settings.dev_mode else ():
+        if not issuer.fhir_servers:
+            log.warning(
+                "trusted issuer %s lists no fhir_servers: its calls are screened from their prefetch only, "
+                "and data missing from it is answered 412",
+                issuer.iss,
+            )
     app = Flask("cds")
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.json.sort_keys = False  # type: ignore[attr-defined]

@@ -30,6 +30,8 @@ class TrustedIssuer:
     jwks_file: str | None = None
     jku_allowlist: tuple[str, ...] = ()  # JWKS URLs a token's `jku` header may name
     tenant: str | None = None  # when set, the token's `tenant` claim must equal it
+    # FHIR base URLs (prefixes) this issuer's calls may name as fhirServer; none: prefetch only
+    fhir_servers: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +104,7 @@ def _parse_issuers(raw: str) -> tuple[TrustedIssuer, ...]:
                 jwks_file=item.get("jwks_file"),
                 jku_allowlist=tuple(item.get("jku_allowlist", ())),
                 tenant=item.get("tenant"),
+                fhir_servers=tuple(item.get("fhir_servers", ())),
             )
         )
     return tuple(issuers)
@@ -172,22 +175,25 @@ def _base_key(url: str) -> tuple[str, str, int | None, str] | None:
     return scheme, (parts.hostname or "").lower(), port or default, parts.path.rstrip("/")
 
 
-def _check_fhir_base(name: str, url: str, settings: Settings) -> None:
-    """A FHIR base URL the operator lists: absolute https (http only where explicitly allowed), no extras."""
+def _check_fhir_base(where: str, url: object, settings: Settings) -> None:
+    """A FHIR base URL the operator lists: absolute https (http only where explicitly allowed), no extras.
+
+    `where` names the setting (and entry) for the message.
+    """
+    if not isinstance(url, str):
+        raise ConfigError(f"{where}: {url!r} must be a URL string")
     try:
         parts = urlsplit(url)
         parts.port  # noqa: B018 - raises on a malformed port
     except ValueError:
-        raise ConfigError(f"{ENV_PREFIX}{name.upper()}: {url!r} is not a valid URL") from None
+        raise ConfigError(f"{where}: {url!r} is not a valid URL") from None
     if parts.scheme not in {"http", "https"} or not parts.hostname:
-        raise ConfigError(f"{ENV_PREFIX}{name.upper()}: {url!r} must be an absolute https URL")
+        raise ConfigError(f"{where}: {url!r} must be an absolute https URL")
     if parts.query or parts.fragment or parts.username is not None or parts.password is not None:
-        raise ConfigError(
-            f"{ENV_PREFIX}{name.upper()}: {url!r} must not carry credentials, a query or a fragment"
-        )
+        raise ConfigError(f"{where}: {url!r} must not carry credentials, a query or a fragment")
     if parts.scheme == "http" and not http_allowed(url, settings):
         raise ConfigError(
-            f"{ENV_PREFIX}{name.upper()}: {url!r} is plain http; allow it explicitly with "
+            f"{where}: {url!r} is plain http; allow it explicitly with "
             f"{ENV_PREFIX}FHIR_SERVER_ALLOWLIST (or {ENV_PREFIX}FHIR_ALLOW_HTTP)"
         )
 
@@ -218,7 +224,7 @@ def validate(settings: Settings) -> None:
     for url in settings.fhir_server_allowlist:
         _check_url("fhir_server_allowlist", url)
     for url in settings.open_fhir_servers:
-        _check_fhir_base("open_fhir_servers", url, settings)
+        _check_fhir_base(f"{ENV_PREFIX}OPEN_FHIR_SERVERS", url, settings)
     if settings.redis_url and urlsplit(settings.redis_url).scheme not in {"redis", "rediss", "unix"}:
         raise ConfigError(f"{ENV_PREFIX}REDIS_URL must be a redis:// or rediss:// URL")
     for issuer in settings.trusted_issuers:
@@ -226,6 +232,10 @@ def validate(settings: Settings) -> None:
             raise ConfigError(f"trusted issuer {issuer.iss!r} needs exactly one of jwks_url or jwks_file")
         if issuer.jwks_url:
             _check_url("trusted_issuers", issuer.jwks_url)
+        for url in issuer.fhir_servers:
+            _check_fhir_base(
+                f"{ENV_PREFIX}TRUSTED_ISSUERS: issuer {issuer.iss!r}, key 'fhir_servers'", url, settings
+            )
     if settings.log_level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
         raise ConfigError(f"{ENV_PREFIX}LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR")
     if not settings.dev_mode:

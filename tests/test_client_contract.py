@@ -201,7 +201,9 @@ def prod_open(
     app = make_app(
         dev_mode=False,
         public_base_url=PUBLIC_BASE,
-        trusted_issuers=(TrustedIssuer(iss=ehr.iss, jwks_file=str(ehr.jwks_file)),),
+        trusted_issuers=(
+            TrustedIssuer(iss=ehr.iss, jwks_file=str(ehr.jwks_file), fhir_servers=(open_fhir.base_url,)),
+        ),
         open_fhir_servers=(open_fhir.base_url,),
         fhir_server_allowlist=(open_fhir.base_url,),
     )
@@ -253,7 +255,9 @@ def test_without_a_token_any_server_not_declared_open_is_412_and_says_why(
     app = make_app(
         dev_mode=False,
         public_base_url=PUBLIC_BASE,
-        trusted_issuers=(TrustedIssuer(iss=ehr.iss, jwks_file=str(ehr.jwks_file)),),
+        trusted_issuers=(
+            TrustedIssuer(iss=ehr.iss, jwks_file=str(ehr.jwks_file), fhir_servers=(open_fhir.base_url,)),
+        ),
         fhir_server_allowlist=(open_fhir.base_url,),  # plain http allowed: not the same as open
     )
     patient = paged_patient()

@@ -47,6 +47,7 @@ class Screener:
     http: requests.Session
     clock: Callable[[], datetime]
     new_uuid: Callable[[], str] | None = None
+    fhir_servers: tuple[str, ...] | None = None  # what the caller's issuer may name; None: any (dev, CLI)
 
     def _facts(self, gathered: Gathered, body: Mapping[str, Any], patient_ref: str | None) -> PatientFacts:
         return build_facts(
@@ -62,7 +63,9 @@ class Screener:
         knowledge = self.knowledge
         budget = min(self.settings.fhir_time_budget_s, self.settings.request_time_budget_s)
         deadline = time.monotonic() + budget
-        factory = client_factory_for(body, settings=self.settings, session=self.http, deadline=deadline)
+        factory = client_factory_for(
+            body, settings=self.settings, session=self.http, deadline=deadline, registered=self.fhir_servers
+        )
         context = body.get("context", {})
         patient_id = context.get("patientId")
         patient_ref = f"Patient/{patient_id}" if isinstance(patient_id, str) else None

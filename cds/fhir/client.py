@@ -277,19 +277,27 @@ def client_factory_for(
     settings: Settings,
     session: requests.Session,
     deadline: float,
+    registered: tuple[str, ...] | None = None,
 ) -> Callable[[], FhirClient | None]:
     """A `client_factory` for `cds.fhir.prefetch.gather` built from a CDS Hooks request body.
 
-    Returns None when `fhirServer` is missing. Raises (so the caller's 412 says why) `FhirAccessRefused`
-    when there is no bearer `fhirAuthorization` and the server is not one the operator declared open
-    (`open_fhir_servers`; dev mode reads any server without a token, as the CDS Hooks sandbox expects), and
-    `InsecureFhirServer` for a plain-http server that the settings do not allow.
+    `registered` holds the FHIR base URLs the caller's issuer may name (its `fhir_servers`); None means
+    any (dev mode, the CLI). Returns None when `fhirServer` is missing. Raises, so that the caller's 412
+    says why and before any outbound request, `FhirAccessRefused` when the server is not registered for
+    the issuer, or when there is no bearer `fhirAuthorization` and the server is not one the operator
+    declared open (`open_fhir_servers`; dev mode reads any server without a token, as the CDS Hooks
+    sandbox expects), and `InsecureFhirServer` for a plain-http server that the settings do not allow.
     """
 
     def factory() -> FhirClient | None:
         server = request.get("fhirServer")
         if not isinstance(server, str) or not server:
             return None
+        if registered is not None and not under_any(server, registered):
+            raise FhirAccessRefused(
+                "the fhirServer is not one of the FHIR servers registered for this client's issuer "
+                "(fhir_servers in KETAMINE_CDS_TRUSTED_ISSUERS), so the service does not read from it"
+            )
         token = _bearer_token(request.get("fhirAuthorization"))
         if token is None and not settings.dev_mode and not under_any(server, settings.open_fhir_servers):
             raise FhirAccessRefused(

@@ -121,7 +121,7 @@ def call_service(service_id: str) -> Response:
     if _count_resources(body) > rt.settings.max_resources:
         raise PayloadTooLarge(f"the request carries more than {rt.settings.max_resources} resources")
     g.hook_instance = body["hookInstance"]
-    result = rt.screener().screen(service, body)
+    result = rt.screener(g.get("client")).screen(service, body)
     cards = rt.suppress_repeats(service, body, result)
     g.rule_ids = [f.rule.id for f in result.findings]
     g.card_uuids = [c["uuid"] for c in cards]

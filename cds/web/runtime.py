@@ -116,8 +116,22 @@ class Runtime:
             self._local.session = session
         return session
 
-    def screener(self) -> Screener:
-        return Screener(self.knowledge, self.settings, self.http(), self.clock, self.new_uuid)
+    def screener(self, client: VerifiedClient | None = None) -> Screener:
+        return Screener(
+            self.knowledge,
+            self.settings,
+            self.http(),
+            self.clock,
+            self.new_uuid,
+            fhir_servers=self.fhir_servers_for(client),
+        )
+
+    def fhir_servers_for(self, client: VerifiedClient | None) -> tuple[str, ...] | None:
+        """The fhirServer prefixes a call may name: its issuer's `fhir_servers`; any in dev mode."""
+        if self.settings.dev_mode:
+            return None
+        issuer = next((i for i in self.settings.trusted_issuers if client and i.iss == client.iss), None)
+        return issuer.fhir_servers if issuer is not None else ()  # no verified issuer: nothing is read
 
     def authenticate(self, request: Request) -> VerifiedClient | None:
         if self.authenticator is None:
