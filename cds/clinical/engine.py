@@ -18,6 +18,7 @@ from typing import Any
 from cds.clinical.dosing import DosingVocabulary, daily_dose
 from cds.clinical.policy import SitePolicy
 from cds.clinical.rules import DOSE_WHEN_KEYS, INDICATOR_RANK, Band, Rule
+from cds.clinical.schedule import months_before, months_between
 from cds.clinical.situation import INTERACTION, NONE, Situation
 from cds.clinical.statuses import StatusSemantics, medication_counts
 from cds.clinical.terminology import METHOD_NAME, Terminology, TermMatch
@@ -74,31 +75,6 @@ class EngineContext:
 
 
 # ---------------------------------------------------------------------------------------------- helpers
-
-
-def months_before(day: date, months: int | float) -> date:
-    """Calendar arithmetic: the date `months` whole months before `day` (day clipped to month length)."""
-    whole = int(months)
-    year, month = divmod(day.month - 1 - whole, 12)
-    year += day.year
-    month += 1
-    for candidate in (day.day, 30, 29, 28):
-        try:
-            shifted = day.replace(year=year, month=month, day=min(day.day, candidate))
-        except ValueError:
-            continue
-        break
-    fraction = months - whole
-    return shifted - timedelta(days=round(fraction * 30.4375))
-
-
-def months_between(earlier: date, later: date) -> int:
-    if earlier >= later:
-        return 0
-    months = (later.year - earlier.year) * 12 + later.month - earlier.month
-    if later.day < earlier.day:
-        months -= 1
-    return max(months, 0)
 
 
 def fmt_number(value: float) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import time
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ import yaml
 from jsonschema import Draft202012Validator
 
 from cds.clinical.rules import Rule
+from cds.clinical.schedule import parse_time_of_day
 from cds.errors import ConfigError
 
 DEFAULT_ORIGIN = "default"
@@ -35,6 +37,7 @@ class SitePolicy:
     patient_view_scope: str
     treatments: frozenset[str]
     stale_after_days: int
+    session_time: time  # usual session start, for orders that give only a day
     disabled_rules: frozenset[str]
     parameters: Mapping[str, Mapping[str, ResolvedParameter]]
 
@@ -107,6 +110,7 @@ def load_policy(
             patient_view_scope=merged["patient_view_scope"],
             treatments=frozenset(merged["treatments"]),
             stale_after_days=int(merged["stale_after_days"]),
+            session_time=parse_time_of_day(str(merged["session_time"])),
             disabled_rules=disabled,
             parameters=resolved,
         )
