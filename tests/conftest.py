@@ -1,59 +1,64 @@
-"""Shared fixtures: the app on embedded defaults with a pinned clock, response validation, log capture.
+"""Shared fixtures: the app on embedded defaults with a pinned clock, a screen without HTTP, log capture.
 
-Every log record the whole suite produces is kept (see `LOG_CAPTURE`); tests/test_zz_log_hygiene.py, which
-runs last, fails if any test patient's id or name or any token registered in `SENSITIVE` appears in one.
+Every log record the whole suite produces is kept (tests/support/logs.py); when the run ends, the session
+fails if any test patient's id or name, or any token registered in `SENSITIVE`, appears in one of them
+(`pytest_sessionfinish` below), whichever tests ran and in whatever order.
 """
 
 from __future__ import annotations
 
-import itertools
-import json
 import logging
-import uuid
+import shutil
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 from flask import Flask
 from flask.testing import FlaskClient
 
 from cds.app import create_app
 from cds.clinical.knowledge import Knowledge, load_knowledge
+from cds.clinical.screening import Screener
 from cds.config import load_settings
+from cds.storage.store import Store
+from cds.web.validation import check_schema
+from tests.support.constants import NOW
 from tests.support.fhir_server import FhirServerHandle, running_fhir_server
+from tests.support.logs import LOG_CAPTURE, SENSITIVE, leaks
+from tests.support.responses import assert_no_empty_values, assert_valid_response, deterministic_uuids
 
-ROOT = Path(__file__).resolve().parent.parent
-NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
-SENSITIVE: set[str] = set()
-
-
-class _Capture(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(level=logging.DEBUG)
-        self.lines: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        try:
-            text = record.getMessage()
-        except Exception:  # a broken format string still must not hide the raw message
-            text = str(record.msg)
-        extra = {
-            k: v
-            for k, v in record.__dict__.items()
-            if k not in logging.LogRecord("", 0, "", 0, "", (), None).__dict__
-        }
-        self.lines.append(f"{record.name} {text} {json.dumps(extra, default=str)}")
-
-
-LOG_CAPTURE = _Capture()
+__all__ = [  # what older tests import from here; new code imports from tests.support
+    "NOW",
+    "SENSITIVE",
+    "assert_no_empty_values",
+    "assert_valid_response",
+    "deterministic_uuids",
+]
+_LEAKS: list[str] = []
 
 
 def pytest_configure(config: pytest.Config) -> None:
     root = logging.getLogger()
     root.addHandler(LOG_CAPTURE)
     root.setLevel(logging.DEBUG)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Log hygiene over everything the run logged: a leak fails the run, whichever test caused it."""
+    _LEAKS[:] = leaks(LOG_CAPTURE.lines)
+    if _LEAKS:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    if _LEAKS:
+        terminalreporter.section("log hygiene: FAILED", sep="=", red=True, bold=True)
+        terminalreporter.write_line(f"{len(_LEAKS)} log line(s) leak patient data or tokens:")
+        for line in _LEAKS[:25]:
+            terminalreporter.write_line(line)
 
 
 @pytest.fixture(scope="session")
@@ -71,24 +76,36 @@ def fhir_server() -> Iterator[FhirServerHandle]:
         yield server
 
 
-def deterministic_uuids() -> Callable[[], str]:
-    counter = itertools.count(1)
-    return lambda: str(uuid.UUID(int=next(counter)))
+@pytest.fixture(scope="session")
+def migrated_database(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An SQLite file migrated once per run; each app copies it instead of running Alembic again."""
+    path = tmp_path_factory.mktemp("template") / "cds.sqlite3"
+    store = Store.open(f"sqlite:///{path}")
+    store.migrate()
+    store.close()
+    assert not path.with_name(path.name + "-wal").exists(), "closing the store checkpoints the journal"
+    return path
 
 
 @pytest.fixture
-def make_app(tmp_path: Path, knowledge: Knowledge) -> Callable[..., Flask]:
+def make_app(tmp_path: Path, knowledge: Knowledge, migrated_database: Path) -> Callable[..., Flask]:
     def factory(**overrides: Any) -> Flask:
-        values: dict[str, Any] = {
-            "dev_mode": True,
-            "database_url": f"sqlite:///{tmp_path / 'cds.sqlite3'}",
-            "audit_hash_key": "test-key",
-        }
+        values: dict[str, Any] = {"dev_mode": True, "audit_hash_key": "test-key"}
         values.update(overrides)
+        fresh_copy = "database_url" not in overrides
+        if fresh_copy:
+            database = tmp_path / "cds.sqlite3"
+            if not database.exists():
+                shutil.copyfile(migrated_database, database)
+            values["database_url"] = f"sqlite:///{database}"
         settings = load_settings(environ={}, overrides=values)
         policy_knowledge = knowledge if "policy_file" not in overrides else None
         return create_app(
-            settings, knowledge=policy_knowledge, clock=lambda: NOW, new_uuid=deterministic_uuids()
+            settings,
+            knowledge=policy_knowledge,
+            clock=lambda: NOW,
+            new_uuid=deterministic_uuids(),
+            maintenance=not fresh_copy,  # a copy of the migrated file: nothing to migrate or purge
         )
 
     return factory
@@ -124,25 +141,24 @@ def call(client: FlaskClient, knowledge: Knowledge) -> Callable[..., Any]:
     return do
 
 
-def assert_valid_response(knowledge: Knowledge, payload: Any) -> None:
-    errors = list(knowledge.response_validator.iter_errors(payload))
-    assert not errors, [f"{list(e.absolute_path)}: {e.message}" for e in errors]
-    assert_no_empty_values(payload)
+@pytest.fixture(scope="session")
+def screener(knowledge: Knowledge) -> Screener:
+    settings = load_settings(environ={}, overrides={"dev_mode": True})
+    return Screener(knowledge, settings, requests.Session(), lambda: NOW, deterministic_uuids())
 
 
-def assert_no_empty_values(value: Any, path: str = "$") -> None:
-    """CDS Hooks: no null, "", [] or {} anywhere, except the top-level cards list."""
-    if isinstance(value, dict):
-        assert value, f"empty object at {path}"
-        for key, child in value.items():
-            if path == "$" and key == "cards" and child == []:
-                continue
-            assert_no_empty_values(child, f"{path}.{key}")
-    elif isinstance(value, list):
-        assert value, f"empty array at {path}"
-        for index, child in enumerate(value):
-            assert_no_empty_values(child, f"{path}[{index}]")
-    else:
-        assert value is not None, f"null at {path}"
-        if isinstance(value, str):
-            assert value.strip(), f"empty string at {path}"
+@pytest.fixture(scope="session")
+def screen(screener: Screener, knowledge: Knowledge) -> Callable[[dict[str, Any]], list[dict[str, Any]]]:
+    """One hook request through the screening function alone (no Flask, no database): its valid cards.
+
+    The request is checked against the CDS Hooks request schema first, as the HTTP edge checks it.
+    """
+
+    def do(body: dict[str, Any]) -> list[dict[str, Any]]:
+        check_schema(knowledge.request_validator, body, "the request does not match the CDS Hooks schema")
+        service = next(s for s in knowledge.services.values() if s.hook == body["hook"])
+        cards = screener.screen(service, body).cards
+        assert_valid_response(knowledge, {"cards": cards})
+        return cards
+
+    return do

@@ -6,7 +6,7 @@ discovery, a service and feedback must carry a JWT whose `aud` is the exact URL 
 public base URL, never from the Host header); anything else gets a bare 401 whose OperationOutcome says
 "unauthorized" and nothing more, while the reason goes to the log (and the token does not).
 
-Every token minted here is registered in conftest.SENSITIVE, so tests/test_zz_log_hygiene.py fails if
+Every token minted here is registered in tests.support.logs.SENSITIVE, so the session-end log check fails if
 one ever reaches a log line. The service calls carry the Synthea test patients' real records and names.
 """
 
@@ -36,8 +36,9 @@ from cds.config import TrustedIssuer
 from cds.errors import ConfigError
 from cds.storage.analytics import override_report
 from cds.storage.shared_state import DEFAULT_PREFIX
-from tests.conftest import SENSITIVE, assert_valid_response
 from tests.support.backends import redis_url_or_skip
+from tests.support.logs import SENSITIVE
+from tests.support.responses import assert_valid_response
 from tests.support.synthea import synthea_patients, synthea_request
 
 BASE = "https://cds.example.org"

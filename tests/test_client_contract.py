@@ -26,9 +26,9 @@ from cds.clinical.knowledge import Knowledge
 from cds.config import TrustedIssuer
 from cds.storage.analytics import override_report
 from cds.storage.store import FeedbackItem
-from tests.conftest import assert_valid_response
 from tests.support.ehr_client import EhrClient, serving
 from tests.support.fhir_server import FhirServerHandle, running_fhir_server
+from tests.support.responses import assert_valid_response
 from tests.support.synthea import SyntheaPatient, synthea_patients, synthea_request
 
 PUBLIC_BASE = "https://cds.example.org"  # what the EHR calls; the test reaches it on loopback (a proxy)

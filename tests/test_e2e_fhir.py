@@ -33,9 +33,11 @@ import yaml
 from flask.testing import FlaskClient
 
 from cds.clinical.knowledge import Knowledge
-from tests.conftest import NOW, SENSITIVE, assert_valid_response
 from tests.support.builders import ketamine_order
+from tests.support.constants import NOW
 from tests.support.fhir_server import DATA_DIR, FhirServerHandle
+from tests.support.logs import SENSITIVE
+from tests.support.responses import assert_valid_response
 
 pytestmark = pytest.mark.integration
 

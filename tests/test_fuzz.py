@@ -25,8 +25,9 @@ For a larger campaign, raise the budget per property and let Hypothesis pick fre
 (`KETAMINE_CDS_FUZZ_RANDOM=1` turns derandomisation off, so every run explores new inputs; Hypothesis
 prints the failing example, which then belongs in a regression test below.)
 
-Requests carry the Synthea test patients' ids and names, so tests/test_zz_log_hygiene.py would catch any
-log line that echoed request data while these bodies were being rejected or screened.
+Requests carry the Synthea test patients' ids and names, so the session-end log check
+(tests/support/logs.py) would catch any log line that echoed request data while these bodies were being
+rejected or screened.
 """
 
 from __future__ import annotations
@@ -47,7 +48,6 @@ from hypothesis import strategies as st
 from cds.app import create_app
 from cds.clinical.knowledge import Knowledge
 from cds.config import load_settings
-from tests.conftest import NOW, assert_valid_response, deterministic_uuids
 from tests.support.builders import (
     ESKETAMINE,
     KETAMINE,
@@ -65,6 +65,8 @@ from tests.support.builders import (
     med_request,
     med_statement,
 )
+from tests.support.constants import CLOSED_PORT, NOW, SERVICES
+from tests.support.responses import assert_valid_response, deterministic_uuids
 from tests.support.synthea import synthea_patients, synthea_request
 
 # A falsifying example may hold a huge string: print it anyway rather than fail on the size of its repr.
@@ -79,13 +81,7 @@ FUZZ = settings(
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.large_base_example],
 )
 MAX_BODY = 2_000_000
-SERVICES = {
-    "patient-view": "ketamine-patient-view",
-    "order-select": "ketamine-order-select",
-    "order-sign": "ketamine-order-sign",
-}
 PREFETCH_KEYS = ("medicationStatements", "medicationRequests", "conditions", "allergies", "bloodPressure")
-CLOSED_PORT = "http://127.0.0.1:9/fhir"  # nothing listens: a FHIR fallback fails fast, never leaves the host
 
 
 # --------------------------------------------------------------------------------------------- the app

@@ -1,8 +1,11 @@
 """Golden scenarios: every rule fires where its evidence says and stays silent where it does not.
 
-Each scenario is a full CDS Hooks request through the HTTP API (the clock pinned to 2026-11-22), and
-asserts which rules produce a card at which indicator, and which rules must stay silent. A corpus test
-checks that every rule in rules/ has at least one firing and one silent scenario here.
+Each scenario is a full CDS Hooks request run through the screening function (cds.clinical.screening),
+with the clock pinned to 2026-11-22 and no web server or database: the request is checked against the
+CDS Hooks request schema and the cards against the response schema, as over HTTP. It asserts which rules
+produce a card at which indicator, and which rules must stay silent. A corpus test checks that every
+rule in rules/ has at least one firing and one silent scenario here. HTTP behaviour (status codes,
+suppression, recording) is tested in tests/test_api_contract.py.
 """
 
 from __future__ import annotations
@@ -502,8 +505,8 @@ SCENARIOS = [
 
 
 @pytest.mark.parametrize("scenario", SCENARIOS, ids=[s.name for s in SCENARIOS])
-def test_scenario(scenario: Scenario, call: Callable[..., Any]) -> None:
-    cards = call(scenario.build())["cards"]
+def test_scenario(scenario: Scenario, screen: Callable[[dict[str, Any]], list[dict[str, Any]]]) -> None:
+    cards = screen(scenario.build())
     shown = {card["source"]["topic"]["code"]: card["indicator"] for card in cards}
     for rule_id, indicator in scenario.fires.items():
         assert shown.get(rule_id) == indicator, f"{rule_id}: expected {indicator}, got {shown.get(rule_id)}"

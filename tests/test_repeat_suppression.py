@@ -24,7 +24,6 @@ from cds.storage.shared_state import (
     RedisSeenFindings,
     make_shared_state,
 )
-from tests.conftest import assert_valid_response
 from tests.support.backends import fresh_postgres_schema, redis_prefix, redis_url_or_skip
 from tests.support.builders import (
     RXNORM,
@@ -37,6 +36,7 @@ from tests.support.builders import (
     ketamine_order,
     med_statement,
 )
+from tests.support.responses import assert_valid_response
 
 CLONAZEPAM = concept(coding(RXNORM, "204892", "clonazePAM 0.25 MG Oral Tablet"))
 MI = concept(coding(SNOMED, "22298006", "Myocardial infarction"))

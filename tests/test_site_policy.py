@@ -11,7 +11,6 @@ from flask import Flask
 
 from cds.clinical.knowledge import load_knowledge
 from cds.errors import ConfigError
-from tests.conftest import assert_valid_response
 from tests.support.builders import (
     RXNORM,
     coding,
@@ -22,6 +21,7 @@ from tests.support.builders import (
     med_request,
     med_statement,
 )
+from tests.support.responses import assert_valid_response
 
 CLONAZEPAM_1 = concept(coding(RXNORM, "197528", "clonazepam 1 MG Oral Tablet"))
 LAMOTRIGINE_100 = concept(coding(RXNORM, "198427", "lamotrigine 100 MG Oral Tablet"))

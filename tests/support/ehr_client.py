@@ -6,7 +6,7 @@
 
 Tokens are what real clients send (the CDS Hooks sandbox, Epic): ES384, `typ` JWT, `kid`, and a `jku`
 header naming the client's public JWKS URL; `aud` is the exact URL called. Every token is registered in
-conftest.SENSITIVE so the log-hygiene check fails if one is ever logged.
+tests.support.logs.SENSITIVE so the log-hygiene check fails if one is ever logged.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from flask import Flask
 from werkzeug.serving import make_server
 
-from tests.conftest import SENSITIVE
+from tests.support.logs import SENSITIVE
 
 EHR_ISSUER = "https://ehr.example.org/cds-client"
 EHR_JKU = "https://ehr.example.org/.well-known/jwks.json"  # never reachable here: pinned keys ignore it

@@ -1,0 +1,15 @@
+"""Values the whole suite shares: where the repository is, the pinned clock, the service ids."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)  # every screen in the suite runs on this date
+SERVICES = {
+    "patient-view": "ketamine-patient-view",
+    "order-select": "ketamine-order-select",
+    "order-sign": "ketamine-order-sign",
+}
+CLOSED_PORT = "http://127.0.0.1:9/fhir"  # nothing listens: a FHIR fallback fails fast, never leaves the host

@@ -1,0 +1,269 @@
+"""The engine on typed facts, without FHIR JSON, HTTP or a database: which band a rule reaches, and why.
+
+Facts are built directly (cds.fhir.model); the rules, value sets and policy are the shipped ones, except
+where a test needs a rule of its own to show a property (ties between bands of the same severity).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import date, datetime, timedelta
+from itertools import count
+from typing import Any
+
+import pytest
+
+from cds.clinical.engine import EngineContext, Finding, evaluate, evaluate_rule, months_before
+from cds.clinical.knowledge import Knowledge
+from cds.clinical.rules import Rule
+from cds.clinical.situation import FULL, INTERACTION, NONE, Situation
+from cds.fhir.model import (
+    AllergyFact,
+    BloodPressureFact,
+    Concept,
+    ConditionFact,
+    MedicationFact,
+    MedicationKind,
+    PatientFacts,
+    SourceRef,
+)
+from tests.support.facts import AVM, CLONAZEPAM, KETAMINE, MI, STROKE, TODAY, VALUESET
+
+_ids = count(1)
+
+
+def condition(concept: Concept, onset: date | None, *, status: str | None = "active") -> ConditionFact:
+    return ConditionFact(SourceRef("Condition", f"c{next(_ids)}"), concept, status, None, onset, None)
+
+
+def medication(concept: Concept, *, draft: bool = False, per_day: float | None = None) -> MedicationFact:
+    dosages: tuple[dict[str, Any], ...] = ()
+    if per_day is not None:
+        dosages = (
+            {
+                "timing": {"repeat": {"frequency": 1, "period": 1, "periodUnit": "d"}},
+                "doseAndRate": [{"doseQuantity": {"value": per_day, "unit": "{tbl}"}}],
+            },
+        )
+    return MedicationFact(
+        SourceRef("MedicationRequest", f"m{next(_ids)}"),
+        MedicationKind.REQUEST,
+        concept,
+        "draft" if draft else "active",
+        intent="order",
+        is_draft_order=draft,
+        is_selected=draft,
+        dosages=dosages,
+    )
+
+
+def situation(products: tuple[str, ...] = ("ketamine",), **changes: Any) -> Situation:
+    base = Situation(FULL, "patient-view", frozenset(products), TODAY, False, today=TODAY)
+    return replace(base, **changes)
+
+
+@pytest.fixture(scope="module")
+def ctx(knowledge: Knowledge) -> EngineContext:
+    return knowledge.engine_context()
+
+
+def rule(knowledge: Knowledge, rule_id: str) -> Rule:
+    return next(r for r in knowledge.rules if r.id == rule_id)
+
+
+def finding(
+    ctx: EngineContext, knowledge: Knowledge, rule_id: str, facts: PatientFacts, **kw: Any
+) -> Finding | None:
+    return evaluate_rule(ctx, rule(knowledge, rule_id), facts, situation(**kw))
+
+
+def months_ago(months: int) -> date:
+    return months_before(TODAY, months)
+
+
+# --------------------------------------------------------------------------------------- band selection
+
+
+@pytest.mark.parametrize(
+    ("onset", "band", "indicator"),
+    [
+        (months_ago(3), "within-contraindication-window", "critical"),
+        (months_ago(9), "within-review-window", "warning"),
+        (None, "date-unknown", "warning"),
+    ],
+)
+def test_the_band_follows_the_date(
+    ctx: EngineContext, knowledge: Knowledge, onset: date | None, band: str, indicator: str
+) -> None:
+    found = finding(
+        ctx, knowledge, "recent-myocardial-infarction", PatientFacts(None, conditions=(condition(MI, onset),))
+    )
+    assert found is not None
+    assert (found.band.id, found.indicator) == (band, indicator)
+
+
+def test_outside_every_window_nothing_is_found(ctx: EngineContext, knowledge: Knowledge) -> None:
+    facts = PatientFacts(None, conditions=(condition(MI, months_ago(36)),))
+    assert finding(ctx, knowledge, "recent-myocardial-infarction", facts) is None
+
+
+def test_the_window_is_counted_from_the_reference_date(ctx: EngineContext, knowledge: Knowledge) -> None:
+    """An infarction 5 months before today is 8 months before a session planned 3 months from now."""
+    facts = PatientFacts(None, conditions=(condition(MI, months_ago(5)),))
+    later = TODAY + timedelta(days=92)
+    found = finding(ctx, knowledge, "recent-myocardial-infarction", facts, reference_date=later)
+    assert found is not None
+    assert found.band.id == "within-review-window"
+
+
+def test_the_most_severe_band_wins_and_the_rest_is_context(ctx: EngineContext, knowledge: Knowledge) -> None:
+    old, recent = condition(MI, months_ago(9)), condition(MI, months_ago(2))
+    found = finding(
+        ctx, knowledge, "recent-myocardial-infarction", PatientFacts(None, conditions=(old, recent))
+    )
+    assert found is not None
+    assert found.indicator == "critical"
+    assert [hit.source for hit in found.hits] == [recent.source]
+    assert [hit.source for hit in found.other_hits] == [old.source]
+
+
+def test_a_fact_counts_for_the_first_band_it_meets_only(ctx: EngineContext, knowledge: Knowledge) -> None:
+    """A 2-month-old infarction is also within 12 months; it is not listed a second time as context."""
+    recent = condition(MI, months_ago(2))
+    found = finding(ctx, knowledge, "recent-myocardial-infarction", PatientFacts(None, conditions=(recent,)))
+    assert found is not None
+    assert [hit.source for hit in found.hits] == [recent.source]
+    assert found.other_hits == ()
+
+
+def test_between_bands_of_the_same_severity_the_first_listed_wins(
+    ctx: EngineContext, knowledge: Knowledge
+) -> None:
+    template = rule(knowledge, "psychotic-disorder")
+    first, second = template.bands[0], template.bands[0]
+    stroke_band = replace(first, id="stroke-first", match=(VALUESET + "stroke",))
+    mi_band = replace(second, id="mi-second", match=(VALUESET + "mi-acute",))
+    facts = PatientFacts(None, conditions=(condition(MI, months_ago(1)), condition(STROKE, months_ago(1))))
+    for bands, expected in (((stroke_band, mi_band), "stroke-first"), ((mi_band, stroke_band), "mi-second")):
+        found = evaluate_rule(ctx, replace(template, bands=bands), facts, situation())
+        assert found is not None
+        assert found.band.id == expected
+
+
+@pytest.mark.parametrize(
+    ("product", "band", "indicator"),
+    [("esketamine", "esketamine-contraindication", "critical"), ("ketamine", "ketamine-review", "warning")],
+)
+def test_bands_apply_only_to_their_products(
+    ctx: EngineContext, knowledge: Knowledge, product: str, band: str, indicator: str
+) -> None:
+    facts = PatientFacts(None, conditions=(condition(AVM, None),))
+    found = finding(ctx, knowledge, "aneurysm-or-avm", facts, products=(product,))
+    assert found is not None
+    assert (found.band.id, found.indicator) == (band, indicator)
+
+
+def test_a_dose_rule_answers_with_the_first_band_whose_total_holds(
+    ctx: EngineContext, knowledge: Knowledge
+) -> None:
+    """4 x 0.25 mg clonazepam = 1 mg = 20 mg diazepam-equivalent a day: above the 8 mg threshold."""
+    facts = PatientFacts(None, medications=(medication(CLONAZEPAM, per_day=4),))
+    found = finding(ctx, knowledge, "benzodiazepine-response", facts)
+    assert found is not None
+    assert (found.band.id, found.indicator) == ("above-threshold", "warning")
+    assert found.values["total"] == "20"
+    assert "threshold" in found.parameters_used
+
+
+def test_a_small_dose_is_information(ctx: EngineContext, knowledge: Knowledge) -> None:
+    facts = PatientFacts(None, medications=(medication(CLONAZEPAM, per_day=1),))
+    found = finding(ctx, knowledge, "benzodiazepine-response", facts)
+    assert found is not None
+    assert (found.band.id, found.indicator) == ("regular-below-threshold", "info")
+
+
+def test_the_latest_blood_pressure_decides(ctx: EngineContext, knowledge: Knowledge) -> None:
+    def reading(days_ago: int, systolic: float, diastolic: float) -> BloodPressureFact:
+        taken = datetime.combine(TODAY - timedelta(days=days_ago), datetime.min.time())
+        return BloodPressureFact(SourceRef("Observation", f"bp{next(_ids)}"), taken, systolic, diastolic)
+
+    high_then_normal = PatientFacts(None, blood_pressures=(reading(30, 190, 115), reading(2, 120, 80)))
+    assert finding(ctx, knowledge, "elevated-blood-pressure", high_then_normal) is None
+    normal_then_high = PatientFacts(None, blood_pressures=(reading(30, 120, 80), reading(2, 150, 85)))
+    found = finding(ctx, knowledge, "elevated-blood-pressure", normal_then_high)
+    assert found is not None
+    assert found.band.id == "elevated-reading"
+
+
+# ---------------------------------------------------------------------------------------- the whole screen
+
+
+def test_findings_come_most_severe_first_then_by_rule_id(ctx: EngineContext, knowledge: Knowledge) -> None:
+    facts = PatientFacts(
+        None,
+        conditions=(condition(MI, months_ago(9)), condition(STROKE, months_ago(2))),
+        allergies=(AllergyFact(SourceRef("AllergyIntolerance", "a1"), (KETAMINE,), "active", None),),
+    )
+    findings = evaluate(ctx, knowledge.rules, facts, situation())
+    ranked = [(f.indicator, f.rule.id) for f in findings]
+    assert ranked == [
+        ("critical", "ketamine-hypersensitivity"),
+        ("critical", "recent-stroke"),
+        ("warning", "recent-myocardial-infarction"),
+    ]
+
+
+def test_a_screen_of_nothing_finds_nothing(ctx: EngineContext, knowledge: Knowledge) -> None:
+    facts = PatientFacts(None, conditions=(condition(MI, months_ago(2)),))
+    assert evaluate(ctx, knowledge.rules, facts, situation(mode=NONE)) == []
+
+
+def test_an_interaction_review_shows_only_interactions_with_the_ordered_medicine(
+    ctx: EngineContext, knowledge: Knowledge
+) -> None:
+    ordered = medication(CLONAZEPAM, draft=True, per_day=4)
+    facts = PatientFacts(None, medications=(ordered,), conditions=(condition(MI, months_ago(2)),))
+    review = situation(mode=INTERACTION, hook="order-select", focus=frozenset({ordered.source}))
+    assert [f.rule.id for f in evaluate(ctx, knowledge.rules, facts, review)] == ["benzodiazepine-response"]
+    elsewhere = replace(review, focus=frozenset({SourceRef("MedicationRequest", "another-order")}))
+    assert evaluate(ctx, knowledge.rules, facts, elsewhere) == []
+
+
+def test_a_rule_the_site_disabled_is_not_run(ctx: EngineContext, knowledge: Knowledge) -> None:
+    facts = PatientFacts(None, conditions=(condition(MI, months_ago(2)),))
+    policy = replace(ctx.policy, disabled_rules=frozenset({"recent-myocardial-infarction"}))
+    assert evaluate(replace(ctx, policy=policy), knowledge.rules, facts, situation()) == []
+    assert [f.rule.id for f in evaluate(ctx, knowledge.rules, facts, situation())] == [
+        "recent-myocardial-infarction"
+    ]
+
+
+def test_session_instructions_need_a_ketamine_order(ctx: EngineContext, knowledge: Knowledge) -> None:
+    order = medication(KETAMINE, draft=True)
+    facts = PatientFacts(None, medications=(order,))
+    assert evaluate(ctx, knowledge.rules, facts, situation()) == []
+    ordered = situation(hook="order-select", ketamine_orders=(order,))
+    assert [f.rule.id for f in evaluate(ctx, knowledge.rules, facts, ordered)] == ["ordering-instructions"]
+
+
+def test_an_unreadable_record_is_never_silent(ctx: EngineContext, knowledge: Knowledge) -> None:
+    unreadable = replace(condition(Concept(), None), unreadable="condition-not-coded")
+    findings = evaluate(ctx, knowledge.rules, PatientFacts(None, conditions=(unreadable,)), situation())
+    assert [(f.rule.id, f.indicator) for f in findings] == [("unreadable-records", "info")]
+    assert findings[0].hits[0].source == unreadable.source
+
+
+def test_the_fingerprint_changes_with_the_evidence_only(ctx: EngineContext, knowledge: Knowledge) -> None:
+    record = condition(MI, months_ago(2))
+    first = finding(ctx, knowledge, "recent-myocardial-infarction", PatientFacts(None, conditions=(record,)))
+    again = finding(ctx, knowledge, "recent-myocardial-infarction", PatientFacts(None, conditions=(record,)))
+    moved = finding(
+        ctx,
+        knowledge,
+        "recent-myocardial-infarction",
+        PatientFacts(None, conditions=(replace(record, onset=months_ago(3)),)),
+    )
+    assert first is not None
+    assert again is not None
+    assert moved is not None
+    assert first.fingerprint == again.fingerprint != moved.fingerprint
