@@ -36,6 +36,7 @@ from tests.support.builders import (
     ketamine_order,
     med_statement,
 )
+from tests.support.fhir_server import FhirServerHandle
 
 LOCAL = "urn:oid:2.16.840.1.113883.19.5.99"  # a hospital's own problem-list code system
 STROKE_RULE = "recent-stroke"
@@ -78,6 +79,23 @@ def words(text: str) -> dict[str, Any]:
 
 def local(code: str, display: str | None = None, text: str | None = None) -> dict[str, Any]:
     return concept(coding(LOCAL, code, display), text=text)
+
+
+def aged(record: dict[str, Any], low: float, high: float | None = None, unit: str = "a") -> dict[str, Any]:
+    """The record with its onset given as the patient's age (onsetAge) or an age range (onsetRange)."""
+    out = {k: v for k, v in record.items() if not k.startswith("onset")}
+    age = {"value": low, "unit": "years" if unit == "a" else "months", "system": "http://unitsofmeasure.org"}
+    if high is None:
+        out["onsetAge"] = {**age, "code": unit}
+    else:
+        out["onsetRange"] = {"low": {**age, "code": unit}, "high": {**age, "value": high, "code": unit}}
+    return out
+
+
+def without_patient(body: dict[str, Any]) -> dict[str, Any]:
+    """The request as a client sends it that prefetches no Patient and offers no FHIR server."""
+    body["prefetch"].pop("patient")
+    return body
 
 
 CASES: list[Case] = [
@@ -358,6 +376,90 @@ CASES: list[Case] = [
         ),
         fires={STROKE_RULE: "warning"},
     ),
+    # ------------------------------------------------------------------- dates given as age or ranges
+    Case(
+        "MI at age 46 (this year of life) is dated by its latest possible day",
+        lambda: ketamine(conditions=[aged(condition(sct("401314000", "Acute NSTEMI")), 46)]),
+        fires={MI_RULE: "critical"},
+        evidence={MI_RULE: ("onset recorded as age 46 years: between 2026-04-02 and 2027-04-01",)},
+        absent={MI_RULE: ("without an onset",)},
+    ),
+    Case(
+        "MI at age 556 months: a one-month window, 2026-08-02 to 2026-09-01",
+        lambda: ketamine(conditions=[aged(condition(sct("22298006")), 556, unit="mo")]),
+        fires={MI_RULE: "critical"},
+        evidence={MI_RULE: ("age 556 months: between 2026-08-02 and 2026-09-01",)},
+    ),
+    Case(
+        "MI between ages 43 and 45: latest possible date 2026-04-01, inside 12 months",
+        lambda: ketamine(conditions=[aged(condition(icd("I21.4", "NSTEMI")), 43, 45)]),
+        fires={MI_RULE: "warning"},
+        evidence={MI_RULE: ("between 2023-04-02 and 2026-04-01",)},
+    ),
+    Case(
+        "MI between ages 38 and 40 ended more than a year ago: no card",
+        lambda: ketamine(conditions=[aged(condition(icd("I21.4", "NSTEMI")), 38, 40)]),
+        silent=frozenset({MI_RULE}),
+    ),
+    Case(
+        "stroke at age 30 is an old stroke",
+        lambda: ketamine(conditions=[aged(condition(sct("230690007", "Stroke")), 30)]),
+        fires={STROKE_RULE: "warning"},
+        evidence={STROKE_RULE: ("not dated within the last 12 months",)},
+    ),
+    Case(
+        "an age with no Patient to date it asks for the date",
+        lambda: without_patient(ketamine(conditions=[aged(condition(sct("22298006")), 46)])),
+        fires={MI_RULE: "warning"},
+        evidence={MI_RULE: ("birth date was not available",)},
+    ),
+    Case(
+        "TIA last month: warning about a recent TIA, not 'outside the window'",
+        lambda: ketamine(
+            conditions=[
+                condition(icd("G45.8", "Other transient cerebral ischemic attacks"), onset="2026-10-24")
+            ]
+        ),
+        fires={STROKE_RULE: "warning"},
+        evidence={STROKE_RULE: ("ischaemic attack this recent",)},
+        absent={STROKE_RULE: ("outside the", "not dated within")},
+    ),
+    Case(
+        "TIA in 2021 is past history",
+        lambda: ketamine(conditions=[condition(sct("266257000"), onset="2021-02-14")]),
+        fires={STROKE_RULE: "warning"},
+        evidence={STROKE_RULE: ("not dated within the last 12 months",)},
+    ),
+    Case(
+        "hemiplegia after a stroke recorded last month asks for the stroke's date",
+        lambda: ketamine(
+            conditions=[
+                condition(
+                    icd(
+                        "I69.354", "Hemiplegia following cerebral infarction affecting left non-dominant side"
+                    ),
+                    onset="2026-10-12",
+                )
+            ]
+        ),
+        fires={STROKE_RULE: "warning"},
+        evidence={STROKE_RULE: ("Confirm when the stroke happened",)},
+        absent={STROKE_RULE: ("not dated within",)},
+    ),
+    Case(
+        "history of CVA recorded two months ago asks for the stroke's date",
+        lambda: ketamine(conditions=[condition(sct("275526006"), recorded="2026-09-15")]),
+        fires={STROKE_RULE: "warning"},
+        evidence={STROKE_RULE: ("Confirm when the stroke happened",)},
+    ),
+    Case(
+        "history of MI recorded three months ago is not an MI three months ago",
+        lambda: ketamine(
+            conditions=[condition(sct("399211009", "History of myocardial infarction"), onset="2026-08-20")]
+        ),
+        fires={MI_RULE: "warning"},
+        evidence={MI_RULE: ("says that it happened, not", "Confirm the date")},
+    ),
     # ----------------------------------------------------------- (c) near-matches and unreadable codes
     Case(
         "possible TIA is listed for a person to check, not fired",
@@ -450,3 +552,25 @@ def test_the_corpus_pairs_firing_and_silent_cases() -> None:
     silenced = {rule for case in CASES for rule in case.silent}
     assert {STROKE_RULE, MI_RULE, ANEURYSM_RULE, DATA_RULE} <= fired
     assert {STROKE_RULE, MI_RULE, ANEURYSM_RULE, DATA_RULE, ALLERGY_RULE} <= silenced
+
+
+@pytest.mark.integration
+def test_an_age_at_onset_is_dated_with_the_patient_fetched_from_the_fhir_server(
+    knowledge: Knowledge, fhir_server: FhirServerHandle
+) -> None:
+    """The client prefetches the chart but not the Patient: the service reads it to date the onset."""
+    patient_id = "7047a810-38d5-46fd-8151-a815ad02303c"  # a test patient born 1972-07-11
+    body = ketamine(conditions=[aged(condition(sct("22298006")), 54)])  # 2026-07-11 to 2027-07-10
+    body["context"]["patientId"] = patient_id
+    body["prefetch"].pop("patient")
+    body["fhirServer"] = fhir_server.base_url
+    body["fhirAuthorization"] = {"access_token": fhir_server.token, "token_type": "Bearer", "expires_in": 300}
+    settings = load_settings(environ={}, overrides={"dev_mode": True})
+    with requests.Session() as http:
+        screener = Screener(knowledge, settings, http, lambda: NOW)
+        service = next(s for s in knowledge.services.values() if s.hook == "order-select")
+        result = screener.screen(service, body)
+    assert result.fetched == ("patient",)
+    card = next(c for c in result.cards if c["source"]["topic"]["code"] == MI_RULE)
+    assert card["indicator"] == "critical"
+    assert "between 2026-07-11 and 2027-07-10" in card["detail"]

@@ -291,12 +291,14 @@ def undated(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def expect_myocardial_infarction(c: Chart, reference: date) -> Expected | None:
     rule = "recent-myocardial-infarction"
     acute = conditions_in(c, "mi-acute")
-    any_mi = conditions_in(c, "mi-acute", "mi-history")
-    # critical (6 months) beats the two warning bands, which tie (the first listed wins)
+    history = conditions_in(c, "mi-history")
+    # critical (6 months) beats the three warning bands, which tie (the first listed wins); a record of a
+    # past infarction dates the record, not the infarction, so it has a band of its own
     return banded(
         ("within-contraindication-window", within(default(rule, "critical_months"), reference, acute)),
-        ("within-review-window", within(default(rule, "review_months"), reference, any_mi)),
-        ("date-unknown", undated(any_mi)),
+        ("history-recorded-recently", within(default(rule, "review_months"), reference, history)),
+        ("within-review-window", within(default(rule, "review_months"), reference, acute)),
+        ("date-unknown", undated(acute + history)),
     )
 
 
@@ -304,11 +306,20 @@ def expect_stroke(c: Chart, reference: date, products: set[str]) -> Expected | N
     strokes = conditions_in(c, "stroke")
     recent = within(default("recent-stroke", "critical_months"), reference, strokes)
     haemorrhage = conditions_in(c, "intracerebral-hemorrhage") if "esketamine" in products else []
+    months = default("recent-stroke", "critical_months")
     return banded(
         ("within-contraindication-window", recent),
         ("intracerebral-haemorrhage-esketamine", haemorrhage),
         ("date-unknown", undated(strokes)),
-        ("older-stroke-or-tia", conditions_in(c, "stroke", "stroke-history-tia")),
+        ("recent-tia", within(months, reference, conditions_in(c, "transient-ischaemic-attack"))),
+        (
+            "recent-stroke-record",
+            within(months, reference, conditions_in(c, "stroke-sequelae", "stroke-history-tia")),
+        ),
+        (
+            "older-stroke-or-tia",
+            conditions_in(c, "stroke", "stroke-history-tia", "transient-ischaemic-attack", "stroke-sequelae"),
+        ),
     )
 
 

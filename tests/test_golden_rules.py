@@ -167,6 +167,81 @@ SCENARIOS = [
         ),
         silent=frozenset({"recent-stroke"}),
     ),
+    Scenario(
+        "stroke: named only in the record's text two months ago is critical (recognised by name)",
+        lambda: select(
+            conditions=[condition(concept(text="Right MCA ischaemic stroke"), onset="2026-09-20")]
+        ),
+        fires={"recent-stroke": "critical"},
+    ),
+    Scenario(
+        "stroke: 'no history of stroke' and a relative's stroke stay silent",
+        lambda: select(
+            conditions=[
+                condition(concept(text="No history of stroke"), onset="2026-10-01"),
+                condition(concept(text="Mother: stroke aged 71"), onset="2026-10-01"),
+            ]
+        ),
+        silent=frozenset({"recent-stroke", "unreadable-records"}),
+    ),
+    Scenario(
+        "stroke: a TIA last month is a warning (recent-TIA band), not a contraindication",
+        lambda: select(
+            conditions=[condition(icd("G45.9", "Transient cerebral ischemic attack"), onset="2026-10-15")]
+        ),
+        fires={"recent-stroke": "warning"},
+    ),
+    Scenario(
+        "stroke: after-effects of a stroke recorded last month ask for its date (warning)",
+        lambda: select(
+            conditions=[
+                condition(icd("I69.320", "Aphasia following cerebral infarction"), onset="2026-10-05")
+            ]
+        ),
+        fires={"recent-stroke": "warning"},
+    ),
+    Scenario(
+        "stroke: a refuted TIA and a TIA 'ruled out' stay silent",
+        lambda: select(
+            conditions=[
+                condition(
+                    icd("G45.9", "Transient cerebral ischemic attack"),
+                    onset="2026-10-15",
+                    verification="refuted",
+                ),
+                condition(concept(text="TIA ruled out"), onset="2026-10-15"),
+            ]
+        ),
+        silent=frozenset({"recent-stroke"}),
+    ),
+    Scenario(
+        "MI: a history-of-MI record from two months ago asks for the date (warning, not critical)",
+        lambda: select(
+            conditions=[
+                condition(snomed("399211009", "History of myocardial infarction"), onset="2026-09-22")
+            ]
+        ),
+        fires={"recent-myocardial-infarction": "warning"},
+    ),
+    Scenario(
+        "MI: a history-of-MI record from three years ago stays silent",
+        lambda: select(
+            conditions=[
+                condition(snomed("399211009", "History of myocardial infarction"), onset="2023-09-22")
+            ]
+        ),
+        silent=frozenset({"recent-myocardial-infarction"}),
+    ),
+    Scenario(
+        "MI: onset recorded as the patient's age this year is critical",
+        lambda: select(conditions=[{**condition(MI), "onsetAge": {"value": 46, "unit": "a", "code": "a"}}]),
+        fires={"recent-myocardial-infarction": "critical"},
+    ),
+    Scenario(
+        "MI: onset recorded as age 30 (years ago) stays silent",
+        lambda: select(conditions=[{**condition(MI), "onsetAge": {"value": 30, "unit": "a", "code": "a"}}]),
+        silent=frozenset({"recent-myocardial-infarction"}),
+    ),
     # aneurysm-or-avm
     Scenario(
         "aneurysm: critical for esketamine",

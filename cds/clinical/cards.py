@@ -12,10 +12,11 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from cds.clinical.engine import EngineContext, Finding, Hit, product_text
+from cds.clinical.engine import EngineContext, Finding, Hit, fmt_number, product_text
 from cds.clinical.policy import DEFAULT_ORIGIN, SITE_ORIGIN
 from cds.clinical.rules import Rule
 from cds.clinical.situation import Situation
+from cds.fhir.model import OnsetAge
 from cds.ids import new_uuid
 
 SUMMARY_LIMIT = 139  # the spec's "<140 characters"
@@ -77,6 +78,8 @@ def _record_line(text: CardText, hit: Hit, policy_values: Mapping[str, str]) -> 
     if hit.date is not None:
         basis = text.raw["date_basis"].get(hit.date_basis or "", hit.date_basis or "")
         date = text.fill(text.t("date"), basis=basis, value=hit.date.isoformat())
+    if hit.onset_age is not None:
+        date += _onset_age_text(text, hit.onset_age)
     figures = text.fill(text.t("figures"), figures=hit.figures) if hit.figures else ""
     notes = ""
     rendered = [_note(text, note, policy_values) for note in hit.notes]
@@ -90,6 +93,20 @@ def _record_line(text: CardText, hit: Hit, policy_values: Mapping[str, str]) -> 
         date=date,
         figures=figures,
         notes=notes,
+    )
+
+
+def _onset_age_text(text: CardText, age: OnsetAge) -> str:
+    unit = text.raw["age_units"].get(age.unit, age.unit)
+    ages = fmt_number(age.low) if age.low == age.high else f"{fmt_number(age.low)}-{fmt_number(age.high)}"
+    if age.earliest is None or age.latest is None:
+        return text.fill(text.t("onset_age", "undated"), ages=ages, unit=unit)
+    return text.fill(
+        text.t("onset_age", "dated"),
+        ages=ages,
+        unit=unit,
+        earliest=age.earliest.isoformat(),
+        latest=age.latest.isoformat(),
     )
 
 

@@ -31,6 +31,7 @@ from cds.fhir.model import (
     DoseStatus,
     MedicationFact,
     MedicationKind,
+    OnsetAge,
     PatientFacts,
     SourceRef,
 )
@@ -45,9 +46,10 @@ class Hit:
     coding: Coding | None = None
     match_method: str | None = None
     date: date | None = None
-    date_basis: str | None = None  # "onset", "recorded", "taken", "authored"
+    date_basis: str | None = None  # "onset", "onset-age", "recorded", "taken", "authored"
     figures: str | None = None  # dose arithmetic or a reading
     notes: tuple[str, ...] = ()  # note codes rendered by the card layer (stale, as-needed, ...)
+    onset_age: OnsetAge | None = None  # the onset as recorded, when given as the patient's age
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,7 +148,7 @@ def _condition_band_hits(
     found = _first_match(ctx, band.match, (fact.concept,))
     if found is None:
         return None
-    when_date, basis = (fact.onset, "onset") if fact.onset else (fact.recorded, "recorded")
+    when_date, basis = _condition_date(fact, situation)
     ref = situation.reference_date
     when = band.when
     if "onset_unknown" in when and when_date is not None:
@@ -160,6 +162,8 @@ def _condition_band_hits(
         if when_date is None or when_date >= months_before(ref, window):
             return None
     notes: tuple[str, ...] = ("recorded-date-fallback",) if basis == "recorded" and when_date else ()
+    if fact.onset_age is not None and fact.onset_age.latest is None:
+        notes += ("onset-age-without-birth-date",)
     if found.method == METHOD_NAME:
         notes += ("by-name",)
     if fact.unreadable:
@@ -172,7 +176,19 @@ def _condition_band_hits(
         date=when_date,
         date_basis=basis if when_date else None,
         notes=notes,
+        onset_age=fact.onset_age,
     )
+
+
+def _condition_date(fact: ConditionFact, situation: Situation) -> tuple[date | None, str]:
+    """The date that decides how recent a condition is, and what it is: the onset; for an onset given as
+    an age, the latest day that age allows (no later than today); else the recorded date, which the
+    condition cannot postdate."""
+    if fact.onset is None:
+        return fact.recorded, "recorded"
+    if fact.onset_age is not None and fact.onset == fact.onset_age.latest:
+        return min(fact.onset, situation.clock_date), "onset-age"
+    return fact.onset, "onset"
 
 
 def _allergy_hit(ctx: EngineContext, band: Band, fact: AllergyFact) -> Hit | None:

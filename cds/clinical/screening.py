@@ -21,14 +21,16 @@ from cds.clinical.engine import Finding, evaluate
 from cds.clinical.knowledge import Knowledge, ServiceDefinition
 from cds.clinical.situation import FULL, INTERACTION, Situation, decide
 from cds.config import Settings
-from cds.fhir.client import client_factory_for
+from cds.errors import PreconditionFailed
+from cds.fhir.client import FhirClient, client_factory_for
 from cds.fhir.conformance import annotate, cited_resources
-from cds.fhir.facts import build_facts, draft_order_resources
+from cds.fhir.facts import build_facts, dates_itself_by_age, draft_order_resources
 from cds.fhir.model import PatientFacts
 from cds.fhir.prefetch import Gathered, gather
 
 MEDICATION_KEYS = ("medicationStatements", "medicationRequests")
 FULL_SCREEN_KEYS = (*MEDICATION_KEYS, "conditions", "allergies", "bloodPressure")
+PATIENT_KEY = "patient"  # read only when a record gives its onset as the patient's age
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +40,34 @@ class ScreenResult:
     situation: Situation
     fetched: tuple[str, ...]
     patient_ref: str | None
+
+
+def _needs_patient(gathered: Gathered, service: ServiceDefinition) -> bool:
+    """A record dates itself by the patient's age and the Patient (birth date) is not yet gathered."""
+    return (
+        PATIENT_KEY in service.prefetch
+        and PATIENT_KEY not in gathered.resources
+        and any(dates_itself_by_age(r) for r in gathered.resources.get("conditions", ()))
+    )
+
+
+def _with_patient(
+    gathered: Gathered,
+    service: ServiceDefinition,
+    body: Mapping[str, Any],
+    factory: Callable[[], FhirClient | None],
+) -> Gathered:
+    """`gathered` plus the Patient, from the prefetch or the FHIR server. If it cannot be had, the records
+    dated by age stay undated: their cards ask for the date instead (never a failed screen)."""
+    try:
+        patient = gather(service.prefetch, body, (PATIENT_KEY,), client_factory=factory)
+    except PreconditionFailed:
+        return gathered
+    return replace(
+        gathered,
+        resources={**gathered.resources, **patient.resources},
+        fetched=gathered.fetched + patient.fetched,
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +132,10 @@ class Screener:
             situation, facts = situation_for(gathered, loaded=True)
             if situation is not None and situation.mode == FULL and keys != FULL_SCREEN_KEYS:
                 gathered = gather(service.prefetch, body, FULL_SCREEN_KEYS, client_factory=factory)
+                fetched = gathered.fetched
+                situation, facts = situation_for(gathered, loaded=True)
+            if situation is not None and situation.mode == FULL and _needs_patient(gathered, service):
+                gathered = _with_patient(gathered, service, body, factory)
                 fetched = gathered.fetched
                 situation, facts = situation_for(gathered, loaded=True)
         assert situation is not None  # with the chart loaded, decide() always decides

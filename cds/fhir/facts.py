@@ -25,6 +25,7 @@ from cds.fhir.model import (
     DataGap,
     MedicationFact,
     MedicationKind,
+    OnsetAge,
     PatientFacts,
     Quantity,
     SourceRef,
@@ -338,27 +339,83 @@ def medication_fact(
 # ----------------------------------------------------------------------------- conditions and allergies
 
 
-def _onset(resource: Mapping[str, Any], birth: date | None) -> date | None:
-    """onset[x] as a date. Present but unreadable (or onsetString, onsetRange) counts as missing: the
-    undated bands then ask for the date rather than guess it."""
+_YEARS = frozenset({"a", "yr", "yrs", "year", "years"})
+_MONTHS = frozenset({"mo", "month", "months"})
+
+
+def _age_quantity(value: Any) -> tuple[float, str] | None:
+    """An Age (a Quantity in years or months) -> (value, "a" | "mo"); None for anything else."""
+    found = _quantity(value)
+    if found is None or found.value < 0:
+        return None
+    unit = found.unit.strip().lower()
+    if unit in _YEARS:
+        return found.value, "a"
+    if unit in _MONTHS:
+        return found.value, "mo"
+    return None
+
+
+def _add_months(day: date, months: int) -> date | None:
+    year, month = divmod(day.month - 1 + months, 12)
+    year += day.year
+    if not 1 <= year <= 9999:
+        return None
+    return date(year, month + 1, min(day.day, calendar.monthrange(year, month + 1)[1]))
+
+
+def _age_window(low: float, high: float, unit: str, birth: date) -> tuple[date, date] | None:
+    """The dates on which the patient was between `low` and `high` years (or months) old, inclusive."""
+    per = 12 if unit == "a" else 1
+    start = _add_months(birth, int(low) * per)
+    after = _add_months(birth, (int(high) + 1) * per)
+    if start is None or after is None or after <= start:
+        return None
+    return start, date.fromordinal(after.toordinal() - 1)
+
+
+def _onset_age(resource: Mapping[str, Any], birth: date | None) -> OnsetAge | None:
+    """onsetAge or onsetRange (of ages) -> the ages as recorded and the dates they cover."""
+    if "onsetAge" in resource:
+        age = _age_quantity(resource["onsetAge"])
+        if age is None:
+            return None
+        low = high = age
+    elif isinstance(resource.get("onsetRange"), dict):
+        found_low = _age_quantity(resource["onsetRange"].get("low"))
+        found_high = _age_quantity(resource["onsetRange"].get("high"))
+        if found_low is None or found_high is None or found_low[1] != found_high[1]:
+            return None
+        low, high = found_low, found_high
+    else:
+        return None
+    if high[0] < low[0]:
+        return None
+    window = _age_window(low[0], high[0], low[1], birth) if birth is not None else None
+    return OnsetAge(low[0], high[0], low[1], *(window or (None, None)))
+
+
+def _onset(resource: Mapping[str, Any], age: OnsetAge | None) -> date | None:
+    """onset[x] as a date. Present but unreadable (or onsetString) counts as missing: the undated bands
+    then ask for the date rather than guess it. An age gives its latest possible date: the cautious
+    reading for a "how recent" check (the engine keeps it no later than today)."""
     if "onsetDateTime" in resource:
         return parse_date(resource["onsetDateTime"])
     period = resource.get("onsetPeriod")
     if isinstance(period, dict):
         return parse_date(period.get("start")) or parse_date(period.get("end"))
-    age = _quantity(resource.get("onsetAge"))
-    if age is not None and birth is not None and age.unit in {"a", "yr", "year", "years"}:
-        # The last day of that year of life: the cautious reading for a "how recent" check.
-        year = birth.year + int(age.value) + 1
-        if 1 <= year <= 9999:
-            last = min(birth.day, calendar.monthrange(year, birth.month)[1])
-            return date.fromordinal(date(year, birth.month, last).toordinal() - 1)
-    return None
+    return age.latest if age is not None else None
+
+
+def dates_itself_by_age(resource: Any) -> bool:
+    """Whether a record gives its onset as the patient's age (so the birth date is needed to date it)."""
+    return isinstance(resource, dict) and ("onsetAge" in resource or "onsetRange" in resource)
 
 
 def condition_fact(resource: Mapping[str, Any], birth: date | None) -> ConditionFact:
     code = concept(resource.get("code"))
-    onset = _onset(resource, birth)
+    age = _onset_age(resource, birth)
+    onset = _onset(resource, age)
     abatement = parse_date(resource.get("abatementDateTime"))
     return ConditionFact(
         source=_ref(resource),
@@ -369,6 +426,7 @@ def condition_fact(resource: Mapping[str, Any], birth: date | None) -> Condition
         recorded=parse_date(resource.get("recordedDate")),
         abatement=abatement,
         unreadable=None if (code.codings or code.text) else "condition-not-coded",
+        onset_age=age,
     )
 
 

@@ -111,10 +111,25 @@ class ConditionFact:
     concept: Concept
     clinical_status: str | None
     verification_status: str | None
-    onset: date | None  # onset[x] as a date; None when absent or unreadable
+    onset: date | None  # onset[x] as a date (an age: its latest possible day); None if absent or unreadable
     recorded: date | None  # recordedDate
     abatement: date | None = None
     unreadable: str | None = None
+    onset_age: OnsetAge | None = None  # set when the onset is given as an age (onsetAge, onsetRange)
+
+
+@dataclass(frozen=True, slots=True)
+class OnsetAge:
+    """An onset recorded as the patient's age: the ages as written, and the dates they span.
+
+    `earliest` and `latest` are None when the birth date is unknown (the record cannot then be dated).
+    """
+
+    low: float  # the youngest age the record allows (equal to `high` for a single age)
+    high: float
+    unit: str  # "a" (years) or "mo" (months), the UCUM codes
+    earliest: date | None
+    latest: date | None
 
 
 @dataclass(frozen=True, slots=True)
