@@ -57,7 +57,8 @@ def create_app(
     if settings.dev_mode:
         log.warning(
             "DEVELOPMENT MODE: client authentication is OFF, browser clients from any origin are "
-            "allowed (CORS), and any fhirServer is read (plain http, no token, no per-issuer list). "
+            "allowed (CORS), and any fhirServer is read (plain http, no token, no per-issuer list, "
+            "private and loopback addresses). "
             "Never expose this instance to patient data."
         )
     for issuer in settings.trusted_issuers if not settings.dev_mode else ():

@@ -7,6 +7,7 @@ tiers) lives in the policy file that `policy_file` points to and is validated wi
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import secrets
@@ -54,6 +55,8 @@ class Settings:
     fhir_server_allowlist: tuple[str, ...] = ()  # http(s) base URLs allowed even when not https
     # FHIR base URLs (prefixes) read without fhirAuthorization; never implied by any other setting
     open_fhir_servers: tuple[str, ...] = ()
+    # IP networks outbound connections may reach although not public (loopback, RFC 1918...); production
+    private_network_allowlist: tuple[str, ...] = ()
     # browser clients
     cors_origins: tuple[str, ...] = ()
     # persistence and shared state
@@ -223,6 +226,13 @@ def validate(settings: Settings) -> None:
         _check_url("public_base_url", settings.public_base_url)
     for url in settings.fhir_server_allowlist:
         _check_url("fhir_server_allowlist", url)
+    for entry in settings.private_network_allowlist:
+        try:
+            ipaddress.ip_network(entry, strict=True)
+        except ValueError as exc:
+            raise ConfigError(
+                f"{ENV_PREFIX}PRIVATE_NETWORK_ALLOWLIST: {entry!r} is not an IP address or network ({exc})"
+            ) from None
     for url in settings.open_fhir_servers:
         _check_fhir_base(f"{ENV_PREFIX}OPEN_FHIR_SERVERS", url, settings)
     if settings.redis_url and urlsplit(settings.redis_url).scheme not in {"redis", "rediss", "unix"}:

@@ -11,6 +11,8 @@
      |    +-- PreconditionFailed  412  data the rules need could not be obtained (CDS Hooks 2.0 sec. 412)
      +-- ConfigError                   invalid configuration or knowledge: stops start-up, never per request
      +-- FhirError                     the EHR's FHIR server failed us; mapped to 412 by the caller
+     +-- OutboundRefused               a connection to an address we do not connect to (private, loopback...);
+                                       raised before connecting, turned into FhirError or a JWKS failure
 
 Every HTTP error carries a FHIR OperationOutcome whose `expression` names the failing JSON path.
 """
@@ -90,6 +92,12 @@ class FhirError(CdsError):
     """The FHIR server could not give us what we asked for (timeout, HTTP error, bad body, over a limit)."""
 
     issue_code = "transient"
+
+
+class OutboundRefused(CdsError):
+    """An outbound connection was refused by the address rules (cds/outbound.py); nothing was sent."""
+
+    issue_code = "security"
 
 
 def operation_outcome(issues: Sequence[Issue]) -> dict[str, Any]:

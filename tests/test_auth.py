@@ -967,7 +967,10 @@ _FUZZ_KEY = ec.generate_private_key(ec.SECP384R1())
 def fuzz_auth(_server: JwksServer) -> Iterator[ClientAuthenticator]:
     _server.serve_json("/fuzz-jwks.json", {"keys": [public_jwk(_FUZZ_KEY, _FUZZ_KID)]})
     auth = ClientAuthenticator(
-        make_settings(TrustedIssuer(iss=ISS, jwks_url=_server.url("/fuzz-jwks.json"), tenant="t")),
+        make_settings(
+            TrustedIssuer(iss=ISS, jwks_url=_server.url("/fuzz-jwks.json"), tenant="t"),
+            private_network_allowlist=("127.0.0.1/32",),  # its own session: the loopback JWKS is listed
+        ),
         replay_cache=MemoryReplay(),
         clock=lambda: float(_FUZZ_NOW),
     )

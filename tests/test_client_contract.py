@@ -206,6 +206,7 @@ def prod_open(
         ),
         open_fhir_servers=(open_fhir.base_url,),
         fhir_server_allowlist=(open_fhir.base_url,),
+        private_network_allowlist=("127.0.0.1/32",),  # the test's FHIR server is on loopback
     )
     with serving(app) as base:
         ehr.service_url = base

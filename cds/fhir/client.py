@@ -32,7 +32,7 @@ import urllib3.exceptions
 import urllib3.response
 
 from cds.config import Settings, http_allowed
-from cds.errors import FhirError
+from cds.errors import FhirError, OutboundRefused
 
 log = logging.getLogger(__name__)
 
@@ -239,6 +239,8 @@ class FhirClient:
             raise FhirError(f"FHIR server did not answer a {what} in time") from None
         except requests.RequestException as exc:
             raise FhirError(f"could not reach the FHIR server for a {what} ({type(exc).__name__})") from None
+        except OutboundRefused as exc:
+            raise FhirError(f"refused to connect to the FHIR server for a {what}: {exc.message}") from None
         with response:
             if 300 <= response.status_code < 400:
                 raise FhirError(f"FHIR server answered a {what} with a redirect, which is not followed")

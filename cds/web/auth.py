@@ -46,7 +46,8 @@ import requests
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from cds.config import Settings, TrustedIssuer
-from cds.errors import ConfigError, Unauthorized
+from cds.errors import ConfigError, OutboundRefused, Unauthorized
+from cds.outbound import address_policy, outbound_session
 
 __all__ = [
     "ALLOWED_ALGORITHMS",
@@ -294,7 +295,7 @@ class ClientAuthenticator:
                     )
             self._issuers[issuer.iss] = issuer
         self._owns_session = session is None
-        self._session = session if session is not None else requests.Session()
+        self._session = session if session is not None else outbound_session(address_policy(settings))
         self._jwks = _JwksCache(self._load, settings.jwks_cache_s, clock)
 
     def close(self) -> None:
@@ -521,3 +522,5 @@ class ClientAuthenticator:
                 return bytes(body)
         except requests.RequestException as exc:
             raise _JwksError(f"request failed ({type(exc).__name__})") from None
+        except OutboundRefused as exc:
+            raise _JwksError(f"not fetched: {exc.message}") from None

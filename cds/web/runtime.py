@@ -23,6 +23,7 @@ from flask import Request, Response, g
 from cds.clinical.knowledge import Knowledge, ServiceDefinition
 from cds.clinical.screening import Screener, ScreenResult
 from cds.config import Settings
+from cds.outbound import address_policy, outbound_session
 from cds.storage.shared_state import ReplayCache, SeenFindings
 from cds.storage.store import AuditRecord, IssuedCard, Store, patient_hash
 from cds.web.auth import ClientAuthenticator, VerifiedClient, expected_audience
@@ -111,8 +112,7 @@ class Runtime:
     def http(self) -> requests.Session:
         session: requests.Session | None = getattr(self._local, "session", None)
         if session is None:
-            session = requests.Session()
-            session.trust_env = False  # the EHR's token must go to the EHR, never through a proxy from env
+            session = outbound_session(address_policy(self.settings))  # no proxies, checked addresses
             self._local.session = session
         return session
 
