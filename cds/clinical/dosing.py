@@ -29,11 +29,13 @@ entries next to regular ones are reported in the explanation, not added to the r
 
 from __future__ import annotations
 
+import calendar
 import json
 import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from datetime import date, timedelta
 from functools import lru_cache
 from pathlib import Path
 from types import MappingProxyType
@@ -44,6 +46,7 @@ from cds.fhir.model import DailyDose, DoseStatus, MedicationFact, Quantity, Stre
 from cds.paths import knowledge_root
 
 __all__ = [
+    "NO_STRENGTH",
     "PROBLEMS",
     "DosingVocabulary",
     "daily_dose",
@@ -420,18 +423,43 @@ class _Entry:
     problem: str | None
 
 
-def daily_dose(med: MedicationFact, ingredient: str, vocabulary: DosingVocabulary) -> DailyDose:
-    """Daily mg of `ingredient` in `med`, never raising: junk gives UNKNOWN with a problem code."""
+def daily_dose(
+    med: MedicationFact,
+    ingredient: str,
+    vocabulary: DosingVocabulary,
+    *,
+    on: date | None = None,
+    aliases: Iterable[str] = (),
+    product_names: Sequence[str] = (),
+) -> DailyDose:
+    """Daily mg of `ingredient` in `med`, never raising: junk gives UNKNOWN with a problem code.
+
+    `on` is the date the dose is wanted for: when dosage instructions carry dates (`boundsPeriod`, or
+    `boundsDuration` chained from the record's start), only the phase in force that day counts, and a
+    schedule whose every phase ended before it is ENDED. Without `on` (or without dates) phases that follow
+    each other are read at the highest. `aliases` are other names of the ingredient (single-ingredient
+    brands) so that "Klonopin 0.5 mg tablet" gives a clonazepam strength; `product_names` are names known
+    for the record's codes elsewhere (a value set's display), read when the record's own names give none.
+    """
     name = vocabulary.normalise_ingredient(ingredient) if isinstance(ingredient, str) else ""
     try:
-        return _daily_dose(med, name, vocabulary)
+        names = frozenset(vocabulary.normalise_ingredient(a) for a in aliases if isinstance(a, str))
+        extra = tuple(n for n in product_names if isinstance(n, str))
+        return _daily_dose(med, name, vocabulary, on, names | {name}, extra)
     except _Unknown as unknown:
         return DailyDose(name, DoseStatus.UNKNOWN, problem=unknown.problem)
     except (TypeError, ValueError, AttributeError, ArithmeticError, RecursionError):
         return DailyDose(name, DoseStatus.UNKNOWN, problem=UNREADABLE)
 
 
-def _daily_dose(med: MedicationFact, ingredient: str, vocabulary: DosingVocabulary) -> DailyDose:
+def _daily_dose(
+    med: MedicationFact,
+    ingredient: str,
+    vocabulary: DosingVocabulary,
+    on: date | None,
+    names: frozenset[str],
+    product_names: Sequence[str],
+) -> DailyDose:
     if not ingredient:
         raise _Unknown(NO_STRENGTH)
     dosages: object = med.dosages
@@ -439,18 +467,21 @@ def _daily_dose(med: MedicationFact, ingredient: str, vocabulary: DosingVocabula
         raise _Unknown(NO_DOSAGE)
     if not isinstance(dosages, (list, tuple)) or len(dosages) > _MAX_ENTRIES:
         raise _Unknown(UNREADABLE)
-    product = _product(med, ingredient, vocabulary)
+    if not all(isinstance(dosage, dict) for dosage in dosages):
+        raise _Unknown(UNREADABLE)
+    product = _product(med, ingredient, names, product_names, vocabulary)
 
+    chosen, when = _in_force(list(dosages), med, on, vocabulary)
+    if not chosen:
+        return DailyDose(ingredient, DoseStatus.ENDED, explanation=when)
     groups: dict[int, list[_Entry]] = {}
     unsequenced: list[_Entry] = []
-    for dosage in dosages:
-        if not isinstance(dosage, dict):
-            raise _Unknown(UNREADABLE)
+    for dosage in chosen:
         entry = _entry(dosage, product, vocabulary)
         if not entry.as_needed and entry.problem is not None:
             raise _Unknown(entry.problem)  # one unreadable regular instruction: no total can be trusted
-        sequence = dosage.get("sequence")
-        if isinstance(sequence, int) and not isinstance(sequence, bool):
+        sequence = _sequence(dosage)
+        if sequence is not None:
             groups.setdefault(sequence, []).append(entry)
         else:
             unsequenced.append(entry)
@@ -459,7 +490,10 @@ def _daily_dose(med: MedicationFact, ingredient: str, vocabulary: DosingVocabula
         phases = [(key, entries + unsequenced) for key, entries in sorted(groups.items())]
     else:
         phases = [(None, unsequenced)]
-    return _combine(ingredient, phases)
+    dose = _combine(ingredient, phases)
+    if when and dose.explanation:
+        return replace(dose, explanation=f"{when}: {dose.explanation}")
+    return dose
 
 
 def _combine(ingredient: str, phases: Sequence[tuple[int | None, list[_Entry]]]) -> DailyDose:
@@ -487,14 +521,153 @@ def _combine(ingredient: str, phases: Sequence[tuple[int | None, list[_Entry]]])
     if regular_totals:
         highest = max(regular_totals)
         if len(phases) > 1:
-            explanation += f"; highest {_fmt(highest)} mg/day"
+            explanation += f"; no dates say which applies: highest {_fmt(highest)} mg/day"
         return _checked(DailyDose(ingredient, DoseStatus.COMPUTED, highest, explanation))
     if prn_totals and None not in prn_totals:
         highest_prn = max(v or 0.0 for v in prn_totals)
         if len(phases) > 1:
-            explanation += f"; highest {_fmt(highest_prn)} mg/day"
+            explanation += f"; no dates say which applies: highest {_fmt(highest_prn)} mg/day"
         return _checked(DailyDose(ingredient, DoseStatus.AS_NEEDED, highest_prn, explanation))
     return DailyDose(ingredient, DoseStatus.AS_NEEDED, None, explanation or None, prn_problem)
+
+
+# ------------------------------------------------------------------------------------------ phases
+
+
+@dataclass(frozen=True, slots=True)
+class _Window:
+    """The days one dosage instruction applies, both ends included; None = open."""
+
+    start: date | None
+    end: date | None
+
+    def holds(self, day: date) -> bool:
+        return (self.start is None or self.start <= day) and (self.end is None or day <= self.end)
+
+    def text(self) -> str:
+        if self.start and self.end:
+            return f"{self.start.isoformat()} to {self.end.isoformat()}"
+        if self.start:
+            return f"from {self.start.isoformat()}"
+        return f"until {self.end.isoformat()}" if self.end else "undated"
+
+
+def _in_force(
+    dosages: list[dict[str, Any]], med: MedicationFact, on: date | None, vocabulary: DosingVocabulary
+) -> tuple[list[dict[str, Any]], str | None]:
+    """The dosage instructions in force `on`, and how that was decided (None when dates played no part).
+
+    Undated instructions apply throughout. When no dated instruction holds that day: the next one to start
+    is taken (planned use) if any; otherwise the schedule is over and nothing is returned.
+    """
+    if on is None:
+        return dosages, None
+    windows = _windows(dosages, med, vocabulary)
+    if all(window is None for window in windows):
+        return dosages, None
+    current = [d for d, w in zip(dosages, windows, strict=True) if w is None or w.holds(on)]
+    dated_current = [w for w in windows if w is not None and w.holds(on)]
+    if dated_current:
+        return current, f"in force on {on.isoformat()} ({_span(dated_current).text()})"
+    upcoming = [w for w in windows if w is not None and w.start is not None and w.start > on]
+    if upcoming:
+        first = min(w.start for w in upcoming if w.start is not None)
+        chosen = [d for d, w in zip(dosages, windows, strict=True) if w is None or w.start == first]
+        return chosen, f"not started on {on.isoformat()}; first phase from {first.isoformat()}"
+    ended = max((w.end for w in windows if w is not None and w.end is not None), default=None)
+    ended_text = f"every phase ended by {ended.isoformat()}" if ended else "every phase ended"
+    if current:
+        return current, f"{ended_text}; undated instructions only"
+    return [], ended_text
+
+
+def _span(windows: Sequence[_Window]) -> _Window:
+    starts = [w.start for w in windows]
+    ends = [w.end for w in windows]
+    return _Window(
+        None if None in starts else max(s for s in starts if s is not None),
+        None if None in ends else min(e for e in ends if e is not None),
+    )
+
+
+def _windows(
+    dosages: Sequence[Mapping[str, Any]], med: MedicationFact, vocabulary: DosingVocabulary
+) -> list[_Window | None]:
+    """Each instruction's window: its boundsPeriod, else its sequence's place in a chain of
+    boundsDuration phases that starts on the record's start date."""
+    windows: list[_Window | None] = []
+    durations: dict[int, float] = {}
+    for dosage in dosages:
+        repeat = _repeat(dosage)
+        period = repeat.get("boundsPeriod")
+        window = None
+        if isinstance(period, dict):
+            start, end = _day(period.get("start"), last=False), _day(period.get("end"), last=True)
+            if start or end:
+                window = _Window(start, end)
+        windows.append(window)
+        sequence = _sequence(dosage)
+        days = _duration_days(repeat.get("boundsDuration"), vocabulary)
+        if window is None and days is not None and sequence is not None:
+            durations[sequence] = max(durations.get(sequence, 0.0), days)
+    start = med.effective_start
+    if start is None or not durations:
+        return windows
+    chained: dict[int, _Window] = {}
+    for sequence in sorted({s for s in map(_sequence, dosages) if s is not None}):
+        days = durations.get(sequence)
+        if days is None:  # a phase of unknown length: it starts, and nothing after it can be placed
+            chained[sequence] = _Window(start, None)
+            break
+        end = start + timedelta(days=math.ceil(days) - 1)
+        chained[sequence] = _Window(start, end)
+        start = end + timedelta(days=1)
+    placed: list[_Window | None] = []
+    for dosage, window in zip(dosages, windows, strict=True):
+        sequence = _sequence(dosage)
+        placed.append(window or (chained.get(sequence) if sequence is not None else None))
+    return placed
+
+
+def _sequence(dosage: Mapping[str, Any]) -> int | None:
+    value = dosage.get("sequence")
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _repeat(dosage: Mapping[str, Any]) -> Mapping[str, Any]:
+    timing = dosage.get("timing")
+    repeat = timing.get("repeat") if isinstance(timing, dict) else None
+    return repeat if isinstance(repeat, dict) else {}
+
+
+def _duration_days(duration: object, vocabulary: DosingVocabulary) -> float | None:
+    if not isinstance(duration, dict):
+        return None
+    value = _positive_number(duration.get("value"))
+    unit = duration.get("code") or duration.get("unit")
+    days = vocabulary.period_days(unit) if isinstance(unit, str) else None
+    if value is None or days is None or value * days > 36525:
+        return None
+    return value * days
+
+
+def _day(value: object, *, last: bool) -> date | None:
+    """A FHIR date/dateTime -> date; a partial date is its first day as a start and its last as an end."""
+    if not isinstance(value, str):
+        return None
+    found = re.match(r"(\d{4})(?:-(\d{2})(?:-(\d{2}))?)?", value.strip())
+    if not found:
+        return None
+    try:
+        year = int(found[1])
+        if found[2] is None:
+            return date(year, 12, 31) if last else date(year, 1, 1)
+        month = int(found[2])
+        if found[3] is None:
+            return date(year, month, calendar.monthrange(year, month)[1] if last else 1)
+        return date(year, month, int(found[3]))
+    except ValueError:
+        return None
 
 
 def _checked(dose: DailyDose) -> DailyDose:
@@ -506,26 +679,34 @@ def _checked(dose: DailyDose) -> DailyDose:
 # ------------------------------------------------------------------------------------------ product
 
 
-def _product(med: MedicationFact, ingredient: str, vocabulary: DosingVocabulary) -> _Product:
+def _product(
+    med: MedicationFact,
+    ingredient: str,
+    names: frozenset[str],
+    product_names: Sequence[str],
+    vocabulary: DosingVocabulary,
+) -> _Product:
+    """The product's strengths of `ingredient` (known under any of `names`): Medication.ingredient
+    first, then the names the record carries, then `product_names` known for its codes elsewhere."""
     own = tuple(s for s in (med.strengths or ()) if isinstance(s, Strength))
 
     def matching(strengths: Sequence[Strength]) -> tuple[Strength, ...]:
         return tuple(
             s
             for s in strengths
-            if isinstance(s.ingredient, str) and vocabulary.normalise_ingredient(s.ingredient) == ingredient
+            if isinstance(s.ingredient, str) and vocabulary.normalise_ingredient(s.ingredient) in names
         )
 
     def distinct(strengths: Sequence[Strength]) -> int:
         return len({vocabulary.normalise_ingredient(s.ingredient) for s in strengths})
 
     candidates: list[object] = [med.concept.text, *(c.display for c in med.concept.codings)]
-    names = [n for n in candidates if isinstance(n, str) and n.strip()]
+    own_names = [n for n in candidates if isinstance(n, str) and n.strip()]
     if matching(own):
         return _Product(ingredient, matching(own), distinct(own), True)
     known = bool(own)
-    combination = distinct(own) > 1 or any(re.search(r"\s/\s", n) for n in names)
-    for name in names:
+    combination = distinct(own) > 1 or any(re.search(r"\s/\s", n) for n in own_names)
+    for name in [*own_names, *(n for n in product_names if n.strip() and n not in own_names)]:
         parsed = vocabulary.parse_strengths(name)
         known = known or bool(parsed)
         combination = combination or distinct(parsed) > 1

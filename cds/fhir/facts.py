@@ -57,6 +57,19 @@ def parse_date(value: Any) -> date | None:
         return None
 
 
+def _first_day(value: Any) -> date | None:
+    """A period's start: a partial date means its first day (parse_date gives the last)."""
+    day = parse_date(value)
+    if day is None or not isinstance(value, str):
+        return day
+    text = value.strip()
+    if re.match(r"^\d{4}-\d{2}(?![\d-])", text):
+        return day.replace(day=1)
+    if re.match(r"^\d{4}(?![\d-])", text):
+        return day.replace(month=1, day=1)
+    return day
+
+
 def parse_datetime(value: Any) -> datetime | None:
     if not isinstance(value, str):
         return None
@@ -302,18 +315,23 @@ def medication_fact(
         else MedicationKind.REQUEST
     )
     found, strengths, unreadable = _medication_concept(resource, medications)
+    end: date | None = None
     if kind is MedicationKind.STATEMENT:
         dosages = _list(resource.get("dosage"))
         effective = resource.get("effectivePeriod")
+        period = effective if isinstance(effective, dict) else {}
+        start = parse_date(resource.get("effectiveDateTime")) or _first_day(period.get("start"))
+        end = parse_date(period.get("end"))
         dates = [
             parse_date(resource.get("dateAsserted")),
             parse_date(resource.get("effectiveDateTime")),
-            parse_date(effective.get("start")) if isinstance(effective, dict) else None,
+            parse_date(period.get("start")),
         ]
         recorded = max((d for d in dates if d), default=None)
     else:
         dosages = _list(resource.get("dosageInstruction"))
         recorded = parse_date(resource.get("authoredOn"))
+        start = recorded
     derived = tuple(
         ref
         for item in _list(resource.get("derivedFrom"))
@@ -329,6 +347,8 @@ def medication_fact(
         is_selected=selected,
         recorded=recorded,
         planned_start=_planned_start(resource) if kind is MedicationKind.REQUEST else None,
+        effective_start=start,
+        effective_end=end,
         strengths=strengths,
         dosages=tuple(d for d in dosages if isinstance(d, dict)),
         derived_from=derived,

@@ -70,6 +70,7 @@ class DoseStatus(StrEnum):
     COMPUTED = "computed"  # a regular daily amount was computed
     AS_NEEDED = "as-needed"  # PRN; `amount_per_day` is the maximum when one could be computed
     UNKNOWN = "unknown"  # no daily amount could be computed; `problem` says why
+    ENDED = "ended"  # every dated dosage instruction ended before the day the dose was asked for
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +100,8 @@ class MedicationFact:
     is_selected: bool = False  # named in order-select context.selections
     recorded: date | None = None  # authoredOn / dateAsserted / effective start (for staleness)
     planned_start: date | None = None  # when an order says when it is meant to start
+    effective_start: date | None = None  # statement: effective period start; order: authoredOn
+    effective_end: date | None = None  # statement: effectivePeriod.end (an elapsed end is not current use)
     strengths: tuple[Strength, ...] = ()  # from Medication.ingredient, or parsed from the product name
     dosages: tuple[dict[str, object], ...] = ()  # raw Dosage dicts, read by cds.clinical.dosing
     derived_from: tuple[str, ...] = ()  # "MedicationRequest/123" references (statement derived from an order)
