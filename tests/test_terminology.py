@@ -194,6 +194,64 @@ def test_brand_only_text(term: Terminology) -> None:
     assert term.match(BASE + "lamotrigine-medications", klonopin) is None
 
 
+@pytest.mark.parametrize(
+    ("brand", "ingredient"),
+    [
+        ("Rivotril", "clonazepam"),
+        ("Niravam", "alprazolam"),
+        ("Temesta", "lorazepam"),
+        ("Normison", "temazepam"),
+        ("Frisium", "clobazam"),
+        ("Serax", "oxazepam"),
+        ("Serepax", "oxazepam"),
+        ("ProSom", "estazolam"),
+        ("Dalmane", "flurazepam"),
+        ("Mogadon", "nitrazepam"),
+        ("Lexotan", "bromazepam"),
+        ("Lexomil", "bromazepam"),
+        ("Rohypnol", "flunitrazepam"),
+        ("Dormonoct", "loprazolam"),
+        ("Noctamid", "lormetazepam"),
+        ("Centrax", "prazepam"),
+        ("Tranxene", "clorazepate"),
+        ("Librium", "chlordiazepoxide"),
+        ("Doral", "quazepam"),
+        ("Halcion", "triazolam"),
+        ("Restoril", "temazepam"),
+        ("Valium", "diazepam"),
+    ],
+)
+def test_every_benzodiazepine_in_the_equivalence_table_has_a_brand_read_in_text(
+    term: Terminology, brand: str, ingredient: str
+) -> None:
+    written = concept(text=f"{brand} 1 mg tablet")
+    found = term.match(BENZO, written)
+    assert found is not None
+    assert found.method == "name"
+    assert term.ingredients(written) == (ingredient,)
+    assert brand.lower() in term.ingredient_names(ingredient)
+
+
+def test_each_equivalence_table_benzodiazepine_is_covered_by_a_brand_case() -> None:
+    table = json.loads((PROFILES / "tables" / "diazepam-equivalence.json").read_text(encoding="utf-8"))
+    dosed = {n for n, e in table["ingredients"].items() if e["class"] == "benzodiazepine" and e.get("ashton")}
+    cases = test_every_benzodiazepine_in_the_equivalence_table_has_a_brand_read_in_text.pytestmark[0].args[1]
+    assert dosed <= {ingredient for _, ingredient in cases}
+
+
+def test_names_that_stand_for_one_ingredient(term: Terminology) -> None:
+    assert term.ingredient_names("clonazepam") == {"clonazepam", "klonopin", "rivotril"}
+    assert "limbitrol" not in term.ingredient_names("chlordiazepoxide")  # with amitriptyline: not alone
+    assert term.ingredient_names("Lorazepam ") >= {"lorazepam", "ativan", "loreev xr", "temesta"}
+
+
+def test_product_names_for_codes_without_display(term: Terminology) -> None:
+    assert term.product_names(concept(rx("197528"))) == ("clonazepam 1 MG Oral Tablet",)
+    assert term.product_names(concept(rx("197528", "clonazepam 1 MG Oral Tablet"))) == ()  # has its own
+    assert term.product_names(concept(rx("999999999"))) == ()  # in no value set
+    assert term.product_names(concept(Coding(SNOMED, "197528"))) == ()  # same digits, another system
+
+
 def test_name_in_a_later_display(term: Terminology) -> None:
     found = term.match(
         BENZO, concept(Coding("urn:example:local", "X1", "house formulary 17"), rx("1", "LORazepam"))

@@ -440,6 +440,22 @@ class Terminology:
             found.update(self._ingredients_in(text))
         return tuple(sorted(found))
 
+    def product_names(self, concept: Concept) -> tuple[str, ...]:
+        """The value sets' names (RxNorm product names) of the concept's codes, for codings that carry
+        no display of their own: a product code alone still says its strength."""
+        names: list[str] = []
+        for coding in concept.codings:
+            key = self._key(coding.system, coding.code)
+            display = self._displays.get(key) if key is not None else None
+            if display and display != coding.display and display not in names:
+                names.append(display)
+        return tuple(names)
+
+    def ingredient_names(self, ingredient: str) -> frozenset[str]:
+        """The lower-case names that stand for `ingredient` alone: itself and its single-ingredient brands."""
+        name = " ".join(ingredient.lower().split())
+        return frozenset({name} | {n for n, owners in self._name_ingredients.items() if owners == (name,)})
+
     def diazepam_mg_equivalent(self, ingredient: str, source: str | None = None) -> float | None:
         """mg of `ingredient` taken as roughly equal to 10 mg oral diazepam by `source` ("ashton" | "va_dod").
 
