@@ -192,6 +192,11 @@ def summaries(response: requests.Response) -> list[str]:
     return sorted(card["summary"] for card in response.json()["cards"])
 
 
+def rules_with_cards(response: requests.Response) -> set[str]:
+    assert response.status_code == 200, response.text[:2000]
+    return {card["source"]["topic"]["code"] for card in response.json()["cards"]}
+
+
 @pytest.fixture
 def prod_open(
     make_app: Callable[..., Flask], tmp_path: Path, open_fhir: FhirServerHandle
@@ -235,7 +240,9 @@ def test_paged_prefetch_from_an_open_server_is_screened_in_full(
     truncated = prod_open.post(SERVICE, hook_request(patient, first_pages_only))
 
     assert summaries(paged) == summaries(complete)
-    assert set(summaries(truncated)) < set(summaries(paged)), "later pages must carry cards of their own"
+    # A record on a later page may also change a card page 1 already gave (a seizure disorder turns the
+    # benzodiazepine card into the antiepileptic one), so compare which rules answered, not the wording.
+    assert rules_with_cards(truncated) < rules_with_cards(paged), "later pages must carry cards of their own"
 
 
 def test_missing_keys_are_fetched_from_an_open_server_without_a_token(

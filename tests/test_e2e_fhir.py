@@ -251,19 +251,6 @@ def counted_medications(c: Chart) -> list[dict[str, Any]]:
     return statements + orders
 
 
-def one_therapy_once(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """A statement derived from an order that is itself present describes that order: drop it."""
-    present = {ref(r) for r in records}
-    return [
-        r
-        for r in records
-        if not (
-            r["resourceType"] == "MedicationStatement"
-            and any(d.get("reference") in present for d in r.get("derivedFrom", []))
-        )
-    ]
-
-
 def banded(*bands: tuple[str, list[dict[str, Any]]]) -> Expected | None:
     """Records claimed band by band, in rule order (a record counts for the first band it meets)."""
     claimed: list[dict[str, Any]] = []
@@ -343,21 +330,28 @@ def expect_substance_use(c: Chart) -> Expected | None:
 
 
 def dose_records(c: Chart, valueset_name: str) -> list[dict[str, Any]]:
-    found = [r for r in counted_medications(c) if in_valueset(valueset_name, concept_of(r))]
-    return one_therapy_once(found)
+    """Every counted record of the class. A statement derived from an order that is present is the same
+    therapy: it is not counted again, but the card lists it and says so."""
+    return [r for r in counted_medications(c) if in_valueset(valueset_name, concept_of(r))]
 
 
 def dosage_of(record: dict[str, Any]) -> list[Any]:
     return list(record.get("dosageInstruction") or record.get("dosage") or [])
 
 
-def expect_dose_rule(c: Chart, valueset_name: str) -> Expected | None:
+def expect_dose_rule(c: Chart, valueset_name: str, indication: str | None = None) -> Expected | None:
+    """Charts carry no dosage on these records, so the dose cannot be computed; with the rule's
+    indication on record (a seizure disorder for benzodiazepines) the antiepileptic band says so
+    and cites the condition too."""
     records = dose_records(c, valueset_name)
     if not records:
         return None
     assert not any(dosage_of(r) for r in records), (
         f"{c.name}: a {valueset_name} record carries a dosage; work its total out by hand in its own test"
     )
+    reasons = conditions_in(c, indication, active_only=True) if indication else []
+    if reasons:
+        return Expected("antiepileptic-dose-unknown", frozenset(ref(r) for r in records + reasons))
     return Expected("dose-not-computable", frozenset(ref(r) for r in records))
 
 
@@ -386,7 +380,7 @@ def expected_cards(
         "substance-use-disorder": expect_substance_use(c),
         "unstable-cardiac-disease": expect_on_record(c, "unstable-cardiac"),
         "pregnancy": expect_pregnancy(c, reference),
-        "benzodiazepine-response": expect_dose_rule(c, "benzodiazepine-medications"),
+        "benzodiazepine-response": expect_dose_rule(c, "benzodiazepine-medications", "seizure-disorder"),
         "lamotrigine-response": expect_dose_rule(c, "lamotrigine-medications"),
         "ordering-instructions": Expected("ketamine", frozenset({ref(order)})) if order else None,
     }
@@ -695,14 +689,25 @@ def test_benzodiazepine_card_lists_only_active_records(api: Api, server: FhirSer
         ended = {ref(r) for r in benzos if r["status"] not in COUNTING_STATEMENT | COUNTING_REQUEST}
         assert ended, f"{name}: the bundle has stopped or completed benzodiazepine records"
         assert not (cited(card) & ended)
-        assert cited(card) == {ref(r) for r in dose_records(c, "benzodiazepine-medications")}
+        expected = expect_dose_rule(c, "benzodiazepine-medications", "seizure-disorder")
+        assert expected is not None
+        assert cited(card) == expected.evidence
         # no record has a dosage: the card says none could be computed (no "0 mg/day" total),
-        # and each record says why
-        assert "carry no dose the service can compute" in card["detail"]
+        # and each record says why; with a seizure disorder on record it gives no hold advice
+        if expected.band == "antiepileptic-dose-unknown":
+            assert "has no dose the service can compute" in card["detail"]
+            assert "neurologist" in card["detail"]
+            assert "skip the dose" not in card["detail"]
+        else:
+            assert "carry no dose the service can compute" in card["detail"]
         assert "add up to" not in card["detail"]
-        lines = [line for line in card["detail"].splitlines() if CITED.match(line)]
+        lines = [
+            line
+            for line in card["detail"].splitlines()
+            if CITED.match(line) and line.startswith("- Medication")
+        ]
         assert lines
-        assert all("daily dose not computed" in line for line in lines)
+        assert all("daily dose not computed" in line or "counted once" in line for line in lines)
 
 
 def test_contraindication_free_patients_get_no_contraindication_card(
@@ -1040,7 +1045,8 @@ def test_benzodiazepine_total_in_diazepam_equivalents_from_server_records(
         "MedicationRequest/ketcds-test-e2e-dzp-2",
         "MedicationStatement/ketcds-test-e2e-ms-dzp",
     } & set(lines)
-    assert "MedicationStatement/ketcds-test-e2e-ms-clz" not in lines
+    # the statement derived from the renewals is the same therapy: listed, and said to be counted once
+    assert "counted once" in lines["MedicationStatement/ketcds-test-e2e-ms-clz"]
     assert "suggestions" not in card  # never a suggestion to stop a benzodiazepine
 
 

@@ -28,6 +28,7 @@ from tests.support.builders import (
     dosage,
     hook_request,
     ketamine_order,
+    med_request,
     med_statement,
 )
 
@@ -61,6 +62,15 @@ def rx(code: str, display: str) -> dict[str, Any]:
     return concept(coding(RXNORM, code, display))
 
 
+def phase(*, dose: float, frequency: int, start: str, end: str | None, sequence: int) -> dict[str, Any]:
+    """One step of a taper: a dosage with its boundsPeriod and sequence."""
+    out = dosage(dose=dose, frequency=frequency)
+    bounds = {"start": start, **({"end": end} if end else {})}
+    out["timing"]["repeat"]["boundsPeriod"] = bounds
+    out["sequence"] = sequence
+    return out
+
+
 MI = snomed("22298006", "Myocardial infarction")
 STROKE = snomed("230690007", "Cerebrovascular accident")
 CLONAZEPAM_025 = rx("204892", "clonazePAM 0.25 MG Oral Tablet")
@@ -70,6 +80,7 @@ RISPERIDONE_1 = rx("312830", "risperidone 1 MG Oral Tablet")
 PHENELZINE = rx("312347", "phenelzine 15 MG Oral Tablet")
 SERTRALINE = rx("312940", "sertraline 50 MG Oral Tablet")
 LITHIUM = rx("197890", "lithium carbonate 300 MG Oral Tablet")
+CLOBAZAM_10 = rx("199450", "clobazam 10 MG Oral Tablet")
 
 SCENARIOS = [
     # ketamine-hypersensitivity
@@ -328,10 +339,19 @@ SCENARIOS = [
         fires={"benzodiazepine-response": "info"},
     ),
     Scenario(
-        "benzo: brand name in free text only is recognised; its strength is not guessed",
+        "benzo: brand name and strength in free text are computed (Klonopin 1 mg = 20 mg/day DZ-eq)",
         lambda: select(
             statements=[
                 med_statement(concept(text="Klonopin 1 mg tablet"), dosages=[dosage(dose=1, frequency=1)])
+            ]
+        ),
+        fires={"benzodiazepine-response": "warning"},
+    ),
+    Scenario(
+        "benzo: brand name in free text without a strength is recognised; its dose is not guessed",
+        lambda: select(
+            statements=[
+                med_statement(concept(text="Klonopin tablets"), dosages=[dosage(dose=1, frequency=1)])
             ]
         ),
         fires={"benzodiazepine-response": "info"},
@@ -344,6 +364,54 @@ SCENARIOS = [
             ]
         ),
         fires={"benzodiazepine-response": "warning"},
+    ),
+    Scenario(
+        "benzo: one therapy as a statement and a brand order is counted once (5 mg/day DZ-eq, not 10)",
+        lambda: select(
+            statements=[med_statement(ALPRAZOLAM_025)],
+            requests=[med_request(rx("141927", "alprazolam 0.25 MG Oral Tablet [Xanax]"))],
+        ),
+        fires={"benzodiazepine-response": "info"},
+    ),
+    Scenario(
+        "benzo: taper in force today (0.25 mg from November = 5 mg/day DZ-eq, not the 20 of October)",
+        lambda: select(
+            requests=[
+                med_request(
+                    CLONAZEPAM_025,
+                    dosages=[
+                        phase(dose=2, frequency=2, start="2026-10-01", end="2026-10-31", sequence=1),
+                        phase(dose=1, frequency=1, start="2026-11-01", end=None, sequence=2),
+                    ],
+                )
+            ]
+        ),
+        fires={"benzodiazepine-response": "info"},
+    ),
+    Scenario(
+        "benzo: clobazam without a diagnosis is an antiepileptic: warning without hold advice",
+        lambda: select(requests=[med_request(CLOBAZAM_10, dosages=[dosage(dose=1, frequency=2)])]),
+        fires={"benzodiazepine-response": "warning"},
+    ),
+    Scenario(
+        "benzo: low dose with epilepsy on record is an antiepileptic: information",
+        lambda: select(
+            statements=[med_statement(ALPRAZOLAM_025)],
+            conditions=[condition(snomed("84757009", "Epilepsy"), onset="2012-01-01")],
+        ),
+        fires={"benzodiazepine-response": "info", "seizure-disorder": "info"},
+    ),
+    Scenario(
+        "benzo: an active statement whose effective period ended in June stays silent",
+        lambda: select(
+            statements=[
+                {
+                    **med_statement(CLONAZEPAM_025, dosages=[dosage(dose=4, frequency=2)]),
+                    "effectivePeriod": {"start": "2026-01-01", "end": "2026-06-30"},
+                }
+            ]
+        ),
+        silent=frozenset({"benzodiazepine-response"}),
     ),
     Scenario(
         "benzo: stopped statement and antidepressants stay silent",

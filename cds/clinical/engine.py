@@ -15,9 +15,9 @@ from dataclasses import dataclass, field, replace
 from datetime import date, timedelta
 from typing import Any
 
-from cds.clinical.dosing import DosingVocabulary, daily_dose
+from cds.clinical.dosing import NO_STRENGTH, DosingVocabulary, daily_dose
 from cds.clinical.policy import SitePolicy
-from cds.clinical.rules import DOSE_WHEN_KEYS, INDICATOR_RANK, Band, Rule
+from cds.clinical.rules import DOSE_WHEN_KEYS, INDICATOR_RANK, Band, DoseSpec, Rule
 from cds.clinical.schedule import months_before, months_between
 from cds.clinical.situation import INTERACTION, NONE, Situation
 from cds.clinical.statuses import StatusSemantics, medication_counts
@@ -232,11 +232,33 @@ def _medication_hit(ctx: EngineContext, band: Band, med: MedicationFact, situati
 @dataclass(slots=True)
 class _DoseSummary:
     regular_total: float = 0.0
-    regular: list[Hit] = field(default_factory=list)
+    evidence_total: float | None = 0.0  # in the rule's evidence basis; None when a dose has no equivalent
+    regular: list[Hit] = field(default_factory=list)  # one counted record per therapy
     as_needed: list[Hit] = field(default_factory=list)
     unknown: list[Hit] = field(default_factory=list)
     excluded: list[Hit] = field(default_factory=list)  # rescue / procedural forms
+    merged: list[Hit] = field(default_factory=list)  # further records of a counted therapy: listed only
+    ended: list[Hit] = field(default_factory=list)  # not current on the reference date: listed only
+    indication: list[Hit] = field(default_factory=list)  # conditions behind the rule's dose indication
+    indication_label: str | None = None
     unit: str = "mg/day"
+    evidence_unit: str = "mg/day"
+
+    def in_use(self) -> bool:
+        return bool(self.regular or self.unknown or self.as_needed or self.excluded)
+
+    def records(self) -> list[Hit]:
+        return [*self.regular, *self.unknown, *self.as_needed, *self.excluded, *self.merged, *self.ended]
+
+
+@dataclass(frozen=True, slots=True)
+class _Counted:
+    """A computed regular daily dose of one ingredient in one record, before therapies are merged."""
+
+    med: MedicationFact
+    value: float  # in the rule's basis
+    evidence: float | None  # in the rule's evidence basis
+    hit: Hit
 
 
 def _dedupe(meds: Sequence[MedicationFact]) -> list[MedicationFact]:
@@ -250,52 +272,199 @@ def _dedupe(meds: Sequence[MedicationFact]) -> list[MedicationFact]:
 
 
 def _dose_summary(
-    ctx: EngineContext, rule: Rule, meds: Sequence[MedicationFact], situation: Situation
+    ctx: EngineContext,
+    rule: Rule,
+    meds: Sequence[MedicationFact],
+    situation: Situation,
+    index: FactIndex,
 ) -> _DoseSummary:
+    """The rule's class in use on the reference date: one therapy per ingredient, however many records
+    hold it (statements and orders, generic or brand codes, free text); every record not added to the
+    total is listed with the reason."""
     spec = rule.dose
     assert spec is not None  # guaranteed by the rule loader for dose bands
-    basis = _param(ctx, rule, spec.basis_param)
-    source = _param(ctx, rule, spec.equivalence_source_param) if spec.equivalence_source_param else None
+    basis = str(_param(ctx, rule, spec.basis_param))
+    evidence_basis = spec.evidence_basis or basis
     class_ingredients: set[str] = set()
     for url in spec.match:
         class_ingredients |= ctx.terminology.valueset_ingredients(url)
-    summary = _DoseSummary(unit=ctx.dose_units.get(str(basis), str(basis)))
+    collector = _DoseCollector(
+        ctx=ctx,
+        spec=spec,
+        situation=situation,
+        basis=basis,
+        evidence_basis=evidence_basis,
+        source=_param(ctx, rule, spec.equivalence_source_param) if spec.equivalence_source_param else None,
+        class_ingredients=frozenset(class_ingredients),
+        summary=_DoseSummary(
+            unit=ctx.dose_units.get(basis, basis),
+            evidence_unit=ctx.dose_units.get(evidence_basis, evidence_basis),
+        ),
+    )
     matched: list[tuple[MedicationFact, TermMatch]] = []
     for med in meds:
         found = _first_match(ctx, spec.match, (med.concept,))
         if found is not None:
             matched.append((med, found))
-    kept_refs = {med.source for med in _dedupe([med for med, _ in matched])}
-    seen_therapies: set[tuple[str, str, str | None]] = set()
+    present = {med.source.reference() for med, _ in matched}
     for med, found in matched:
-        if med.source not in kept_refs:
-            continue
-        notes = list(_stale_notes(med, situation, ctx.policy))
+        collector.add(med, found, present)
+    summary = collector.summary
+    for records in collector.counted.values():
+        _count_therapy(summary, records)
+    if spec.indication_conditions or spec.indication_ingredients:
+        _find_indication(ctx, rule, spec.indication_conditions, index, summary)
+        if not summary.indication_label:
+            named = sorted(collector.seen_ingredients & spec.indication_ingredients)
+            summary.indication_label = named[0] if named else None
+    return summary
+
+
+@dataclass(slots=True)
+class _DoseCollector:
+    """Sorts a dose rule's records: counted (per ingredient, merged later), as needed, unknown, rescue,
+    the same therapy recorded again, or no longer current."""
+
+    ctx: EngineContext
+    spec: DoseSpec
+    situation: Situation
+    basis: str
+    evidence_basis: str
+    source: str | None
+    class_ingredients: frozenset[str]
+    summary: _DoseSummary
+    counted: dict[str, list[_Counted]] = field(default_factory=dict)
+    seen_ingredients: set[str] = field(default_factory=set)
+
+    def add(self, med: MedicationFact, found: TermMatch, present: set[str]) -> None:
+        ctx, summary = self.ctx, self.summary
+        notes = _stale_notes(med, self.situation, ctx.policy)
         base = _medication_evidence(med, found)
-        if _first_match(ctx, spec.exclude, (med.concept,)) is not None:
+        order = next((ref for ref in med.derived_from if ref in present), None)
+        if med.kind is MedicationKind.STATEMENT and order is not None:
+            summary.merged.append(replace(base, notes=(*notes, f"same-therapy-as:{order}")))
+            return
+        if _ended(med, self.situation):
+            ended = med.effective_end.isoformat() if med.effective_end else "?"
+            summary.ended.append(replace(base, notes=(*notes, f"ended:{ended}")))
+            return
+        if _first_match(ctx, self.spec.exclude, (med.concept,)) is not None:
             summary.excluded.append(replace(base, notes=(*notes, "rescue-or-procedural")))
-            continue
-        ingredients = [i for i in ctx.terminology.ingredients(med.concept) if i in class_ingredients]
+            self.seen_ingredients.update(ctx.terminology.ingredients(med.concept))
+            return
+        ingredients = [i for i in ctx.terminology.ingredients(med.concept) if i in self.class_ingredients]
+        self.seen_ingredients.update(ingredients)
         if not ingredients:
             summary.unknown.append(replace(base, notes=(*notes, "dose:no-strength")))
-            continue
         for ingredient in ingredients:
-            dose = daily_dose(med, ingredient, ctx.dosing)
-            converted, figures, problem = _convert(ctx, dose, basis, source)
-            hit = replace(base, figures=figures)
-            if dose.status is DoseStatus.AS_NEEDED:
-                summary.as_needed.append(replace(hit, notes=(*notes, "as-needed")))
-            elif converted is None:
-                summary.unknown.append(replace(hit, notes=(*notes, f"dose:{problem or 'unknown'}")))
-            else:
-                therapy = (ingredient, ",".join(sorted(c.code or "" for c in med.concept.codings)), figures)
-                if therapy in seen_therapies:
-                    summary.excluded.append(replace(hit, notes=(*notes, "duplicate-record")))
-                    continue
-                seen_therapies.add(therapy)
-                summary.regular_total += converted
-                summary.regular.append(replace(hit, notes=tuple(notes)))
-    return summary
+            self._add_dose(med, ingredient, replace(base, notes=notes))
+
+    def _add_dose(self, med: MedicationFact, ingredient: str, base: Hit) -> None:
+        summary = self.summary
+        dose, source_notes = _record_dose(self.ctx, med, ingredient, self.situation.reference_date)
+        if dose.status is DoseStatus.ENDED:
+            summary.ended.append(replace(base, figures=dose.explanation, notes=(*base.notes, "phases-ended")))
+            return
+        converted, figures, problem = _convert(self.ctx, dose, self.basis, self.source)
+        hit = replace(base, figures=figures, notes=(*base.notes, *source_notes))
+        if dose.status is DoseStatus.AS_NEEDED:
+            summary.as_needed.append(replace(hit, notes=(*hit.notes, "as-needed")))
+        elif converted is None:
+            summary.unknown.append(replace(hit, notes=(*hit.notes, f"dose:{problem or 'unknown'}")))
+        else:
+            evidence: float | None = converted
+            if self.evidence_basis != self.basis:
+                evidence = _convert(self.ctx, dose, self.evidence_basis, self.source)[0]
+            self.counted.setdefault(ingredient, []).append(_Counted(med, converted, evidence, hit))
+
+
+def _record_dose(
+    ctx: EngineContext, med: MedicationFact, ingredient: str, reference: date
+) -> tuple[DailyDose, tuple[str, ...]]:
+    """The record's daily dose on the reference date; a product code without a name of its own is read
+    through the name the value sets give that code (and the evidence says so)."""
+    aliases = ctx.terminology.ingredient_names(ingredient)
+    dose = daily_dose(med, ingredient, ctx.dosing, on=reference, aliases=aliases)
+    if dose.status is DoseStatus.UNKNOWN and dose.problem == NO_STRENGTH:
+        names = ctx.terminology.product_names(med.concept)
+        if names:
+            named = daily_dose(
+                med, ingredient, ctx.dosing, on=reference, aliases=aliases, product_names=names
+            )
+            if named.status is not DoseStatus.UNKNOWN or named.problem != NO_STRENGTH:
+                return named, ("strength-from-code-name",)
+    return dose, ()
+
+
+def _count_therapy(summary: _DoseSummary, records: Sequence[_Counted]) -> None:
+    """Current records of one ingredient, counted as one therapy.
+
+    Records of one kind that give the same daily dose are one therapy recorded again (a renewal, a
+    generic and a brand code, a coded and a free-text entry): counted once. Records of one kind with
+    different doses are products taken together (0.5 mg and 1 mg tablets): added. Statements and orders
+    describe the same therapy from two sides: the side with the higher total is counted, the other is
+    listed. Every record left out says which record it was counted with.
+    """
+    sides: dict[MedicationKind, list[_Counted]] = {}
+    repeats: dict[int, list[_Counted]] = {}
+    for record in records:
+        side = sides.setdefault(record.med.kind, [])
+        same = next((kept for kept in side if math.isclose(kept.value, record.value)), None)
+        if same is None:
+            side.append(record)
+        else:
+            repeats.setdefault(id(same), []).append(record)
+    ranked = sorted(sides.values(), key=lambda side: -sum(r.value for r in side))
+    counted, others = ranked[0], [r for side in ranked[1:] for r in side]
+    for kept in counted:
+        left_out = repeats.get(id(kept), [])
+        notes: list[str] = []
+        if others and kept is counted[0]:
+            both = len(records) == 2
+            notes.append("same-therapy:statement-and-order" if both else "same-therapy:mixed")
+            if not math.isclose(sum(r.value for r in counted), sum(r.value for r in others)):
+                notes.append("same-therapy-highest")
+        elif left_out:
+            kinds = "statements" if kept.med.kind is MedicationKind.STATEMENT else "orders"
+            notes.append(f"same-therapy:{kinds}")
+        if len(counted) > 1:
+            notes.append("same-ingredient-added")
+        summary.regular.append(replace(kept.hit, notes=(*kept.hit.notes, *notes)))
+        summary.regular_total += kept.value
+        if summary.evidence_total is not None:
+            summary.evidence_total = None if kept.evidence is None else summary.evidence_total + kept.evidence
+        for repeat in left_out:
+            note = f"same-therapy-as:{kept.med.source.reference()}"
+            summary.merged.append(replace(repeat.hit, notes=(*repeat.hit.notes, note)))
+    anchor = counted[0].med.source.reference()
+    for other in others:
+        for record in (other, *repeats.get(id(other), ())):
+            summary.merged.append(replace(record.hit, notes=(*record.hit.notes, f"same-therapy-as:{anchor}")))
+
+
+def _find_indication(
+    ctx: EngineContext, rule: Rule, urls: Sequence[str], index: FactIndex, summary: _DoseSummary
+) -> None:
+    for fact in index.candidates(index.conditions, urls):
+        if not _condition_counts(fact, rule, ctx.statuses):
+            continue
+        found = _first_match(ctx, urls, (fact.concept,))
+        if found is None:
+            continue
+        when = fact.onset or fact.recorded
+        summary.indication.append(
+            Hit(
+                source=fact.source,
+                label=fact.concept.label(),
+                coding=found.coding,
+                match_method=found.method,
+                date=when,
+                date_basis=("onset" if fact.onset else "recorded") if when else None,
+                notes=("by-name",) if found.method == METHOD_NAME else (),
+            )
+        )
+    if summary.indication:
+        summary.indication_label = summary.indication[0].label
 
 
 def _convert(
@@ -330,6 +499,15 @@ def _latest_bp(facts: Sequence[BloodPressureFact], today: date) -> BloodPressure
 
 
 # ------------------------------------------------------------------------------------------- the rule
+
+
+def _ended(med: MedicationFact, situation: Situation) -> bool:
+    """A record whose effective period ended before the reference date is past use, whatever its status."""
+    return (
+        med.effective_end is not None
+        and med.effective_end < situation.reference_date
+        and not med.is_draft_order
+    )
 
 
 @dataclass(slots=True)
@@ -419,16 +597,25 @@ def _collect_medications(inp: _BandInput, result: _BandResult) -> bool:
     meds = inp.index.candidates(inp.index.medications, urls)
     if inp.rule.dose is not None and DOSE_WHEN_KEYS & set(inp.band.when):
         if inp.rule.id not in inp.dose_cache:
-            inp.dose_cache[inp.rule.id] = _dose_summary(inp.ctx, inp.rule, meds, inp.situation)
+            inp.dose_cache[inp.rule.id] = _dose_summary(inp.ctx, inp.rule, meds, inp.situation, inp.index)
         summary = inp.dose_cache[inp.rule.id]
         if not _dose_band_holds(inp.ctx, inp.rule, inp.band, summary):
             return False
-        result.hits = [*summary.regular, *summary.unknown, *summary.as_needed, *summary.excluded]
-        result.values.update(total=fmt_number(summary.regular_total), basis_unit=summary.unit)
+        result.hits = summary.records()
+        if "indication" in inp.band.when:
+            result.hits += summary.indication
+        evidence = summary.evidence_total
+        result.values.update(
+            total=fmt_number(summary.regular_total),
+            basis_unit=summary.unit,
+            evidence_total=fmt_number(evidence) if evidence is not None else "?",
+            evidence_unit=summary.evidence_unit,
+            indication=summary.indication_label or "?",
+        )
     else:
         kept = _dedupe(meds)
         for med in kept:
-            if med.source in inp.claimed:
+            if med.source in inp.claimed or _ended(med, inp.situation):
                 continue
             hit = _medication_hit(inp.ctx, inp.band, med, inp.situation)
             if hit:
@@ -504,6 +691,17 @@ def _dose_band_holds(ctx: EngineContext, rule: Rule, band: Band, summary: _DoseS
     when = band.when
     if "total_above" in when and not summary.regular_total > float(_param(ctx, rule, when["total_above"])):
         return False
+    evidence = summary.evidence_total
+    if "evidence_total_above" in when and not (
+        evidence is not None and evidence > float(_param(ctx, rule, when["evidence_total_above"]))
+    ):
+        return False
+    if "evidence_total_at_most" in when and not (
+        evidence is not None and evidence <= float(_param(ctx, rule, when["evidence_total_at_most"]))
+    ):
+        return False
+    if "indication" in when and not summary.indication_label:
+        return False
     if "regular_use" in when and not summary.regular:
         return False
     if "dose_unknown" in when and not summary.unknown:
@@ -512,7 +710,7 @@ def _dose_band_holds(ctx: EngineContext, rule: Rule, band: Band, summary: _DoseS
         summary.regular or summary.unknown or not (summary.as_needed or summary.excluded)
     ):
         return False
-    return bool(summary.regular or summary.unknown or summary.as_needed or summary.excluded)
+    return summary.in_use()
 
 
 def _bp_band_holds(

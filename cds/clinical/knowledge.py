@@ -32,7 +32,18 @@ from cds.paths import knowledge_root
 PLACEHOLDERS: Mapping[str, frozenset[str]] = {
     "condition": frozenset({"product", "reference_date", "condition", "onset", "months_ago"}),
     "allergy": frozenset({"product", "reference_date", "substance"}),
-    "medication": frozenset({"product", "reference_date", "medication", "total", "basis_unit"}),
+    "medication": frozenset(
+        {
+            "product",
+            "reference_date",
+            "medication",
+            "total",
+            "basis_unit",
+            "evidence_total",
+            "evidence_unit",
+            "indication",
+        }
+    ),
     "blood-pressure": frozenset({"product", "reference_date", "systolic", "diastolic", "reading_date"}),
     "order": frozenset({"product", "reference_date"}),
     "unreadable": frozenset({"product", "reference_date", "count", "categories"}),

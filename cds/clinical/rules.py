@@ -31,7 +31,15 @@ COMMON_WHEN_KEYS: Mapping[str, str] = {"enabled": SWITCH}
 WHEN_KEYS: Mapping[str, Mapping[str, str]] = {
     "condition": {"onset_within_months": NUMBER, "onset_before_months": NUMBER, "onset_unknown": FLAG},
     "allergy": {},
-    "medication": {"total_above": NUMBER, "regular_use": FLAG, "as_needed_only": FLAG, "dose_unknown": FLAG},
+    "medication": {
+        "total_above": NUMBER,
+        "regular_use": FLAG,
+        "as_needed_only": FLAG,
+        "dose_unknown": FLAG,
+        "indication": FLAG,
+        "evidence_total_above": NUMBER,
+        "evidence_total_at_most": NUMBER,
+    },
     "blood-pressure": {
         "systolic_at_least": NUMBER,
         "diastolic_at_least": NUMBER,
@@ -91,6 +99,9 @@ class DoseSpec:
     exclude: tuple[str, ...]
     basis_param: str
     equivalence_source_param: str | None
+    evidence_basis: str | None = None  # the fixed basis the cited evidence states its figures in
+    indication_conditions: tuple[str, ...] = ()  # condition value sets: the class is used for this
+    indication_ingredients: frozenset[str] = frozenset()  # ingredients used almost only for it
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,6 +132,7 @@ class Rule:
         if self.dose:
             urls.update(self.dose.match)
             urls.update(self.dose.exclude)
+            urls.update(self.dose.indication_conditions)
         return urls
 
 
@@ -271,6 +283,7 @@ def _parse_rule(
     dose = None
     if "dose" in data:
         spec = data["dose"]
+        indication = spec.get("indication", {})
         dose = DoseSpec(
             match=tuple(spec["match"]),
             exclude=tuple(spec.get("exclude", ())),
@@ -280,9 +293,20 @@ def _parse_rule(
                 if "equivalence_source" in spec
                 else None
             ),
+            evidence_basis=spec.get("evidence_basis"),
+            indication_conditions=tuple(indication.get("conditions", ())),
+            indication_ingredients=frozenset(i.lower() for i in indication.get("ingredients", ())),
         )
     if any(DOSE_WHEN_KEYS & set(band.when) for band in bands) and dose is None:
         raise ConfigError(f"{where}: dose bands need a `dose` block")
+    if dose is not None:
+        if any("indication" in band.when for band in bands) and not (
+            dose.indication_conditions or dose.indication_ingredients
+        ):
+            raise ConfigError(f"{where}: `indication` bands need dose.indication")
+        evidence_keys = {"evidence_total_above", "evidence_total_at_most"}
+        if any(evidence_keys & set(band.when) for band in bands) and dose.evidence_basis is None:
+            raise ConfigError(f"{where}: evidence_total bands need dose.evidence_basis")
 
     return Rule(
         id=data["id"],
