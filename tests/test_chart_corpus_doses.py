@@ -1,4 +1,4 @@
-"""Chart corpus, doses (issue 9): charts shaped as EHRs send them, each with its figure worked out by hand.
+"""Chart corpus, doses: charts shaped as EHRs send them, each with its figure worked out by hand.
 
 Every case is a full CDS Hooks request through the HTTP API (clock pinned to 2026-11-22, the ketamine
 order planned for today unless the case says otherwise). Cases come in firing and non-firing pairs, as
