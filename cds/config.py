@@ -7,6 +7,7 @@ tiers) lives in the policy file that `policy_file` points to and is validated wi
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import json
 import os
@@ -87,30 +88,59 @@ def _parse_bool(name: str, raw: str) -> bool:
     raise ConfigError(f"{ENV_PREFIX}{name.upper()} must be true or false, got {raw!r}")
 
 
+_ISSUER_VAR = f"{ENV_PREFIX}TRUSTED_ISSUERS"
+_ISSUER_LISTS = ("jku_allowlist", "fhir_servers")
+_ISSUER_TEXTS = ("iss", "jwks_url", "jwks_file", "tenant")
+ISSUER_KEYS = frozenset(_ISSUER_TEXTS + _ISSUER_LISTS)
+
+
 def _parse_issuers(raw: str) -> tuple[TrustedIssuer, ...]:
-    """Issuers come as JSON: inline, or `@/path/to/file.json`."""
-    text = Path(raw[1:]).read_text(encoding="utf-8") if raw.startswith("@") else raw
+    """Issuers come as JSON: inline, or `@/path/to/file.json`. Strict: a misspelt key protects nothing."""
     try:
+        text = Path(raw[1:]).read_text(encoding="utf-8") if raw.startswith("@") else raw
         data = json.loads(text)
     except (ValueError, OSError) as exc:
-        raise ConfigError(f"{ENV_PREFIX}TRUSTED_ISSUERS is not valid JSON: {exc}") from exc
+        raise ConfigError(f"{_ISSUER_VAR} is not readable JSON: {type(exc).__name__}: {exc}") from None
     if not isinstance(data, list):
-        raise ConfigError(f"{ENV_PREFIX}TRUSTED_ISSUERS must be a JSON list of issuers")
-    issuers = []
-    for item in data:
-        if not isinstance(item, dict) or not isinstance(item.get("iss"), str):
-            raise ConfigError(f"{ENV_PREFIX}TRUSTED_ISSUERS: every entry needs a string 'iss'")
-        issuers.append(
-            TrustedIssuer(
-                iss=item["iss"],
-                jwks_url=item.get("jwks_url"),
-                jwks_file=item.get("jwks_file"),
-                jku_allowlist=tuple(item.get("jku_allowlist", ())),
-                tenant=item.get("tenant"),
-                fhir_servers=tuple(item.get("fhir_servers", ())),
+        raise ConfigError(f"{_ISSUER_VAR} must be a JSON list of issuers")
+    return tuple(_parse_issuer(index, item) for index, item in enumerate(data, start=1))
+
+
+def _issuer_label(index: int, item: object) -> str:
+    iss = item.get("iss") if isinstance(item, dict) else None
+    if isinstance(iss, str) and iss:
+        return f"{_ISSUER_VAR}: issuer {iss!r}"
+    return f"{_ISSUER_VAR}: entry {index}"
+
+
+def _parse_issuer(index: int, item: object) -> TrustedIssuer:
+    where = _issuer_label(index, item)
+    if not isinstance(item, dict):
+        raise ConfigError(f"{where} must be a JSON object")
+    for key in item:
+        if key not in ISSUER_KEYS:
+            close = difflib.get_close_matches(str(key), sorted(ISSUER_KEYS), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigError(
+                f"{where}: unknown key {key!r}{hint}; the keys are {', '.join(sorted(ISSUER_KEYS))}"
             )
-        )
-    return tuple(issuers)
+    if not isinstance(item.get("iss"), str) or not item["iss"]:
+        raise ConfigError(f"{where}: key 'iss' is required and must be a string")
+    for key in _ISSUER_TEXTS:
+        if key in item and not isinstance(item[key], str):
+            raise ConfigError(f"{where}: key {key!r} must be a string")
+    for key in _ISSUER_LISTS:
+        value = item.get(key, [])
+        if not isinstance(value, list) or not all(isinstance(entry, str) for entry in value):
+            raise ConfigError(f"{where}: key {key!r} must be a list of URL strings")
+    return TrustedIssuer(
+        iss=item["iss"],
+        jwks_url=item.get("jwks_url"),
+        jwks_file=item.get("jwks_file"),
+        jku_allowlist=tuple(item.get("jku_allowlist", ())),
+        tenant=item.get("tenant"),
+        fhir_servers=tuple(item.get("fhir_servers", ())),
+    )
 
 
 def _coerce(name: str, current: Any, raw: str) -> Any:
@@ -154,9 +184,7 @@ def load_settings(
 
 
 def _check_url(name: str, value: str) -> None:
-    parts = urlsplit(value)
-    if parts.scheme not in {"http", "https"} or not parts.netloc:
-        raise ConfigError(f"{ENV_PREFIX}{name.upper()} must be an absolute http(s) URL, got {value!r}")
+    _check_url_of(f"{ENV_PREFIX}{name.upper()}", value)
 
 
 def http_allowed(url: str, settings: Settings) -> bool:
@@ -201,6 +229,34 @@ def _check_fhir_base(where: str, url: object, settings: Settings) -> None:
         )
 
 
+def _check_issuer(issuer: TrustedIssuer, settings: Settings) -> None:
+    where = f"{_ISSUER_VAR}: issuer {issuer.iss!r}"
+    parts = urlsplit(issuer.iss)
+    if parts.scheme != "https" or not parts.netloc:
+        raise ConfigError(f"{where}: key 'iss' must be an https URL (the token's iss claim, exactly)")
+    if (issuer.jwks_url is None) == (issuer.jwks_file is None):
+        raise ConfigError(f"{where}: needs exactly one of the keys 'jwks_url' or 'jwks_file'")
+    if issuer.jwks_url:
+        _check_url_of(f"{where}, key 'jwks_url'", issuer.jwks_url)
+    if issuer.jwks_file and issuer.jku_allowlist:
+        raise ConfigError(
+            f"{where}: key 'jku_allowlist' has no effect with 'jwks_file' (pinned keys: a token's jku is "
+            "never fetched); remove it, or use 'jwks_url'"
+        )
+    for url in issuer.jku_allowlist:
+        _check_url_of(f"{where}, key 'jku_allowlist'", url)
+    if issuer.tenant is not None and not issuer.tenant:
+        raise ConfigError(f"{where}: key 'tenant' must not be empty (leave it out instead)")
+    for url in issuer.fhir_servers:
+        _check_fhir_base(f"{where}, key 'fhir_servers'", url, settings)
+
+
+def _check_url_of(where: str, value: str) -> None:
+    parts = urlsplit(value)
+    if parts.scheme not in {"http", "https"} or not parts.netloc:
+        raise ConfigError(f"{where} must be an absolute http(s) URL, got {value!r}")
+
+
 def validate(settings: Settings) -> None:
     positive = (
         "max_body_bytes",
@@ -238,14 +294,7 @@ def validate(settings: Settings) -> None:
     if settings.redis_url and urlsplit(settings.redis_url).scheme not in {"redis", "rediss", "unix"}:
         raise ConfigError(f"{ENV_PREFIX}REDIS_URL must be a redis:// or rediss:// URL")
     for issuer in settings.trusted_issuers:
-        if (issuer.jwks_url is None) == (issuer.jwks_file is None):
-            raise ConfigError(f"trusted issuer {issuer.iss!r} needs exactly one of jwks_url or jwks_file")
-        if issuer.jwks_url:
-            _check_url("trusted_issuers", issuer.jwks_url)
-        for url in issuer.fhir_servers:
-            _check_fhir_base(
-                f"{ENV_PREFIX}TRUSTED_ISSUERS: issuer {issuer.iss!r}, key 'fhir_servers'", url, settings
-            )
+        _check_issuer(issuer, settings)
     if settings.log_level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
         raise ConfigError(f"{ENV_PREFIX}LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR")
     if not settings.dev_mode:
