@@ -220,6 +220,11 @@ class Terminology:
         self._equivalence_default_source = equivalence_default_source
         self._blood_pressure = blood_pressure
         self._names_re = _names_pattern(self._name_ingredients)
+        alone: dict[str, set[str]] = {}
+        for name, owners in self._name_ingredients.items():
+            if len(owners) == 1:
+                alone.setdefault(owners[0], set()).add(name)
+        self._alone = {ingredient: frozenset(names) for ingredient, names in alone.items()}
         # Reverse indexes so that `memberships` finds every set a concept belongs to in one pass.
         roots_by_system: dict[str, list[tuple[str, tuple[str, ...]]]] = {}
         name_owners: dict[str, set[str]] = {}
@@ -454,7 +459,7 @@ class Terminology:
     def ingredient_names(self, ingredient: str) -> frozenset[str]:
         """The lower-case names that stand for `ingredient` alone: itself and its single-ingredient brands."""
         name = " ".join(ingredient.lower().split())
-        return frozenset({name} | {n for n, owners in self._name_ingredients.items() if owners == (name,)})
+        return self._alone.get(name, frozenset()) | {name}
 
     def diazepam_mg_equivalent(self, ingredient: str, source: str | None = None) -> float | None:
         """mg of `ingredient` taken as roughly equal to 10 mg oral diazepam by `source` ("ashton" | "va_dod").
