@@ -1,4 +1,4 @@
-"""`ketamine-cds serve | screen | report | migrate`."""
+"""`ketamine-cds serve | screen | report | migrate | purge | worklist`."""
 
 from __future__ import annotations
 
@@ -127,6 +127,27 @@ def _purge(args: argparse.Namespace) -> int:
     return 0
 
 
+def _worklist(args: argparse.Namespace) -> int:
+    from cds.worklist.command import MAX_DAYS, run_worklist
+    from cds.worklist.config import load_worklist_config
+
+    try:
+        first_day = date.fromisoformat(args.from_date)
+    except ValueError:
+        raise BadRequest(f"--from must be a date (YYYY-MM-DD), got {args.from_date!r}") from None
+    if not 1 <= args.days <= MAX_DAYS:
+        raise BadRequest(f"--days must be from 1 to {MAX_DAYS}")
+    config = load_worklist_config(
+        Path(args.config) if args.config else None,
+        fhir_server=args.fhir_server,
+        token=args.token,
+        allow_server=args.allow_server,
+    )
+    return run_worklist(
+        config, first_day, args.days, args.format, Path(args.output) if args.output else None, sys.stderr
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ketamine-cds", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -154,6 +175,27 @@ def build_parser() -> argparse.ArgumentParser:
     purge = sub.add_parser("purge", help="delete audit, card and feedback records past the retention period")
     purge.add_argument("--older-than-days", type=int, help="default: KETAMINE_CDS_AUDIT_RETENTION_DAYS")
     purge.set_defaults(func=_purge)
+    worklist = sub.add_parser(
+        "worklist",
+        help="screen every ketamine and esketamine session of the coming days ahead (see docs/worklist.md)",
+    )
+    worklist.add_argument("--fhir-server", help="the FHIR server's base URL (else fhir_server in --config)")
+    worklist.add_argument("--config", help="the worklist configuration file (YAML): server, auth, time zone")
+    worklist.add_argument(
+        "--token",
+        help="a bearer access token (prefer the environment variable KETAMINE_WORKLIST_TOKEN: "
+        "command lines are visible to other users)",
+    )
+    worklist.add_argument(
+        "--allow-server",
+        action="store_true",
+        help="trust this server although it is plain http or on a private network (a site's own server)",
+    )
+    worklist.add_argument("--from", dest="from_date", required=True, help="first day (YYYY-MM-DD)")
+    worklist.add_argument("--days", type=int, default=1, help="number of days (default 1)")
+    worklist.add_argument("--format", choices=("html", "csv", "json"), default="html")
+    worklist.add_argument("--output", help="write to this file instead of standard output")
+    worklist.set_defaults(func=_worklist)
     return parser
 
 

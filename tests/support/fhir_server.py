@@ -162,12 +162,18 @@ def load_test_patients(base_url: str, token: str, stems: tuple[str, ...] | None 
 
 @contextlib.contextmanager
 def running_fhir_server(
-    *, load_patients: bool = True, open_access: bool = False, stems: tuple[str, ...] | None = None
+    *,
+    load_patients: bool = True,
+    open_access: bool = False,
+    stems: tuple[str, ...] | None = None,
+    smart_clients: list[dict[str, object]] | None = None,
 ) -> Iterator[FhirServerHandle]:
     """Start sekmet on a free loopback port with the nine test patients; stop it on exit.
 
     `open_access`: the server answers without a token (as open test servers and EHR simulators do); the
     handle's token is then accepted but never needed. `stems`: load only these patients.
+    `smart_clients` (sekmet's `server_auth.smart_clients` entries: client_id, jwks, scopes) also turns on
+    SMART Backend Services: the token endpoint is announced at `<base>/.well-known/smart-configuration`.
     """
     timings: dict[str, float] = {}
     started = time.monotonic()
@@ -189,7 +195,11 @@ def running_fhir_server(
                 "db_path": str(workdir / f"sekmet-{attempt}.db"),
                 "data_dir": str(workdir / "data"),
                 "own_private_key_path": str(workdir / "keys" / "sekmet_private.pem"),
-                "server_auth": {"types": ["none"] if open_access else ["bearer"], "tokens": [token]},
+                "server_auth": {
+                    "types": ["none"] if open_access else ["bearer", "smart"] if smart_clients else ["bearer"],
+                    "tokens": [token],
+                    "smart_clients": smart_clients or [],
+                },
                 "simulator": {"enabled": False},
                 "validation": {"inbound": "strict"},
                 "log_inbound": False,

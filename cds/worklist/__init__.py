@@ -1,0 +1,1 @@
+"""The pre-session worklist: every ketamine and esketamine session of the coming days, screened ahead."""
