@@ -359,7 +359,7 @@ def test_html_page_in_headless_chromium(bearer_list: Worklist, tmp_path: Path) -
     assert "Bettina Holdwell" in dom
     assert "Tue 1 Dec 09:00" in dom
     assert "Thu 3 Dec 15:00" in dom
-    assert "Eligible from Friday 2 April 2027" in dom
+    assert "Eligible from <strong>Friday 2 April 2027</strong>" in dom
     assert "Also in session this day, listed on an earlier day: Tamsin Twice (Fri 4 Dec 10:00)" in dom
     assert "NOT SCREENED" in dom
     assert "Dentist" not in dom

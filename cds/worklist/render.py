@@ -169,13 +169,17 @@ td ul { margin: 0; padding-left: 1.1rem; }
 .tag-defer { background: #8a0000; color: #fff; } .tag-hold { background: #6b4a00; color: #fff; }
 .tag-note { background: #e8e8e8; color: #1b1b1b; } .tag-missing { background: #1b1b1b; color: #fff; }
 .clear { color: #2d5a27; margin: 0; }
-.sub { display: block; margin-left: 1rem; } .also { font-size: .9rem; color: #333; }
-col.when { width: 8.5rem; } col.who { width: 11rem; }
+.sub { display: block; margin: .1rem 0 0 .2rem; } .missing { margin: 0; }
+td.when { white-space: nowrap; } .also { font-size: .9rem; color: #333; }
+col.when { width: 9.5rem; } col.who { width: 11rem; }
 .day { break-before: page; page-break-before: always; }
 .day:first-of-type { break-before: auto; page-break-before: auto; }
 @media print { body { margin: 0; max-width: none; font-size: 10pt; } .day { break-inside: auto; }
   tr { break-inside: avoid; } }
 """
+
+
+_PASSED = " <em>(the full hold's last dose time has already passed: call today)</em>"
 
 
 def _e(value: object) -> str:
@@ -199,36 +203,42 @@ def _list(items: Iterable[str]) -> str:
     return f"<ul>{''.join(entries)}</ul>" if entries else ""
 
 
-def _row_html(row: Row) -> str:
+def _row_html(row: Row, generated: datetime) -> str:
     sessions = "<br>".join(_e(_long(s.start)) for s in row.sessions)
     name = _e(row.name) if row.name else "<em>name not available</em>"
     if not row.screened:
         actions = (
-            f"<p><span class='tag tag-missing'>NOT SCREENED</span>"
+            f"<p class='missing'><span class='tag tag-missing'>NOT SCREENED</span>"
             f"{_e(row.not_screened_reason or '')}. Screen this chart by hand.</p>"
         )
-        return f"<tr><td>{sessions}</td><th scope='row'>{name}</th><td>{actions}</td></tr>"
+        return f"<tr><td class='when'>{sessions}</td><th scope='row'>{name}</th><td>{actions}</td></tr>"
     parts: list[str] = []
     for critical in row.critical:
-        until = f" Eligible from {_e(_long_day(critical.eligible_from))}." if critical.eligible_from else ""
+        until = (
+            f"<span class='sub'>Eligible from <strong>{_e(_long_day(critical.eligible_from))}</strong>."
+            "</span>"
+            if critical.eligible_from
+            else ""
+        )
         parts.append(
             f"<span class='tag tag-defer'>DEFER</span>"
             f"<span class='critical'>{_e(critical.summary)}</span>{until}"
         )
     for summary in dict.fromkeys(hold.summary for hold in row.holds):
-        parts.append(f"<span class='tag tag-hold'>HOLD</span>{_e(summary)}")
-        parts += [
+        lines = "".join(
             f"<span class='sub'>{_e(hold.medicine)}: last dose by <strong>{_e(_long(hold.last_dose_by))}"
             f"</strong> (at the latest {_e(_long(hold.last_dose_latest))}), resume from "
-            f"<strong>{_e(_long(hold.resume_from))}</strong>; session {_e(_long(hold.session))}</span>"
+            f"<strong>{_e(_long(hold.resume_from))}</strong>; session {_e(_long(hold.session))}"
+            f"{_PASSED if hold.last_dose_by <= generated else ''}</span>"
             for hold in row.holds
             if hold.summary == summary
-        ]
+        )
+        parts.append(f"<span class='tag tag-hold'>HOLD</span>{_e(summary)}{lines}")
     parts += [f"<span class='tag tag-note'>TELL</span>{_e(text)}" for text in row.instructions]
     parts += [f"<span class='tag tag-note'>REVIEW</span>{_e(text)}" for text in row.review]
     parts += [f"<span class='tag tag-missing'>UNREADABLE</span>{_e(text)}" for text in row.unreadable]
     body = _list(parts) or "<p class='clear'>Screened: nothing to act on.</p>"
-    return f"<tr><td>{sessions}</td><th scope='row'>{name}</th><td>{body}</td></tr>"
+    return f"<tr><td class='when'>{sessions}</td><th scope='row'>{name}</th><td>{body}</td></tr>"
 
 
 def _on(row: Row, day: date) -> list[datetime]:
@@ -241,6 +251,7 @@ def _html(worklist: Worklist) -> str:
         f"Ketamine and esketamine sessions {_long_day(worklist.first_day)} to "
         f"{_long_day(date.fromordinal(last))}"
     )
+    generated = f"{_long(worklist.generated)} {worklist.generated.tzname() or ''}".strip()
     days: dict[date, list[Row]] = {}
     for row in worklist.rows:
         days.setdefault(row.first_session.date(), []).append(row)
@@ -250,7 +261,7 @@ def _html(worklist: Worklist) -> str:
         "<meta name='viewport' content='width=device-width, initial-scale=1'>",
         f"<title>{_e(title)}</title><style>{_CSS}</style></head><body><main>",
         f"<h1>{_e(title)}</h1>",
-        f"<p class='meta'>{_e(worklist.summary_line())}. Generated {_e(_long(worklist.generated))}. "
+        f"<p class='meta'>{_e(worklist.summary_line())}. Generated {_e(generated)}. "
         "Every patient was screened as for their first session in this list; hold times are in clinic time."
         "</p>",
     ]
@@ -262,7 +273,7 @@ def _html(worklist: Worklist) -> str:
         parts.append("<table><colgroup><col class='when'><col class='who'><col></colgroup>")
         parts.append("<thead><tr><th scope='col'>Session</th><th scope='col'>Patient</th>")
         parts.append("<th scope='col'>What to do before the session</th></tr></thead><tbody>")
-        parts += [_row_html(row) for row in rows]
+        parts += [_row_html(row, worklist.generated) for row in rows]
         parts.append("</tbody></table>")
         later = [row for row in worklist.rows if row.first_session.date() < day and _on(row, day)]
         if later:
