@@ -140,6 +140,8 @@ def server(smart_key: tuple[Path, dict[str, Any]]) -> Iterator[FhirServerHandle]
     clients: list[dict[str, object]] = [{"client_id": CLIENT_ID, "jwks": jwks, "scopes": "system/*.read"}]
     with running_fhir_server(load_patients=False, smart_clients=clients) as handle:
         SENSITIVE.add(handle.token)
+        for key, (given, family) in NAMES.items():  # tests/test_zz_log_hygiene.py: never in a log line
+            SENSITIVE.update({P + key, f"{given} {family}", family})
         wd.load(handle.base_url, handle.token, _fixtures())
         yield handle
 

@@ -166,7 +166,7 @@ class WorklistBuilder:
         except CdsError as exc:
             return Row(patient_id, None, tuple(group), False, _reason(exc))
         except Exception as exc:  # never drop a patient, whatever went wrong
-            log.exception("worklist: screening one patient failed")
+            log.error("worklist: screening one patient failed: %s", type(exc).__name__)  # no message: data
             return Row(patient_id, None, tuple(group), False, f"internal error ({type(exc).__name__})")
         return self._classify(patient_id, name, group, findings)
 
