@@ -10,6 +10,7 @@ import gc
 import logging
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from flask import Flask
@@ -24,6 +25,9 @@ from cds.web.cors import CorsPolicy
 from cds.web.logs import configure
 from cds.web.metrics import Metrics
 from cds.web.runtime import Runtime
+from cds.web.worklist import EXTENSION as WORKLIST
+from cds.web.worklist import bp as worklist_bp
+from cds.worklist.config import load_worklist_config
 
 log = logging.getLogger("cds.app")
 
@@ -84,6 +88,9 @@ def create_app(
         new_uuid=new_uuid,
     )
     app.register_blueprint(bp)
+    if settings.worklist_config:  # read and checked now: a broken worklist file stops the start-up
+        app.extensions[WORKLIST] = load_worklist_config(Path(settings.worklist_config))
+        app.register_blueprint(worklist_bp)
     return app
 
 

@@ -75,6 +75,8 @@ class Settings:
     audit_hash_key: str = field(default_factory=lambda: secrets.token_hex(32))
     # clinical site policy (YAML); None means the evidence defaults shipped with the rules
     policy_file: str | None = None
+    # the pre-session worklist's configuration file (docs/worklist.md); when set, GET /worklist serves it
+    worklist_config: str | None = None
     log_level: str = "INFO"
     workers: int = 2
 

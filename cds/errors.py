@@ -88,6 +88,13 @@ class ConfigError(CdsError):
     """Invalid configuration or knowledge files. Raised at start-up only."""
 
 
+class UpstreamUnavailable(CdsError):
+    """A server this service depends on (the worklist's FHIR server) could not answer what was asked."""
+
+    status = 502
+    issue_code = "transient"
+
+
 class FhirError(CdsError):
     """The FHIR server could not give us what we asked for (timeout, HTTP error, bad body, over a limit)."""
 

@@ -17,7 +17,8 @@ import json
 import re
 import subprocess
 import sys
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,10 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
+from flask import Flask
+from flask.testing import FlaskClient
 
+from cds.config import TrustedIssuer
 from cds.worklist.build import Worklist
 from cds.worklist.command import build_worklist
 from cds.worklist.config import load_worklist_config
@@ -372,3 +376,119 @@ def test_html_page_in_headless_chromium(bearer_list: Worklist, tmp_path: Path) -
     assert len(re.findall(rb"/Type\s*/Page\b(?!s)", pdf)) == 3  # one printed page per day
     png = screenshot(chromium, url, tmp_path / "worklist.png").read_bytes()
     assert png.startswith(b"\x89PNG")
+
+
+def test_smart_token_is_reused_and_refreshed_before_expiry(
+    server: FhirServerHandle, smart_key: tuple[Path, dict[str, Any]]
+) -> None:
+    import requests
+
+    from cds.fhir.smart_backend import REFRESH_MARGIN_S, SmartBackendToken, SmartClientConfig
+
+    key_path, _jwks = smart_key
+    now = [1_000_000.0]
+    source = SmartBackendToken(
+        server.base_url,
+        SmartClientConfig(CLIENT_ID, key_path.read_text(encoding="utf-8"), KEY_ID, "RS384", "system/*.read"),
+        session=requests.Session(),
+        url_allowed=lambda _url: True,
+        clock=lambda: now[0],
+    )
+    first = source.token()
+    SENSITIVE.add(first)
+    assert source.token() == first
+    assert source.tokens_fetched == 1
+    now[0] += 3600 - REFRESH_MARGIN_S  # sekmet's tokens live 3600 s: inside the margin, a new one is fetched
+    second = source.token()
+    SENSITIVE.add(second)
+    assert source.tokens_fetched == 2
+    answer = requests.get(
+        f"{server.base_url}/Patient/{P}benzo", headers={"Authorization": f"Bearer {second}"}, timeout=10
+    )
+    assert answer.status_code == 200
+
+
+# ---------------------------------------------------------------------- GET /worklist
+
+
+@pytest.fixture
+def worklist_file(server: FhirServerHandle, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("KETAMINE_WORKLIST_TOKEN", server.token)
+    text = json.loads(_config_file(tmp_path, server, {"type": "bearer"}).read_text(encoding="utf-8"))
+    path = tmp_path / "worklist.yaml"
+    path.write_text(json.dumps(text), encoding="utf-8")
+    return path
+
+
+def test_endpoint_serves_the_same_list(
+    make_app: Callable[..., Flask], worklist_file: Path, bearer_list: Worklist
+) -> None:
+    client = make_app(worklist_config=str(worklist_file)).test_client()
+    response = client.get("/worklist?from=2026-12-02&days=3")
+    assert response.status_code == 200, response.get_data(as_text=True)[:500]
+    assert response.headers["Cache-Control"] == "no-store"
+    served = response.get_json()["patients"]
+    expected = worklist_to_dict(bearer_list)["patients"]
+    assert [(p["patientId"], p["sessions"], p["holds"], p["critical"]) for p in served] == [
+        (p["patientId"], p["sessions"], p["holds"], p["critical"]) for p in expected
+    ]
+    csv_text = client.get("/worklist?from=2026-12-02&days=3&format=csv")
+    assert csv_text.content_type.startswith("text/csv")
+    assert csv_text.get_data(as_text=True).startswith(",".join(CSV_COLUMNS))
+
+
+@pytest.mark.parametrize(
+    ("query", "path"),
+    [
+        ("from=02-12-2026&days=3", "from"),
+        ("from=2026-12-02&days=0", "days"),
+        ("from=2026-12-02&format=pdf", "format"),
+    ],
+)
+def test_endpoint_rejects_bad_parameters(
+    make_app: Callable[..., Flask], worklist_file: Path, query: str, path: str
+) -> None:
+    response = make_app(worklist_config=str(worklist_file)).test_client().get(f"/worklist?{query}")
+    assert response.status_code == 400
+    outcome = response.get_json()
+    assert outcome["resourceType"] == "OperationOutcome"
+    assert outcome["issue"][0]["expression"] == [path]
+
+
+def test_endpoint_absent_unless_configured(client: FlaskClient) -> None:
+    assert client.get("/worklist?from=2026-12-02").status_code == 404
+
+
+def test_endpoint_needs_client_authentication_in_production(
+    make_app: Callable[..., Flask],
+    worklist_file: Path,
+    smart_key: tuple[Path, dict[str, Any]],
+    tmp_path: Path,
+) -> None:
+    key_path, jwks = smart_key  # reused here as the EHR client's signing key
+    jwks_file = tmp_path / "ehr-jwks.json"
+    jwks_file.write_text(json.dumps(jwks), encoding="utf-8")
+    base, iss = "https://cds.example.org", "https://ehr.example.org/worklist-client"
+    prod = make_app(
+        dev_mode=False,
+        public_base_url=base,
+        trusted_issuers=(TrustedIssuer(iss=iss, jwks_file=str(jwks_file)),),
+        worklist_config=str(worklist_file),
+    ).test_client()
+    assert prod.get("/worklist?from=2026-12-02&days=3").status_code == 401
+    now = int(time.time())
+    claims = {
+        "iss": iss,
+        "sub": "ehr",
+        "aud": base + "/worklist",
+        "iat": now,
+        "exp": now + 300,
+        "jti": "wl-1",
+    }
+    token = jwt.encode(
+        claims, key_path.read_text(encoding="utf-8"), algorithm="RS384", headers={"kid": KEY_ID}
+    )
+    SENSITIVE.add(token)
+    response = prod.get("/worklist?from=2026-12-02&days=3", headers={"Authorization": f"Bearer {token}"})
+    assert response.status_code == 200, response.get_data(as_text=True)[:500]
+    assert len(response.get_json()["patients"]) == 6

@@ -71,7 +71,7 @@ class SmartBackendToken:
         session: requests.Session,
         url_allowed: Callable[[str], bool],
         timeout_s: float = 10.0,
-        clock: Callable[[], float] = time.time,
+        clock: Callable[[], float] = time.monotonic,  # for the token's expiry only
     ) -> None:
         if config.algorithm not in SIGNING_ALGORITHMS:
             raise AuthFailed(f"SMART signing algorithm must be one of {', '.join(SIGNING_ALGORITHMS)}")
@@ -116,7 +116,7 @@ class SmartBackendToken:
         return self._token_url
 
     def _assertion(self, audience: str) -> str:
-        now = int(self._clock())
+        now = int(time.time())  # checked by the server against its clock: always the wall clock
         claims = {
             "iss": self._config.client_id,
             "sub": self._config.client_id,

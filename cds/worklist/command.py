@@ -31,13 +31,12 @@ from cds.worklist.sessions import Discovery, Window, load_session_policy
 MAX_DAYS = 31
 
 
-def worklist_settings(config: WorklistConfig) -> Settings:
-    """The service's settings (environment included, validated) for an operator's command: production
-    rules for the FHIR client (https only), except for the one server the operator named and explicitly
-    allowed (`allow_server`), which may then be plain http or on a private network."""
-    base = load_settings(
-        overrides={"dev_mode": True}
-    )  # the serving checks (issuers, public URL) do not apply
+def worklist_settings(config: WorklistConfig, base: Settings | None = None) -> Settings:
+    """The service's settings (environment included, validated) for the worklist: production rules for
+    the FHIR client (https only), except for the one server the operator named and explicitly allowed
+    (`allow_server`), which may then be plain http or on a private network."""
+    if base is None:  # the command: the serving checks (issuers, public URL) do not apply to it
+        base = load_settings(overrides={"dev_mode": True})
     allowlist = base.fhir_server_allowlist
     if config.allow_server:
         allowlist = (*allowlist, config.fhir_server.rstrip("/"))
@@ -83,8 +82,11 @@ def build_worklist(
     clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     progress: Callable[[int, int], None] = lambda _done, _total: None,
     http: requests.Session | None = None,
+    settings: Settings | None = None,
 ) -> Worklist:
-    settings = worklist_settings(config)
+    """Find the window's sessions and screen every patient. `settings`: the running service's (else the
+    environment's, as for the command)."""
+    settings = worklist_settings(config, settings)
     knowledge = knowledge or load_knowledge(settings.policy_file)
     policy = load_session_policy(knowledge, config.sessions_file)
     session = http or requests.Session()
