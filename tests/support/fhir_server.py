@@ -176,6 +176,7 @@ def running_fhir_server(
     SMART Backend Services: the token endpoint is announced at `<base>/.well-known/smart-configuration`.
     """
     timings: dict[str, float] = {}
+    auth_types = ["none"] if open_access else ["bearer", "smart"] if smart_clients else ["bearer"]
     started = time.monotonic()
     executable = ensure_sekmet_venv()
     timings["venv_s"] = time.monotonic() - started
@@ -196,7 +197,7 @@ def running_fhir_server(
                 "data_dir": str(workdir / "data"),
                 "own_private_key_path": str(workdir / "keys" / "sekmet_private.pem"),
                 "server_auth": {
-                    "types": ["none"] if open_access else ["bearer", "smart"] if smart_clients else ["bearer"],
+                    "types": auth_types,
                     "tokens": [token],
                     "smart_clients": smart_clients or [],
                 },
