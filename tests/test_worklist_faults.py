@@ -26,6 +26,9 @@ APPOINTMENTS = [
     wd.appointment(f"a-{key}", f"p-{key}", f"2026-12-02T0{hour}:00:00+00:00", description="Ketamine infusion")
     for key, hour in (("ok", 8), ("broken", 9), ("slow", 7))
 ]
+FOREIGN = wd.appointment("a-foreign", "p-foreign", "2026-12-02T10:00:00+00:00", description="Spravato")
+FOREIGN["participant"][0]["actor"]["reference"] = "https://elsewhere.example.org/fhir/Patient/p-foreign"
+APPOINTMENTS.append(FOREIGN)
 
 
 def _script(target: str) -> Reply:
@@ -53,11 +56,14 @@ def test_unfetchable_charts_are_listed_not_screened(tmp_path: Path, monkeypatch:
         config = load_worklist_config(path, token="scripted-token")
         worklist = build_worklist(config, date(2026, 12, 2), 1, clock=lambda: NOW)
     rows = {row.patient_id: row for row in worklist.rows}
-    assert list(rows) == ["p-slow", "p-ok", "p-broken"]  # by session time
+    assert list(rows) == ["p-slow", "p-ok", "p-broken", None]  # by session time
+    # a patient on another server is not looked up here (the same id may be someone else), but listed
+    assert rows[None].not_screened_reason == "the session names no patient the service can read"
+    assert not any("p-foreign" in r.target for r in server.requests)
     assert rows["p-ok"].screened
     assert not rows["p-broken"].screened
     assert rows["p-broken"].not_screened_reason == "FHIR server answered HTTP 500 to a Condition search"
     assert not rows["p-slow"].screened
     assert "in time" in (rows["p-slow"].not_screened_reason or "")
-    assert worklist.not_screened == 2
-    assert worklist.calls == 3
+    assert worklist.not_screened == 3
+    assert worklist.calls == 4

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta, tzinfo
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import yaml
 from jsonschema import Draft202012Validator
@@ -141,7 +141,7 @@ class Discovery:
             products, order = self._appointment_products(appointment)
             if not products:
                 continue
-            patients: list[str | None] = [*_participant_patients(appointment)] or [None]
+            patients: list[str | None] = [*self._participant_patients(appointment)] or [None]
             for patient in patients:
                 sessions.append(
                     Session(
@@ -259,12 +259,11 @@ class Discovery:
                 if product is None:
                     continue
                 subject = resource.get("subject")
-                reference = subject.get("reference") if isinstance(subject, dict) else None
-                match = _PATIENT_REF.search(reference) if isinstance(reference, str) else None
+                patient = self._patient_id(subject.get("reference") if isinstance(subject, dict) else None)
                 for start in dose_times(resource, self.window, self.policy.usual_session_time):
                     sessions.append(
                         Session(
-                            patient_id=match.group(1) if match else None,
+                            patient_id=patient,
                             start=start,
                             products=frozenset({product}),
                             source=f"MedicationRequest/{rid}",
@@ -273,6 +272,27 @@ class Discovery:
                         )
                     )
         return sessions
+
+    def _patient_id(self, reference: Any) -> str | None:
+        """The id of a Patient reference on this server; None for one elsewhere (the same id on another
+        server may be someone else) or anything unreadable."""
+        if not isinstance(reference, str):
+            return None
+        match = _PATIENT_REF.search(reference)
+        if match is None or (urlsplit(reference).scheme and not self.client.is_under_base(reference)):
+            return None
+        if not urlsplit(reference).scheme and reference != f"Patient/{match.group(1)}":
+            return None
+        return match.group(1)
+
+    def _participant_patients(self, appointment: Mapping[str, Any]) -> list[str]:
+        patients: list[str] = []
+        for participant in _list(appointment.get("participant")):
+            actor = participant.get("actor") if isinstance(participant, dict) else None
+            patient = self._patient_id(actor.get("reference") if isinstance(actor, dict) else None)
+            if patient and patient not in patients:
+                patients.append(patient)
+        return patients
 
     def _order_codes(self) -> str:
         """system|code for every member of the treatment value sets (expansions shipped in data)."""
@@ -385,17 +405,6 @@ def _treatment(item: Concept, knowledge: Knowledge, treatments: Mapping[str, str
         if knowledge.terminology.match(url, item) is not None:
             return product
     return None
-
-
-def _participant_patients(appointment: Mapping[str, Any]) -> list[str]:
-    patients: list[str] = []
-    for participant in _list(appointment.get("participant")):
-        actor = participant.get("actor") if isinstance(participant, dict) else None
-        reference = actor.get("reference") if isinstance(actor, dict) else None
-        match = _PATIENT_REF.search(reference) if isinstance(reference, str) else None
-        if match and match.group(1) not in patients:
-            patients.append(match.group(1))
-    return patients
 
 
 def _list(value: Any) -> list[dict[str, Any]]:
