@@ -352,7 +352,7 @@ def test_plain_http_server_needs_allowing(server: FhirServerHandle, tmp_path: Pa
 
 
 def test_html_page_in_headless_chromium(bearer_list: Worklist, tmp_path: Path) -> None:
-    from tests.support.browser import dump_dom, ensure_chromium, print_pdf, screenshot
+    from tests.support.browser import axe_violations, dump_dom, ensure_chromium, print_pdf, screenshot
 
     chromium = ensure_chromium()
     page = tmp_path / "worklist.html"
@@ -374,6 +374,7 @@ def test_html_page_in_headless_chromium(bearer_list: Worklist, tmp_path: Path) -
     pdf = print_pdf(chromium, url, tmp_path / "worklist.pdf").read_bytes()
     assert pdf.startswith(b"%PDF")
     assert len(re.findall(rb"/Type\s*/Page\b(?!s)", pdf)) == 3  # one printed page per day
+    assert axe_violations(chromium, page.read_text(encoding="utf-8"), tmp_path) == []  # WCAG 2.1 AA
     png = screenshot(chromium, url, tmp_path / "worklist.png").read_bytes()
     assert png.startswith(b"\x89PNG")
 

@@ -4,6 +4,7 @@
     dom = dump_dom(chromium, page_url)    # the DOM after the page rendered
     screenshot(chromium, page_url, png)   # a PNG of the rendered page
     print_pdf(chromium, page_url, pdf)    # the page printed to PDF (print styles applied)
+    axe_violations(chromium, html, tmp)   # WCAG 2.1 A/AA violations found by axe-core (npm, installed once)
 
 No browser is downloaded by a test tool; the flags keep Chromium off the network (this machine's network is
 closed) and out of the user's profile.
@@ -12,13 +13,19 @@ closed) and out of the user's profile.
 from __future__ import annotations
 
 import fcntl
+import html as html_text
+import json
 import os
+import re
 import shutil
 import subprocess
 import tempfile
 from pathlib import Path
 
 CHROMIUM = Path("/usr/bin/chromium")
+AXE_REQUIREMENT = "axe-core@4.14.1"
+AXE_DIR = Path(__file__).resolve().parents[2] / ".cache" / "axe-core"
+AXE_TAGS = ("wcag2a", "wcag2aa", "wcag21a", "wcag21aa")
 _LOCK = Path(tempfile.gettempdir()) / "ketamine-cds-chromium-install.lock"
 _FLAGS = (
     "--headless",
@@ -81,3 +88,49 @@ def screenshot(chromium: Path, url: str, output: Path, width: int = 1100, height
 def print_pdf(chromium: Path, url: str, output: Path) -> Path:
     _run(chromium, f"--print-to-pdf={output}", "--no-pdf-header-footer", url)
     return output
+
+
+def ensure_axe() -> Path:
+    """axe-core's browser bundle, installed from the npm registry into .cache/ once (under a lock)."""
+    script = AXE_DIR / "node_modules" / "axe-core" / "axe.min.js"
+    if script.exists():
+        return script
+    AXE_DIR.mkdir(parents=True, exist_ok=True)
+    with open(AXE_DIR / "install.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not script.exists():
+            npm = shutil.which("npm")
+            if npm is None:
+                raise RuntimeError("npm is needed to install axe-core for the accessibility check")
+            command = [npm, "install", "--prefix", str(AXE_DIR), "--no-audit", "--no-fund", AXE_REQUIREMENT]
+            result = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
+            if result.returncode != 0 or not script.exists():
+                raise RuntimeError(
+                    f"npm install {AXE_REQUIREMENT} failed:\n{(result.stdout + result.stderr)[-2000:]}"
+                )
+    return script
+
+
+def axe_violations(chromium: Path, html: str, workdir: Path) -> list[dict[str, object]]:
+    """Run axe-core (WCAG 2.1 A and AA rules) on `html` in headless Chromium; its violations.
+
+    axe is injected inline into a copy of the page and writes its result into the DOM, which Chromium
+    dumps once the page's (virtual) time has run: no driver and no network needed.
+    """
+    tags = json.dumps(list(AXE_TAGS))
+    runner = (
+        f"<script>{ensure_axe().read_text(encoding='utf-8')}</script><script>"
+        f"axe.run(document, {{runOnly: {{type: 'tag', values: {tags}}}}}).then(function (r) {{"
+        "var out = document.createElement('pre'); out.id = 'axe-result';"
+        "out.textContent = JSON.stringify(r.violations.map(function (v) {"
+        "return {id: v.id, impact: v.impact, help: v.help, nodes: v.nodes.length}; }));"
+        "document.body.appendChild(out); });</script>"
+    )
+    page = workdir / "axe-page.html"
+    page.write_text(html.replace("</body>", runner + "</body>"), encoding="utf-8")
+    dom = _run(chromium, "--virtual-time-budget=15000", "--dump-dom", page.as_uri())
+    found = re.search(r'<pre id="axe-result">(.*?)</pre>', dom, re.DOTALL)
+    if found is None:
+        raise RuntimeError("axe-core did not report (the page's scripts did not run)")
+    violations: list[dict[str, object]] = json.loads(html_text.unescape(found.group(1)))
+    return violations
