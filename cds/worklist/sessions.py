@@ -104,7 +104,6 @@ class Session:
     products: frozenset[str]
     source: str  # "Appointment/1" or "MedicationRequest/2"
     order: Mapping[str, Any] | None = None  # the ketamine/esketamine order itself, when known
-    medications: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # for the order's reference
 
 
 @dataclass
@@ -150,7 +149,6 @@ class Discovery:
                         products=products,
                         source=f"Appointment/{appointment.get('id')}",
                         order=order,
-                        medications=dict(self._medications),
                     )
                 )
         return sessions
@@ -268,7 +266,6 @@ class Discovery:
                             products=frozenset({product}),
                             source=f"MedicationRequest/{rid}",
                             order=resource,
-                            medications=dict(self._medications),
                         )
                     )
         return sessions
@@ -393,7 +390,6 @@ def _merge(sessions: Sequence[Session]) -> list[Session]:
                 previous.products | session.products,
                 previous.source,
                 previous.order or session.order,
-                {**session.medications, **previous.medications},
             )
         else:
             kept[key] = session
