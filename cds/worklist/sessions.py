@@ -39,7 +39,7 @@ class SessionPolicy:
     appointment_statuses: tuple[str, ...]
     codes: Mapping[tuple[str, str], str]  # (system, code) -> product
     screen_as: Mapping[str, str]  # product -> the text a session is screened as
-    usual_session_time: time
+    usual_session_time: time  # site policy's session_time: a day without a time starts then
 
 
 def load_session_policy(knowledge: Knowledge, path: Path | None = None) -> SessionPolicy:
@@ -68,12 +68,11 @@ def load_session_policy(knowledge: Knowledge, path: Path | None = None) -> Sessi
     missing = sorted(products - set(data["screen_as"]))
     if missing:
         raise ConfigError(f"{source.name}: screen_as lacks {', '.join(missing)}")
-    hour, minute = (int(part) for part in data["usual_session_time"].split(":"))
     return SessionPolicy(
         appointment_statuses=tuple(data["appointment_statuses"]),
         codes={(e["system"], e["code"]): e["product"] for e in data["codes"]},
         screen_as={product: spec["text"] for product, spec in data["screen_as"].items()},
-        usual_session_time=time(hour, minute),
+        usual_session_time=knowledge.policy.session_time,
     )
 
 
