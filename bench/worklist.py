@@ -1,4 +1,4 @@
-"""Benchmark of `ketamine-cds worklist` (issue 14): N patients with a session in the window, against a local
+"""Benchmark of `ketamine-cds worklist`: N patients with a session in the window, against a local
 sekmet-fhir server, wall time of the whole run (discovery + screening + rendering all three formats).
 
     .venv/bin/python -m bench.worklist                 # 200 patients, concurrency 8 (the target: < 60 s)
@@ -140,7 +140,7 @@ def main() -> None:
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "worklist.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     (RESULTS / "worklist.md").write_text(
-        "# Worklist benchmark (issue 14)\n\n"
+        "# Worklist benchmark\n\n"
         f"`python -m bench.worklist --patients {args.patients} --concurrency {args.concurrency}` on "
         f"{result['machine']}, commit {result['commit']}, {result['date']}.\n\n"
         f"- {result['patients_in_window']} patients, {result['sessions']} sessions in the window "
