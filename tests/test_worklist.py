@@ -55,6 +55,7 @@ NAMES = {
     "bounds": ("Boris", "Weekly"),
     "other": ("Otto", "Dentist"),
     "later": ("Lena", "Later"),
+    "epi": ("Edith", "Seizewell"),
     "ghost": ("Gustav", "Ghost"),
 }
 
@@ -120,6 +121,10 @@ def _fixtures() -> list[dict[str, Any]]:
             status="cancelled",
             description="Ketamine infusion",
         ),
+        # clonazepam as an antiepileptic: never a hold, the review says why
+        wd.appointment(P + "a-epi", P + "epi", "2026-12-04T10:30:00+01:00", description="Ketamine infusion"),
+        wd.clonazepam(P + "m-epi", P + "epi"),
+        wd.epilepsy(P + "c-epi", P + "epi"),
         # the patient record does not exist on the server: listed as not screened, never as clear
         wd.appointment(P + "a-ghost", P + "ghost", "2026-12-04T16:00:00+01:00", description="ketamine"),
     ]
@@ -191,9 +196,11 @@ def _row(worklist: Worklist, key: str) -> Any:
 
 def test_lists_exactly_the_sessions_in_the_window(bearer_list: Worklist) -> None:
     listed = [row.patient_id for row in bearer_list.rows]
-    assert listed == [P + k for k in ("bounds", "mi", "two", "benzo", "unread", "ghost")]  # by first session
+    assert listed == [
+        P + k for k in ("bounds", "mi", "two", "benzo", "unread", "epi", "ghost")
+    ]  # by first session
     assert all(pid != P + "other" and pid != P + "later" for pid in listed)
-    assert bearer_list.session_count == 7
+    assert bearer_list.session_count == 8
     two = _row(bearer_list, "two")
     assert [s.start.isoformat() for s in two.sessions] == [
         "2026-12-02T14:00:00+01:00",
@@ -219,6 +226,13 @@ def test_benzodiazepine_hold_dates(bearer_list: Worklist) -> None:
     assert hold.resume_from.isoformat() == "2026-12-03T15:00:00+01:00"
     assert not row.critical
     assert any("fast" in text.lower() for text in row.instructions)
+
+
+def test_antiepileptic_benzodiazepine_is_never_held(bearer_list: Worklist) -> None:
+    row = _row(bearer_list, "epi")
+    assert row.screened
+    assert row.holds == ()
+    assert any("do not hold" in text.lower() for text in row.review)
 
 
 def test_recent_infarction_is_critical_with_the_date_it_ends(bearer_list: Worklist) -> None:
@@ -248,7 +262,7 @@ def test_json_and_csv(bearer_list: Worklist) -> None:
     document = json.loads(render_worklist(bearer_list, "json"))
     assert document == worklist_to_dict(bearer_list)
     assert document["schema"] == "ketamine-cds/worklist/1"
-    assert document["summary"] == {"patients": 6, "sessions": 7, "critical": 1, "calls": 6, "notScreened": 1}
+    assert document["summary"] == {"patients": 7, "sessions": 8, "critical": 1, "calls": 7, "notScreened": 1}
     benzo = next(p for p in document["patients"] if p["patientId"] == P + "benzo")
     assert benzo["holds"][0]["lastDoseBy"] == "2026-12-01T09:00:00+01:00"
     assert benzo["holds"][0]["resumeFrom"] == "2026-12-03T15:00:00+01:00"
@@ -492,4 +506,4 @@ def test_endpoint_needs_client_authentication_in_production(
     SENSITIVE.add(token)
     response = prod.get("/worklist?from=2026-12-02&days=3", headers={"Authorization": f"Bearer {token}"})
     assert response.status_code == 200, response.get_data(as_text=True)[:500]
-    assert len(response.get_json()["patients"]) == 6
+    assert len(response.get_json()["patients"]) == 7

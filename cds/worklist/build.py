@@ -37,8 +37,13 @@ from cds.worklist.sessions import Session, SessionPolicy
 
 log = logging.getLogger(__name__)
 
-HOLD_BEFORE = "hold_hours_before"  # a rule with both parameters asks for a timed hold around sessions
+HOLD_BEFORE = "hold_hours_before"  # a rule with both parameters defines a timed hold around sessions
 HOLD_AFTER = "resume_hours_after"
+# ... and a band offers it only when its own text speaks of it: an antiepileptic benzodiazepine's band says
+# "do not hold it" and uses none of these
+HOLD_PLACEHOLDERS = frozenset(
+    {HOLD_BEFORE, HOLD_AFTER, "hold_plan", "hold_short", "last_dose_by", "resume_from"}
+)
 WINDOW_CONDITION = "onset_within_months"  # the band condition whose window a deferral waits out
 DRAFT_ID = "worklist-session"
 
@@ -224,9 +229,9 @@ class WorklistBuilder:
                 unreadable.append(summary)
             elif rule.category == "procedure":
                 instructions.append(summary)
-            elif finding.indicator == "warning" and not _holds(rule):
+            elif finding.indicator == "warning" and not _offers_hold(finding):
                 review.append(summary)
-            if _holds(rule):
+            if _offers_hold(finding):
                 before = policy.value(rule.id, HOLD_BEFORE)
                 after = policy.value(rule.id, HOLD_AFTER)
                 for medicine in _held_medicines(finding):
@@ -260,8 +265,13 @@ class WorklistBuilder:
 # ---------------------------------------------------------------------- helpers
 
 
-def _holds(rule: Any) -> bool:
-    return HOLD_BEFORE in rule.parameters and HOLD_AFTER in rule.parameters
+def _offers_hold(finding: Finding) -> bool:
+    parameters = finding.rule.parameters
+    if HOLD_BEFORE not in parameters or HOLD_AFTER not in parameters:
+        return False
+    band = finding.band
+    used = {*band.summary.get_identifiers(), *band.detail.get_identifiers()}
+    return bool(used & HOLD_PLACEHOLDERS)
 
 
 def _held_medicines(finding: Finding) -> list[str]:

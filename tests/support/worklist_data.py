@@ -1,7 +1,8 @@
 """Patients, appointments and orders for the worklist tests and benchmark, as FHIR transaction bundles.
 
 Codes are test data taken from the project's value sets (RxNorm 6130 ketamine, 2201625 Spravato,
-197527 clonazepam 0.5 mg tablet, SNOMED 22298006 myocardial infarction), not product logic.
+197527 clonazepam 0.5 mg tablet, SNOMED 22298006 myocardial infarction and 84757009 epilepsy), not
+product logic.
 """
 
 from __future__ import annotations
@@ -90,6 +91,16 @@ def myocardial_infarction(cid: str, pid: str, onset: str) -> dict[str, Any]:
         "code": {"coding": [{"system": SNOMED, "code": "22298006", "display": "Myocardial infarction"}]},
         "subject": {"reference": f"Patient/{pid}"},
         "onsetDateTime": onset,
+    }
+
+
+def epilepsy(cid: str, pid: str) -> dict[str, Any]:
+    return {
+        "resourceType": "Condition",
+        "id": cid,
+        "code": {"coding": [{"system": SNOMED, "code": "84757009", "display": "Epilepsy"}]},
+        "subject": {"reference": f"Patient/{pid}"},
+        "onsetDateTime": "2001-03-01",
     }
 
 
