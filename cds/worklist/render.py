@@ -7,7 +7,7 @@
   "holds": [{"medicine", "session", "lastDoseBy", "lastDoseLatest", "resumeFrom", "summary"}],
   "instructions": [..], "review": [..], "unreadable": [..]}]}``; date-times are ISO 8601 with the clinic's
   offset, dates are ISO dates.
-* ``csv``: one row per patient and action (``defer``, ``hold``, ``instructions``, ``review``,
+* ``csv``: one row per patient and action (``defer``, ``hold``, ``review``, ``instructions``,
   ``unreadable``, ``not-screened``, or ``none`` for a patient with nothing to do), for a call list.
 * ``html``: one self-contained page, no scripts, one printed page per day of sessions; a patient with
   sessions on several days appears on the day of the first, with every date listed.
@@ -125,8 +125,8 @@ def _actions(row: Row) -> list[tuple[str, str, str, str, str]]:
         )
         for h in row.holds
     ]
-    actions += [("instructions", text, "", "", "") for text in row.instructions]
     actions += [("review", text, "", "", "") for text in row.review]
+    actions += [("instructions", text, "", "", "") for text in row.instructions]
     actions += [("unreadable", text, "", "", "") for text in row.unreadable]
     return actions or [("none", "", "", "", "")]
 
@@ -234,8 +234,8 @@ def _row_html(row: Row, generated: datetime) -> str:
             if hold.summary == summary
         )
         parts.append(f"<span class='tag tag-hold'>HOLD</span>{_e(summary)}{lines}")
-    parts += [f"<span class='tag tag-note'>TELL</span>{_e(text)}" for text in row.instructions]
     parts += [f"<span class='tag tag-note'>REVIEW</span>{_e(text)}" for text in row.review]
+    parts += [f"<span class='tag tag-note'>TELL</span>{_e(text)}" for text in row.instructions]
     parts += [f"<span class='tag tag-missing'>UNREADABLE</span>{_e(text)}" for text in row.unreadable]
     body = _list(parts) or "<p class='clear'>Screened: nothing to act on.</p>"
     return f"<tr><td class='when'>{sessions}</td><th scope='row'>{name}</th><td>{body}</td></tr>"
