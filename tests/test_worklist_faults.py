@@ -3,6 +3,7 @@ time budget, is listed as not screened with the reason, and the other patients a
 
 from __future__ import annotations
 
+import io
 import json
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -10,7 +11,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from cds.worklist.command import build_worklist
+from cds.worklist.command import build_worklist, progress_bar
 from cds.worklist.config import load_worklist_config
 from tests.support import worklist_data as wd
 from tests.support.fhir_server import Reply, ScriptedServer
@@ -67,3 +68,21 @@ def test_unfetchable_charts_are_listed_not_screened(tmp_path: Path, monkeypatch:
     assert "in time" in (rows["p-slow"].not_screened_reason or "")
     assert worklist.not_screened == 3
     assert worklist.calls == 4
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_bar_on_a_terminal_only() -> None:
+    terminal = _Terminal()
+    show = progress_bar(terminal)
+    for done in range(4):
+        show(done, 3)
+    assert terminal.getvalue().endswith("\rscreening [" + "#" * 30 + "] 3/3 patients\n")
+    assert "1/3 patients" in terminal.getvalue()
+    piped = io.StringIO()
+    quiet = progress_bar(piped)
+    quiet(1, 3)
+    assert piped.getvalue() == ""
