@@ -14,7 +14,7 @@ import requests
 
 from cds.config import load_settings
 from cds.errors import BadRequest, CdsError, ConfigError, operation_outcome
-from cds.web.validation import check_schema
+from cds.web.validation import read_json_object
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -64,12 +64,10 @@ def _screen(args: argparse.Namespace) -> int:
     settings = load_settings(overrides={"dev_mode": True})
     knowledge = load_knowledge(settings.policy_file)
     try:
-        body = json.loads(Path(args.request).read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
+        raw = Path(args.request).read_bytes()
+    except OSError as exc:
         raise BadRequest(f"cannot read {args.request}: {exc}") from exc
-    if not isinstance(body, dict):
-        raise BadRequest("the request must be a JSON object")
-    check_schema(knowledge.request_validator, body, "the request does not match the CDS Hooks 2.0 schema")
+    body = read_json_object(raw, knowledge.request_validator, settings)
     service = next((s for s in knowledge.services.values() if s.hook == body["hook"]), None)
     if service is None:
         raise BadRequest(f"no service for hook {body['hook']!r}")

@@ -7,6 +7,7 @@ ketamine or esketamine order on an order hook. Nothing here ever suggests stoppi
 
 from __future__ import annotations
 
+import re
 import string
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from cds.fhir.model import OnsetAge
 from cds.ids import new_uuid
 
 SUMMARY_LIMIT = 139  # the spec's "<140 characters"
+FHIR_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")  # an order a suggestion may delete must be addressable
 
 
 @dataclass(frozen=True, slots=True)
@@ -236,7 +238,7 @@ def render_cards(
                             "resourceId": order.source.reference(),
                         }
                         for order in situation.ketamine_orders
-                        if order.source.id
+                        if order.source.id and FHIR_ID.fullmatch(order.source.id)
                     ],
                 }
             ]

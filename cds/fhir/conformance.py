@@ -95,8 +95,12 @@ def cited_resources(
     index: dict[SourceRef, Mapping[str, Any]] = {}
     for group in groups:
         for resource in group:
-            if isinstance(resource, dict) and resource.get("id") in ids:
-                ref = SourceRef(str(resource.get("resourceType")), resource["id"])
+            if not isinstance(resource, dict):
+                continue
+            rid = resource.get("id")
+            # An id that is a list or an object is bad input, not a key: such a record cannot be cited.
+            if isinstance(rid, (str, int)) and str(rid) in ids:
+                ref = SourceRef(str(resource.get("resourceType")), str(rid))
                 if ref in wanted:
                     index[ref] = resource
     return index

@@ -30,9 +30,8 @@ from cds.errors import (
 from cds.report import render_report
 from cds.storage.analytics import override_report
 from cds.storage.store import FeedbackItem
-from cds.web.limits import depth_exceeds
 from cds.web.runtime import Runtime
-from cds.web.validation import check_schema
+from cds.web.validation import check_hook_call, read_json_object
 
 log = logging.getLogger("cds.web.api")
 audit_log = logging.getLogger("cds.audit")
@@ -63,38 +62,7 @@ def _read_json(validator: Draft202012Validator) -> dict[str, Any]:
     length = request.content_length
     if length is not None and length > rt.settings.max_body_bytes:
         raise PayloadTooLarge(f"the request body is over {rt.settings.max_body_bytes} bytes")
-    raw = request.get_data(cache=False)
-    if len(raw) > rt.settings.max_body_bytes:
-        raise PayloadTooLarge(f"the request body is over {rt.settings.max_body_bytes} bytes")
-    try:
-        body = json.loads(raw)
-    except (ValueError, RecursionError) as exc:
-        message = exc.msg if isinstance(exc, json.JSONDecodeError) else "nesting too deep"
-        raise BadRequest(f"the request body is not valid JSON: {message}") from None
-    if not isinstance(body, dict):
-        raise BadRequest(
-            "the request body must be a JSON object", issues=[Issue("invalid", "expected an object", "$")]
-        )
-    # Depth is limited wherever the JSON is walked recursively: everything but the prefetch resources,
-    # which are read field by field (and, behind a finding, depth-checked before model validation).
-    # The parser itself refuses pathological depth (RecursionError above).
-    outer = {key: value for key, value in body.items() if key != "prefetch"}
-    if depth_exceeds(outer, rt.settings.max_json_depth):
-        raise BadRequest(f"the request body is nested deeper than {rt.settings.max_json_depth} levels")
-    check_schema(validator, body, "the request does not match the CDS Hooks 2.0 schema")
-    return body
-
-
-def _count_resources(body: dict[str, Any]) -> int:
-    count = 0
-    for value in (body.get("prefetch") or {}).values():
-        if isinstance(value, dict):
-            entries = value.get("entry")
-            count += len(entries) if isinstance(entries, list) else 1
-    drafts = body.get("context", {}).get("draftOrders")
-    if isinstance(drafts, dict) and isinstance(drafts.get("entry"), list):
-        count += len(drafts["entry"])
-    return count
+    return read_json_object(request.get_data(cache=False), validator, rt.settings)
 
 
 # ------------------------------------------------------------------------------------------------ routes
@@ -113,13 +81,7 @@ def call_service(service_id: str) -> Response:
     if service is None:
         raise NotFound(f"no CDS service with id {service_id!r}")
     body = _read_json(rt.knowledge.request_validator)
-    if body["hook"] != service.hook:
-        raise BadRequest(
-            f"this service answers the {service.hook} hook",
-            issues=[Issue("invalid", f"hook must be {service.hook!r} for this service", "$.hook")],
-        )
-    if _count_resources(body) > rt.settings.max_resources:
-        raise PayloadTooLarge(f"the request carries more than {rt.settings.max_resources} resources")
+    check_hook_call(service, body, rt.settings)
     g.hook_instance = body["hookInstance"]
     result = rt.screener(g.get("client")).screen(service, body)
     cards = rt.suppress_repeats(service, body, result)
