@@ -2,6 +2,7 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
+PORT ?= 8080
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 
 .PHONY: run test check lint typecheck bench fmt clean
@@ -13,7 +14,7 @@ $(STAMP): pyproject.toml
 	rm -f $(VENV)/.installed-* && touch $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/ketamine-cds serve --dev
+	$(BIN)/ketamine-cds serve --dev --port $(PORT)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
