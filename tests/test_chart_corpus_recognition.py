@@ -34,11 +34,14 @@ from tests.support.builders import (
     condition,
     hook_request,
     ketamine_order,
+    med_request,
     med_statement,
 )
 from tests.support.fhir_server import FhirServerHandle
 
 LOCAL = "urn:oid:2.16.840.1.113883.19.5.99"  # a hospital's own problem-list code system
+CNS_RULE = "esketamine-cns-depressants"
+ESKETAMINE_PRODUCT = concept(coding(RXNORM, "2201623", "esketamine Nasal Spray"))
 STROKE_RULE = "recent-stroke"
 MI_RULE = "recent-myocardial-infarction"
 ANEURYSM_RULE = "aneurysm-or-avm"
@@ -90,6 +93,33 @@ def aged(record: dict[str, Any], low: float, high: float | None = None, unit: st
     else:
         out["onsetRange"] = {"low": {**age, "code": unit}, "high": {**age, "value": high, "code": unit}}
     return out
+
+
+def reacting(
+    record: dict[str, Any],
+    *manifestations: dict[str, Any],
+    kind: str | None = "intolerance",
+    criticality: str | None = "low",
+    severity: str | None = "mild",
+) -> dict[str, Any]:
+    """An AllergyIntolerance with its type, criticality and one reaction showing `manifestations`."""
+    out = dict(record)
+    if kind:
+        out["type"] = kind
+    if criticality:
+        out["criticality"] = criticality
+    if manifestations:
+        reaction: dict[str, Any] = {"manifestation": list(manifestations)}
+        if severity:
+            reaction["severity"] = severity
+        out["reaction"] = [reaction]
+    return out
+
+
+def esketamine_course(*orders: dict[str, Any]) -> dict[str, Any]:
+    """order-select of another medicine for a patient whose chart shows an esketamine course."""
+    course = med_statement(ESKETAMINE_PRODUCT, rid="esk-course")
+    return hook_request("order-select", drafts=list(orders), statements=[course])
 
 
 def without_patient(body: dict[str, Any]) -> dict[str, Any]:
@@ -460,6 +490,144 @@ CASES: list[Case] = [
         fires={MI_RULE: "warning"},
         evidence={MI_RULE: ("says that it happened, not", "Confirm the date")},
     ),
+    # ------------------------------------------------------------------- allergy record severity
+    Case(
+        "ketamine intolerance, low criticality, mild vomiting: a warning that names the reaction",
+        lambda: ketamine(allergies=[reacting(allergy(sct("373464007", "Ketamine")), words("Vomiting"))]),
+        fires={ALLERGY_RULE: "warning"},
+        evidence={ALLERGY_RULE: ("Vomiting",)},
+    ),
+    Case(
+        "esketamine intolerance, mild dizziness coded in SNOMED CT, before esketamine",
+        lambda: esketamine(
+            allergies=[reacting(allergy(words("Spravato")), sct("404640003", "Dizziness"), criticality=None)]
+        ),
+        fires={ALLERGY_RULE: "warning"},
+    ),
+    Case(
+        "intolerance with hives is an immune reaction: critical",
+        lambda: ketamine(allergies=[reacting(allergy(words("ketamine")), words("Hives"))]),
+        fires={ALLERGY_RULE: "critical"},
+    ),
+    Case(
+        "allergy (not intolerance) with mild nausea stays critical",
+        lambda: ketamine(allergies=[reacting(allergy(words("Ketalar")), words("nausea"), kind="allergy")]),
+        fires={ALLERGY_RULE: "critical"},
+    ),
+    Case(
+        "intolerance of unknown type stays critical",
+        lambda: ketamine(allergies=[reacting(allergy(words("ketamine")), words("nausea"), kind=None)]),
+        fires={ALLERGY_RULE: "critical"},
+    ),
+    Case(
+        "intolerance with severe hallucinations stays critical",
+        lambda: ketamine(
+            allergies=[
+                reacting(allergy(words("ketamine")), sct("7011001", "Hallucinations"), severity="severe")
+            ]
+        ),
+        fires={ALLERGY_RULE: "critical"},
+    ),
+    Case(
+        "intolerance with no reaction recorded stays critical",
+        lambda: ketamine(allergies=[reacting(allergy(words("ketamine intolerance")))]),
+        fires={ALLERGY_RULE: "critical"},
+    ),
+    Case(
+        "intolerance of high criticality with a mild headache stays critical",
+        lambda: ketamine(
+            allergies=[reacting(allergy(words("ketamine")), words("headache"), criticality="high")]
+        ),
+        fires={ALLERGY_RULE: "critical"},
+    ),
+    Case(
+        "intolerance with mild nausea and a rash: the rash makes it critical",
+        lambda: ketamine(allergies=[reacting(allergy(words("ketamine")), words("nausea"), words("rash"))]),
+        fires={ALLERGY_RULE: "critical"},
+    ),
+    Case(
+        "intolerance of morphine is not a ketamine record",
+        lambda: ketamine(allergies=[reacting(allergy(words("Morphine")), words("nausea"))]),
+        silent=frozenset({ALLERGY_RULE}),
+    ),
+    # ------------------------------------------------- sedating medicines with esketamine (new rule)
+    Case(
+        "oxycodone SCD (name in the display) with esketamine: warning",
+        lambda: esketamine(
+            statements=[
+                med_statement(concept(coding(RXNORM, "1049621", "oxycodone hydrochloride 5 MG Oral Tablet")))
+            ]
+        ),
+        fires={CNS_RULE: "warning"},
+    ),
+    Case(
+        "buprenorphine/naloxone by brand in free text with esketamine: warning",
+        lambda: esketamine(statements=[med_statement(words("Suboxone 8/2 mg film daily"))]),
+        fires={CNS_RULE: "warning"},
+    ),
+    Case(
+        "butalbital combination (CDC barbiturate list code) with esketamine: warning",
+        lambda: esketamine(
+            statements=[
+                med_statement(
+                    concept(
+                        coding(
+                            RXNORM,
+                            "238134",
+                            "butalbital 50 MG / acetaminophen 325 MG / caffeine 40 MG Oral Tablet",
+                        )
+                    )
+                )
+            ]
+        ),
+        fires={CNS_RULE: "warning"},
+    ),
+    Case(
+        "eszopiclone at night with esketamine: information",
+        lambda: esketamine(statements=[med_statement(words("eszopiclone 2 mg at bedtime"))]),
+        fires={CNS_RULE: "info"},
+    ),
+    Case(
+        "pregabalin by brand with esketamine: information",
+        lambda: esketamine(statements=[med_statement(words("Lyrica 75 mg twice daily"))]),
+        fires={CNS_RULE: "info"},
+    ),
+    Case(
+        "hydroxyzine for anxiety with esketamine: information",
+        lambda: esketamine(statements=[med_statement(words("hydroxyzine pamoate 25 mg prn"))]),
+        fires={CNS_RULE: "info"},
+    ),
+    Case(
+        "an opioid with a ketamine infusion: this esketamine rule stays silent",
+        lambda: ketamine(statements=[med_statement(words("tramadol 50 mg"))]),
+        silent=frozenset({CNS_RULE}),
+    ),
+    Case(
+        "naloxone and loperamide are not CNS depressants",
+        lambda: esketamine(
+            statements=[med_statement(words("naloxone nasal spray")), med_statement(words("loperamide 2 mg"))]
+        ),
+        silent=frozenset({CNS_RULE}),
+    ),
+    Case(
+        "a stopped opioid stays silent",
+        lambda: esketamine(statements=[med_statement(words("oxycodone 5 mg"), status="stopped")]),
+        silent=frozenset({CNS_RULE}),
+    ),
+    Case(
+        "fentanyl patch ordered for a patient in an esketamine course: the interaction card",
+        lambda: esketamine_course(
+            med_request(words("fentanyl 25 mcg/h transdermal patch"), status="draft", rid="opioid-draft")
+        ),
+        fires={CNS_RULE: "warning"},
+    ),
+    Case(
+        "cetirizine (not sedating) ordered in an esketamine course: no card",
+        lambda: esketamine_course(
+            med_request(words("cetirizine 10 mg"), status="draft", rid="antihistamine-draft")
+        ),
+        silent=frozenset({CNS_RULE}),
+    ),
     # ----------------------------------------------------------- (c) near-matches and unreadable codes
     Case(
         "possible TIA is listed for a person to check, not fired",
@@ -548,10 +716,11 @@ def test_case(case: Case, screen: Callable[[dict[str, Any]], list[dict[str, Any]
 
 
 def test_the_corpus_pairs_firing_and_silent_cases() -> None:
+    assert len(CASES) >= 55
     fired = {rule for case in CASES for rule in case.fires}
     silenced = {rule for case in CASES for rule in case.silent}
-    assert {STROKE_RULE, MI_RULE, ANEURYSM_RULE, DATA_RULE} <= fired
-    assert {STROKE_RULE, MI_RULE, ANEURYSM_RULE, DATA_RULE, ALLERGY_RULE} <= silenced
+    assert {STROKE_RULE, MI_RULE, ANEURYSM_RULE, DATA_RULE, ALLERGY_RULE, CNS_RULE} <= fired
+    assert {STROKE_RULE, MI_RULE, ANEURYSM_RULE, DATA_RULE, ALLERGY_RULE, CNS_RULE} <= silenced
 
 
 @pytest.mark.integration

@@ -355,7 +355,26 @@ def expect_dose_rule(c: Chart, valueset_name: str, indication: str | None = None
     return Expected("dose-not-computable", frozenset(ref(r) for r in records))
 
 
+def expect_cns_depressants(c: Chart, products: set[str]) -> Expected | None:
+    """Opioids and barbiturates (warning) or other sedating medicines (information), for esketamine only."""
+    if "esketamine" not in products:
+        return None
+
+    def records(*names: str) -> list[dict[str, Any]]:
+        found = [r for r in counted_medications(c) if any(in_valueset(n, concept_of(r)) for n in names)]
+        return one_therapy_once(found)
+
+    return banded(
+        ("opioid-or-barbiturate", records("opioid-medications", "barbiturate-medications")),
+        (
+            "other-sedating-medicine",
+            records("z-drug-medications", "gabapentinoid-medications", "sedating-antihistamine-medications"),
+        ),
+    )
+
+
 MODELLED = {
+    "esketamine-cns-depressants",
     "recent-myocardial-infarction",
     "recent-stroke",
     "bipolar-disorder",
@@ -382,6 +401,7 @@ def expected_cards(
         "pregnancy": expect_pregnancy(c, reference),
         "benzodiazepine-response": expect_dose_rule(c, "benzodiazepine-medications", "seizure-disorder"),
         "lamotrigine-response": expect_dose_rule(c, "lamotrigine-medications"),
+        "esketamine-cns-depressants": expect_cns_depressants(c, products),
         "ordering-instructions": Expected("ketamine", frozenset({ref(order)})) if order else None,
     }
     assert_other_rules_have_nothing_to_find(c)

@@ -110,6 +110,59 @@ SCENARIOS = [
         ),
         silent=frozenset({"ketamine-hypersensitivity"}),
     ),
+    Scenario(
+        "hypersensitivity: an intolerance with only mild nausea is a warning (mild-intolerance band)",
+        lambda: select(
+            allergies=[
+                {
+                    **allergy(concept(coding(RXNORM, "6130", "ketamine"))),
+                    "type": "intolerance",
+                    "criticality": "low",
+                    "reaction": [{"manifestation": [snomed("422587007", "Nausea")], "severity": "mild"}],
+                }
+            ]
+        ),
+        fires={"ketamine-hypersensitivity": "warning"},
+    ),
+    Scenario(
+        "hypersensitivity: an intolerance with wheezing is not mild (critical, never the warning)",
+        lambda: select(
+            allergies=[
+                {
+                    **allergy(concept(coding(RXNORM, "6130", "ketamine"))),
+                    "type": "intolerance",
+                    "criticality": "low",
+                    "reaction": [{"manifestation": [concept(text="wheezing")], "severity": "mild"}],
+                }
+            ]
+        ),
+        fires={"ketamine-hypersensitivity": "critical"},
+    ),
+    # esketamine-cns-depressants
+    Scenario(
+        "CNS depressants: morphine with esketamine is a warning (opioid-or-barbiturate band)",
+        lambda: select_es(statements=[med_statement(rx("7052", "morphine"))]),
+        fires={"esketamine-cns-depressants": "warning"},
+    ),
+    Scenario(
+        "CNS depressants: zolpidem with esketamine is information (other-sedating-medicine band)",
+        lambda: select_es(statements=[med_statement(concept(text="zolpidem 10 mg at night"))]),
+        fires={"esketamine-cns-depressants": "info"},
+    ),
+    Scenario(
+        "CNS depressants: paracetamol with esketamine stays silent",
+        lambda: hook_request(
+            "order-select",
+            drafts=[ketamine_order(esketamine=True)],
+            statements=[med_statement(concept(text="paracetamol 1 g four times daily"))],
+        ),
+        silent=frozenset({"esketamine-cns-depressants"}),
+    ),
+    Scenario(
+        "CNS depressants: morphine with a ketamine infusion stays silent (esketamine only)",
+        lambda: select(statements=[med_statement(rx("7052", "morphine"))]),
+        silent=frozenset({"esketamine-cns-depressants"}),
+    ),
     # recent-myocardial-infarction
     Scenario(
         "MI: 3 months before is critical",

@@ -46,6 +46,7 @@ VALUESET_BASE = "https://ketamine-cds.example.org/fhir/ValueSet/"
 EXT_INGREDIENT = "https://ketamine-cds.example.org/fhir/StructureDefinition/match-ingredient"
 EXT_BRAND = "https://ketamine-cds.example.org/fhir/StructureDefinition/match-brand"
 EXT_NAME = "https://ketamine-cds.example.org/fhir/StructureDefinition/match-name"
+EXT_REACTION_NAME = "https://ketamine-cds.example.org/fhir/StructureDefinition/match-reaction-name"
 EXT_NOT_NAME = "https://ketamine-cds.example.org/fhir/StructureDefinition/match-name-excluded"
 EXT_HISTORY_OF = "https://ketamine-cds.example.org/fhir/StructureDefinition/match-history-of"
 EXT_HISTORY_MENTIONS = "https://ketamine-cds.example.org/fhir/StructureDefinition/match-history-mentions"
@@ -59,7 +60,7 @@ SNOMED = "http://snomed.info/sct"
 ICD10CM = "http://hl7.org/fhir/sid/icd-10-cm"
 LOINC = "http://loinc.org"
 
-KINDS = frozenset({"medication", "substance", "condition", "observation"})
+KINDS = frozenset({"medication", "substance", "condition", "observation", "reaction"})
 SUBTREE_FILE = "icd10cm-rule-subtrees.csv"
 INGREDIENT_FILE = "ingredients.csv"
 EQUIVALENCE_FILE = "benzodiazepine-equivalence.csv"
@@ -175,8 +176,11 @@ def _recipe(raw: Any, where: str, system_of: Mapping[str, str]) -> Recipe:
     )
     if data["kind"] not in KINDS:
         raise BuildError(f"{where}: kind must be one of {sorted(KINDS)}")
-    if data["kind"] != "condition" and {"names", "not_names", "history_of", "history_mentions"} & set(data):
-        raise BuildError(f"{where}: names belong to condition sets (medicines match by ingredient and brand)")
+    name_keys = {"names", "not_names", "history_of", "history_mentions"}
+    if data["kind"] not in {"condition", "reaction"} and name_keys & set(data):
+        raise BuildError(f"{where}: names belong to condition and reaction sets (medicines: ingredients)")
+    if data["kind"] == "reaction" and (name_keys - {"names"}) & set(data):
+        raise BuildError(f"{where}: a reaction set has names only (read as written, without context)")
     for key in ("names", "not_names"):
         for name in data.get(key, []):
             if not isinstance(name, str) or name != " ".join(name.lower().split()):
@@ -753,7 +757,8 @@ def _unique(items: Iterable[str]) -> list[str]:
 
 
 def _name_extensions(recipe: Recipe) -> list[dict[str, str]]:
-    extensions = [{"url": EXT_NAME, "valueString": name} for name in sorted(set(recipe.names))]
+    name_url = EXT_REACTION_NAME if recipe.kind == "reaction" else EXT_NAME
+    extensions = [{"url": name_url, "valueString": name} for name in sorted(set(recipe.names))]
     extensions += [{"url": EXT_NOT_NAME, "valueString": name} for name in sorted(set(recipe.not_names))]
     extensions += [
         {"url": EXT_HISTORY_OF, "valueCanonical": VALUESET_BASE + other}
@@ -807,7 +812,12 @@ def _description(
         )
     if recipe.names or recipe.history_of:
         lines.append("")
-    if recipe.names:
+    if recipe.names and recipe.kind == "reaction":
+        lines.append(
+            "A reaction also matches when its text or a coding's display contains one of these names as "
+            "whole words (the match-reaction-name extension): " + "; ".join(sorted(set(recipe.names))) + "."
+        )
+    elif recipe.names:
         lines.append(
             "A record none of whose codes is recognised still matches when its text or a coding's display "
             "names the condition (the match-name extension; cards then ask to confirm it): "

@@ -195,6 +195,9 @@ def _allergy_hit(ctx: EngineContext, band: Band, fact: AllergyFact) -> Hit | Non
     found = _first_match(ctx, band.match, fact.concepts)
     if found is None:
         return None
+    reactions_url = band.when.get("intolerance_with_reactions_in")
+    if reactions_url is not None and not _mild_intolerance(ctx, fact, str(reactions_url)):
+        return None
     label = next((c.label() for c in fact.concepts if c.label()), None)
     notes: tuple[str, ...] = ()
     if (fact.verification_status or "").lower() == "unconfirmed":
@@ -208,6 +211,28 @@ def _allergy_hit(ctx: EngineContext, band: Band, fact: AllergyFact) -> Hit | Non
         date_basis="recorded" if fact.recorded else None,
         notes=notes,
     )
+
+
+def _mild_intolerance(ctx: EngineContext, fact: AllergyFact, reactions_url: str) -> bool:
+    """An intolerance (not an allergy, nor of unknown type), not of high criticality, whose every recorded
+    reaction is mild and shows only manifestations in `reactions_url`. Anything unrecorded fails."""
+    criticality = (fact.criticality or "").lower()
+    if (fact.type or "").lower() != "intolerance" or criticality == "high" or not fact.reactions:
+        return False
+    for reaction in fact.reactions:
+        severity = (reaction.severity or "").lower()
+        if not (severity == "mild" or (not severity and criticality == "low")):
+            return False
+        if not reaction.manifestations:
+            return False
+        if any(ctx.terminology.match(reactions_url, m) is None for m in reaction.manifestations):
+            return False
+    return True
+
+
+def _reaction_text(fact: AllergyFact) -> str:
+    labels = [m.label() for r in fact.reactions for m in r.manifestations]
+    return "; ".join(dict.fromkeys(label for label in labels if label)) or "?"
 
 
 def _medication_evidence(med: MedicationFact, found: TermMatch, notes: tuple[str, ...] = ()) -> Hit:
@@ -586,9 +611,10 @@ def _collect_allergies(inp: _BandInput, result: _BandResult) -> bool:
             continue
         hit = _allergy_hit(inp.ctx, inp.band, allergy)
         if hit:
+            if not result.hits:
+                result.values["substance"] = hit.label or "?"
+                result.values["reaction"] = _reaction_text(allergy)
             result.hits.append(hit)
-    if result.hits:
-        result.values["substance"] = result.hits[0].label or "?"
     return True
 
 
@@ -815,7 +841,11 @@ def evaluate_rule(
     values["product"] = product_text(ctx, situation.products)
     values["reference_date"] = situation.reference_date.isoformat()
     # Every parameter that decided the band or appears in its text is reported with where it came from.
-    used = [value for key, value in best.band.when.items() if isinstance(value, str) and key != "enabled"]
+    used = [  # parameters only: a when: value may also be a value set's URL
+        value
+        for key, value in best.band.when.items()
+        if key != "enabled" and isinstance(value, str) and value in rule.parameters
+    ]
     if best.band.indicator_param:
         used.append(best.band.indicator_param)
     if rule.dose is not None and best.band.facts == "medication":

@@ -31,7 +31,7 @@ from cds.paths import knowledge_root
 # Values each fact kind can put into a band's text, besides the rule's own parameters.
 PLACEHOLDERS: Mapping[str, frozenset[str]] = {
     "condition": frozenset({"product", "reference_date", "condition", "onset", "months_ago"}),
-    "allergy": frozenset({"product", "reference_date", "substance"}),
+    "allergy": frozenset({"product", "reference_date", "substance", "reaction"}),
     "medication": frozenset(
         {
             "product",

@@ -27,10 +27,11 @@ INDICATOR_RANK = {"info": 0, "warning": 1, "critical": 2}
 NUMBER = "the name of a number parameter"
 SWITCH = "the name of an on/off parameter"
 FLAG = "true"
+VALUESET = "the canonical URL of a value set"
 COMMON_WHEN_KEYS: Mapping[str, str] = {"enabled": SWITCH}
 WHEN_KEYS: Mapping[str, Mapping[str, str]] = {
     "condition": {"onset_within_months": NUMBER, "onset_before_months": NUMBER, "onset_unknown": FLAG},
-    "allergy": {},
+    "allergy": {"intolerance_with_reactions_in": VALUESET},
     "medication": {
         "total_above": NUMBER,
         "regular_use": FLAG,
@@ -129,6 +130,9 @@ class Rule:
 
     def valuesets(self) -> set[str]:
         urls = {url for band in self.bands for url in band.match}
+        for band in self.bands:  # value sets a band's `when:` reads (allergy reactions)
+            kinds = WHEN_KEYS.get(band.facts, {})
+            urls.update(str(v) for k, v in band.when.items() if kinds.get(k) == VALUESET)
         if self.dose:
             urls.update(self.dose.match)
             urls.update(self.dose.exclude)
@@ -191,8 +195,8 @@ def _check_when_values(
     allowed = {**COMMON_WHEN_KEYS, **WHEN_KEYS[facts]}  # every key is one of these (_when_keys_known)
     for key, value in when.items():
         expected = allowed[key]
-        if expected == FLAG:
-            continue  # the schema allows only `true`
+        if expected in {FLAG, VALUESET}:
+            continue  # the schema allows only `true`; value sets are checked with the rule's other sets
         if value not in parameters:
             raise ConfigError(f"{where}: band {band_id} when.{key} names undeclared parameter {value!r}")
         default = parameters[value].default

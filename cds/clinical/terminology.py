@@ -40,6 +40,7 @@ from cds.fhir.model import Coding, Concept
 EXT_MATCH_INGREDIENT = "https://ketamine-cds.example.org/fhir/StructureDefinition/match-ingredient"
 EXT_MATCH_BRAND = "https://ketamine-cds.example.org/fhir/StructureDefinition/match-brand"
 EXT_MATCH_NAME = "https://ketamine-cds.example.org/fhir/StructureDefinition/match-name"
+EXT_MATCH_REACTION_NAME = "https://ketamine-cds.example.org/fhir/StructureDefinition/match-reaction-name"
 EXT_MATCH_NAME_EXCLUDED = "https://ketamine-cds.example.org/fhir/StructureDefinition/match-name-excluded"
 EXT_MATCH_HISTORY_OF = "https://ketamine-cds.example.org/fhir/StructureDefinition/match-history-of"
 EXT_MATCH_HISTORY_MENTIONS = (
@@ -95,6 +96,7 @@ class _ValueSet:
     excluded_names: frozenset[str] = frozenset()  # longer phrases that contain a name but mean otherwise
     history_of: tuple[str, ...] = ()  # urls of sets whose names, said as past history, belong here
     history_ignored: bool = False  # a name of this set said as past history makes no member
+    reaction_names: re.Pattern[str] | None = None  # reaction sets: names read as written, whole words
 
 
 # --------------------------------------------------------------------------------- JSON checking
@@ -371,6 +373,17 @@ class Terminology:
     def _mention_owners(self, mention: Any) -> frozenset[str]:
         return owners_of(mention, self._condition_owners, self._history_of, self._history_ignored)
 
+    def _reaction_match(self, valueset: _ValueSet, concept: Concept) -> TermMatch | None:
+        """Reaction sets also match by a name anywhere in the words (no mention rules: a reaction's
+        manifestation is a short description of what happened, not a problem-list entry)."""
+        if valueset.reaction_names is None:
+            return None
+        for text in _texts(concept):
+            found = valueset.reaction_names.search(text)
+            if found:
+                return TermMatch(valueset.url, METHOD_NAME, None, " ".join(found.group(0).lower().split()))
+        return None
+
     def unconfirmed_names(self, concept: Concept) -> tuple[str, ...]:
         """Names of screened conditions the record nearly states but does not confirm ("possible TIA",
         "aneurysym"), when nothing else about it is recognised: a person has to check them."""
@@ -396,7 +409,7 @@ class Terminology:
         """How `concept` belongs to the value set `url` (code > ingredient-code > name), or None."""
         valueset = self._get(url)
         if valueset.url not in self.memberships(concept):
-            return None
+            return self._reaction_match(valueset, concept)
         codings = concept.codings
         keys = [self._key(coding.system, coding.code) for coding in codings]
         for coding, key in zip(codings, keys, strict=True):
@@ -607,6 +620,7 @@ def _match_extensions(resource: Mapping[str, Any], where: str) -> dict[str, Any]
     excluded_names: set[str] = set()
     history_of: list[str] = []
     history_ignored = False
+    reaction_names: set[str] = set()
     for i, raw in enumerate(_list(resource.get("extension", []), f"{where}: extension")):
         ext = _obj(raw, f"{where}: extension[{i}]")
         ext_url = ext.get("url")
@@ -622,6 +636,9 @@ def _match_extensions(resource: Mapping[str, Any], where: str) -> dict[str, Any]
                 names.add(value)
             if ext_url == EXT_MATCH_INGREDIENT:
                 ingredients.add(value)
+        elif ext_url == EXT_MATCH_REACTION_NAME:
+            value = _text(ext.get("valueString"), f"{where}: extension[{i}].valueString")
+            reaction_names.add(" ".join(value.lower().split()))
         elif ext_url == EXT_MATCH_HISTORY_OF:
             history_of.append(_text(ext.get("valueCanonical"), f"{where}: extension[{i}].valueCanonical"))
         elif ext_url == EXT_MATCH_HISTORY_MENTIONS:
@@ -637,6 +654,7 @@ def _match_extensions(resource: Mapping[str, Any], where: str) -> dict[str, Any]
         "excluded_names": frozenset(excluded_names),
         "history_of": tuple(history_of),
         "history_ignored": history_ignored,
+        "reaction_names": _names_pattern(dict.fromkeys(reaction_names)) if reaction_names else None,
     }
 
 

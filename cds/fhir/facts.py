@@ -28,6 +28,7 @@ from cds.fhir.model import (
     OnsetAge,
     PatientFacts,
     Quantity,
+    ReactionFact,
     SourceRef,
     Strength,
 )
@@ -452,9 +453,14 @@ def condition_fact(resource: Mapping[str, Any], birth: date | None) -> Condition
 
 def allergy_fact(resource: Mapping[str, Any]) -> AllergyFact:
     concepts = [concept(resource.get("code"))]
+    reactions: list[ReactionFact] = []
     for reaction in _list(resource.get("reaction")):
-        if isinstance(reaction, dict) and "substance" in reaction:
+        if not isinstance(reaction, dict):
+            continue
+        if "substance" in reaction:
             concepts.append(concept(reaction["substance"]))
+        manifestations = tuple(concept(m) for m in _list(reaction.get("manifestation")))
+        reactions.append(ReactionFact(manifestations, _str(reaction.get("severity"))))
     concepts = [c for c in concepts if c.codings or c.text]
     return AllergyFact(
         source=_ref(resource),
@@ -464,6 +470,8 @@ def allergy_fact(resource: Mapping[str, Any]) -> AllergyFact:
         recorded=parse_date(resource.get("recordedDate")),
         criticality=_str(resource.get("criticality")),
         unreadable=None if concepts else "allergy-not-coded",
+        type=_str(resource.get("type")),
+        reactions=tuple(reactions),
     )
 
 

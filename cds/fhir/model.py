@@ -136,6 +136,14 @@ class OnsetAge:
 
 
 @dataclass(frozen=True, slots=True)
+class ReactionFact:
+    """One AllergyIntolerance.reaction: what it looked like and how bad it was."""
+
+    manifestations: tuple[Concept, ...]
+    severity: str | None  # mild | moderate | severe, as recorded
+
+
+@dataclass(frozen=True, slots=True)
 class AllergyFact:
     source: SourceRef
     concepts: tuple[Concept, ...]  # code plus every reaction.substance
@@ -144,6 +152,8 @@ class AllergyFact:
     recorded: date | None = None
     criticality: str | None = None
     unreadable: str | None = None
+    type: str | None = None  # allergy | intolerance, as recorded (absent: unknown)
+    reactions: tuple[ReactionFact, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
