@@ -355,14 +355,31 @@ def expect_dose_rule(c: Chart, valueset_name: str, indication: str | None = None
     return Expected("dose-not-computable", frozenset(ref(r) for r in records))
 
 
-def expect_cns_depressants(c: Chart, products: set[str]) -> Expected | None:
-    """Opioids and barbiturates (warning) or other sedating medicines (information), for esketamine only."""
+def expect_cns_depressants(c: Chart, reference: date, products: set[str]) -> Expected | None:
+    """Opioids and barbiturates (warning) or other sedating medicines (information), for esketamine only.
+    A statement derived from an order that is present is that order; a record whose effective period
+    ended before the reference date is past use."""
     if "esketamine" not in products:
         return None
 
+    def current(record: dict[str, Any]) -> bool:
+        period = record.get("effectivePeriod") or {}
+        end = date.fromisoformat(period["end"][:10]) if period.get("end") else None
+        return end is None or end >= reference
+
     def records(*names: str) -> list[dict[str, Any]]:
-        found = [r for r in counted_medications(c) if any(in_valueset(n, concept_of(r)) for n in names)]
-        return one_therapy_once(found)
+        found = [
+            r
+            for r in counted_medications(c)
+            if current(r) and any(in_valueset(n, concept_of(r)) for n in names)
+        ]
+        present = {ref(r) for r in found}
+        return [
+            r
+            for r in found
+            if not any(d.get("reference") in present for d in r.get("derivedFrom", []))
+            or r["resourceType"] != "MedicationStatement"
+        ]
 
     return banded(
         ("opioid-or-barbiturate", records("opioid-medications", "barbiturate-medications")),
@@ -401,7 +418,7 @@ def expected_cards(
         "pregnancy": expect_pregnancy(c, reference),
         "benzodiazepine-response": expect_dose_rule(c, "benzodiazepine-medications", "seizure-disorder"),
         "lamotrigine-response": expect_dose_rule(c, "lamotrigine-medications"),
-        "esketamine-cns-depressants": expect_cns_depressants(c, products),
+        "esketamine-cns-depressants": expect_cns_depressants(c, reference, products),
         "ordering-instructions": Expected("ketamine", frozenset({ref(order)})) if order else None,
     }
     assert_other_rules_have_nothing_to_find(c)
