@@ -108,7 +108,7 @@ def profile_request(
     stats = pstats.Stats(profiler)
     raw: dict[tuple[str, int, str], tuple[int, int, float, float, Any]] = stats.stats  # type: ignore[attr-defined]
     total_tt = sum(v[2] for v in raw.values())
-    rows = []
+    rows: list[dict[str, Any]] = []
     for (filename, line, name), (_cc, nc, tt, ct, _callers) in raw.items():
         rows.append(
             {

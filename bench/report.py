@@ -26,6 +26,11 @@ def _lat(results: dict[str, Any], mode: str, size: int, key: str) -> float | Non
     return float(value)
 
 
+def _series(results: dict[str, Any], mode: str, sizes: list[int], key: str) -> list[tuple[int, float]]:
+    """(size, latency) for the sizes measured in `mode`, skipping sizes without a figure."""
+    return [(size, value) for size in sizes if (value := _lat(results, mode, size, key)) is not None]
+
+
 def _rps(results: dict[str, Any], mode: str, size: int) -> float | None:
     try:
         return float(results["modes"][mode]["sizes"][str(size)]["throughput"]["rps"])
@@ -68,8 +73,7 @@ def _fit(xs: list[float], ys: list[float]) -> dict[str, float] | None:
 
 
 def _growth(results: dict[str, Any], mode: str, sizes: list[int]) -> dict[str, Any]:
-    points = [(s, _lat(results, mode, s, "p50_ms")) for s in sizes]
-    points = [(s, v) for s, v in points if v is not None]
+    points = _series(results, mode, sizes, "p50_ms")
     if not points:
         return {}
     segments = []
@@ -304,17 +308,17 @@ def plot(results: dict[str, Any], path: Path) -> None:
     for mode in MODES:
         if mode not in results["modes"]:
             continue
-        xs = [s for s in sizes if _lat(results, mode, s, "p95_ms") is not None]
+        p95, p50 = (_series(results, mode, sizes, key) for key in ("p95_ms", "p50_ms"))
         ax.plot(
-            xs,
-            [_lat(results, mode, s, "p95_ms") for s in xs],
+            [size for size, _ in p95],
+            [value for _, value in p95],
             "o-",
             color=colours[mode],
             label=f"{LABELS[mode]}, p95",
         )
         ax.plot(
-            xs,
-            [_lat(results, mode, s, "p50_ms") for s in xs],
+            [size for size, _ in p50],
+            [value for _, value in p50],
             ":",
             color=colours[mode],
             alpha=0.6,

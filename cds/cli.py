@@ -7,6 +7,7 @@ import json
 import sys
 from collections.abc import Sequence
 from datetime import UTC, date, datetime, time
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -146,8 +147,17 @@ def _worklist(args: argparse.Namespace) -> int:
     )
 
 
+def _version() -> str:
+    """The installed distribution's version (one source of truth: pyproject.toml)."""
+    try:
+        return metadata.version("ketamine-cds")
+    except metadata.PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown (not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ketamine-cds", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="run the CDS Hooks service under gunicorn")
     serve.add_argument("--host", default="127.0.0.1")

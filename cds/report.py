@@ -25,6 +25,7 @@ from collections.abc import Iterable
 from datetime import date, datetime
 from typing import Any
 
+from cds.errors import ConfigError
 from cds.storage.analytics import ReasonCount, RuleReport, RuleStats, Tally
 
 __all__ = ["DEFINITIONS", "FORMATS", "render_report", "report_to_dict"]
@@ -51,6 +52,7 @@ def render_report(report: RuleReport, fmt: str) -> str:
     if fmt == "csv":
         return _render_csv(report)
     if fmt == "html":
+        _require_matplotlib()
         return _render_html(report)
     raise ValueError(f"unknown report format {fmt!r}: use one of {', '.join(FORMATS)}")
 
@@ -206,6 +208,17 @@ def _table(headers: Iterable[str], rows: Iterable[Iterable[object]]) -> str:
     head = "".join(f"<th scope='col'>{_e(h)}</th>" for h in headers)
     body = "".join("<tr>" + "".join(f"<td>{_e(c)}</td>" for c in r) + "</tr>" for r in rows)
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _require_matplotlib() -> None:
+    """The HTML report's charts need the optional `report` extra; say so before drawing anything."""
+    try:
+        import matplotlib  # noqa: F401, PLC0415  (heavy and optional: loaded only for an HTML report)
+    except ImportError:
+        raise ConfigError(
+            "the HTML report draws its charts with matplotlib, which is not installed: "
+            "pip install 'ketamine-cds[report]' (the csv and json formats need nothing more)"
+        ) from None
 
 
 def _svg(figure: Any) -> str:

@@ -6,11 +6,15 @@ import csv
 import io
 import json
 import re
+import sys
 from datetime import UTC, date, datetime
 from html.parser import HTMLParser
+from pathlib import Path
 
 import pytest
 
+from cds.cli import main
+from cds.errors import ConfigError
 from cds.report import render_report
 from cds.storage.analytics import ReasonCount, RuleReport, RuleStats, Tally, WeekTally
 
@@ -226,3 +230,21 @@ def test_user_supplied_text_is_escaped() -> None:
 def test_unknown_format_is_refused() -> None:
     with pytest.raises(ValueError, match="unknown report format"):
         render_report(sample(), "pdf")
+
+
+def test_html_without_the_report_extra_says_how_to_get_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # as if `pip install ketamine-cds` without [report]
+    with pytest.raises(ConfigError, match=re.escape("pip install 'ketamine-cds[report]'")):
+        render_report(sample(), "html")
+    assert render_report(sample(), "csv")  # the other formats need nothing more
+    assert render_report(sample(), "json")
+
+
+def test_the_report_command_without_the_extra_stops_with_that_message(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    monkeypatch.setenv("KETAMINE_CDS_DATABASE_URL", f"sqlite:///{tmp_path / 'cds.sqlite3'}")
+    assert main(["report", "--format", "html", "--output", str(tmp_path / "report.html")]) == 2
+    assert "ketamine-cds[report]" in capsys.readouterr().err
+    assert not (tmp_path / "report.html").exists()
