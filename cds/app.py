@@ -17,7 +17,8 @@ from flask import Flask
 
 from cds.clinical.knowledge import Knowledge, load_knowledge
 from cds.config import Settings, load_settings
-from cds.storage.shared_state import make_shared_state
+from cds.storage.guard import Guard
+from cds.storage.shared_state import make_shared_state, redis_client
 from cds.storage.store import Store
 from cds.web.api import bp
 from cds.web.auth import ClientAuthenticator
@@ -44,19 +45,34 @@ def create_app(
     clock: Callable[[], datetime] = _utc_now,
     new_uuid: Callable[[], str] | None = None,
     maintenance: bool = True,
+    draining: Callable[[], bool] | None = None,
 ) -> Flask:
+    """The app. With `maintenance` (once per deployment start: the serving master, before forking) the
+    database is migrated and purged, the pseudonym key resolved, Redis checked and the outboxes of stopped
+    processes replayed; serving workers skip all of it and touch no dependency while starting, so a worker
+    restarted during an outage still comes up (and answers 503 where it must)."""
     settings = settings or load_settings(overrides=overrides)
     configure(settings.log_level)
     knowledge = knowledge or load_knowledge(settings.policy_file)
-    store = Store.open(settings.database_url)
-    if maintenance:  # once per deployment start: the serving master does it before forking its workers
-        store.migrate()
+    store = Store.open(
+        settings.database_url,
+        connect_timeout_s=settings.db_connect_timeout_s,
+        statement_timeout_s=settings.db_statement_timeout_s,
+        pool_timeout_s=settings.storage_wait_s,
+    )
+    if maintenance:
+        log.info("%s", store.migrate())
     if maintenance and settings.audit_retention_days:
         removed = store.purge(settings.audit_retention_days)
         if removed:
             days = settings.audit_retention_days
             log.info("retention: removed %d records older than %d days", removed, days)
-    seen, replay_cache = make_shared_state(settings, store)
+    hash_key = settings.audit_hash_key or store.audit_key()
+    metrics = Metrics()
+    db_guard = Guard("database", settings.storage_wait_s)
+    seen, replay_cache = make_shared_state(
+        settings, store, guard=db_guard, check=maintenance, on_error=metrics.count_replay_error
+    )
     authenticator = None if settings.dev_mode else ClientAuthenticator(settings, replay_cache=replay_cache)
     if settings.dev_mode:
         log.warning(
@@ -75,18 +91,26 @@ def create_app(
     app = Flask("cds")
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.json.sort_keys = False  # type: ignore[attr-defined]
-    app.extensions["ketamine_cds"] = Runtime(
+    runtime = Runtime(
         settings=settings,
         knowledge=knowledge,
         store=store,
         seen=seen,
         replay_cache=replay_cache,
-        metrics=Metrics(),
+        metrics=metrics,
         clock=clock,
         cors=CorsPolicy.for_mode(settings.cors_origins, dev_mode=settings.dev_mode),
         authenticator=authenticator,
+        hash_key=hash_key,
+        db_guard=db_guard,
+        redis=redis_client(settings.redis_url, settings.redis_timeout_s) if settings.redis_url else None,
         new_uuid=new_uuid,
     )
+    if draining is not None:
+        runtime.draining = draining
+    if maintenance:
+        runtime.outbox.replay_orphans()
+    app.extensions["ketamine_cds"] = runtime
     app.register_blueprint(bp)
     if settings.worklist_config:  # read and checked now: a broken worklist file stops the start-up
         app.extensions[WORKLIST] = load_worklist_config(Path(settings.worklist_config))

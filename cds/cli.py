@@ -13,14 +13,12 @@ from typing import Any
 
 import requests
 
-from cds.config import load_settings
+from cds.config import Settings, load_settings
 from cds.errors import BadRequest, CdsError, ConfigError, operation_outcome
 from cds.web.validation import read_json_object
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from gunicorn.app.base import BaseApplication
-
     overrides: dict[str, Any] = {}
     if args.dev:
         overrides["dev_mode"] = True
@@ -28,33 +26,18 @@ def _serve(args: argparse.Namespace) -> int:
         overrides["workers"] = args.workers
     settings = load_settings(overrides=overrides)
 
-    class Server(BaseApplication):  # type: ignore[misc]
-        def load_config(self) -> None:
-            self.cfg.set("bind", f"{args.host}:{args.port}")
-            self.cfg.set("workers", settings.workers)
-            self.cfg.set("worker_class", "gthread")
-            self.cfg.set("threads", 4)
-            self.cfg.set("timeout", 30)
-            self.cfg.set("graceful_timeout", 10)
-            self.cfg.set("accesslog", None)  # our own audit line replaces it; access logs carry query strings
-            # gunicorn >= 25.1 opens a runtime-control socket at one fixed path per user: replicas on one host
-            # would replace (and, stopping, delete) each other's, and we don't use it
-            if "control_socket_disable" in self.cfg.settings:
-                self.cfg.set("control_socket_disable", True)
+    from cds.web.serving import draining, prepare_work_dir, serve
 
-        def load(self) -> Any:
-            from cds.app import create_app, tune_garbage_collector
+    prepare_work_dir(settings)  # first: temp files and the metrics mode are settled before any import
 
-            app = create_app(settings, maintenance=False)  # the master migrated and purged before forking
-            tune_garbage_collector()
-            return app
+    from flask import Flask
 
-    # Fail before forking workers: build once so a broken rule or database stops us with a message.
     from cds.app import create_app
 
-    # Its store is closed before forking: pooled connections must not be inherited by the workers.
-    create_app(settings).extensions["ketamine_cds"].store.close()
-    Server().run()
+    def build(settings: Settings, maintenance: bool) -> Flask:
+        return create_app(settings, maintenance=maintenance, draining=draining)
+
+    serve(settings, args.host, args.port, build)
     return 0
 
 
@@ -82,14 +65,23 @@ def _screen(args: argparse.Namespace) -> int:
     return 0
 
 
+def _open_store(settings: Settings) -> Any:
+    from cds.storage.store import Store
+
+    return Store.open(
+        settings.database_url,
+        connect_timeout_s=settings.db_connect_timeout_s,
+        statement_timeout_s=settings.db_statement_timeout_s,
+    )
+
+
 def _report(args: argparse.Namespace) -> int:
     from cds.clinical.knowledge import override_displays
     from cds.report import render_report
     from cds.storage.analytics import override_report
-    from cds.storage.store import Store
 
     settings = load_settings(overrides={"dev_mode": True})
-    store = Store.open(settings.database_url)
+    store = _open_store(settings)
     try:
         store.migrate()
         since = datetime.fromisoformat(args.since).replace(tzinfo=UTC) if args.since else None
@@ -104,25 +96,24 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _migrate(_args: argparse.Namespace) -> int:
-    from cds.storage.store import Store
-
     settings = load_settings(overrides={"dev_mode": True})
-    store = Store.open(settings.database_url)
+    store = _open_store(settings)
     try:
-        store.migrate()
+        print(store.migrate())
     finally:
         store.close()
     return 0
 
 
 def _purge(args: argparse.Namespace) -> int:
-    from cds.storage.store import Store
-
     settings = load_settings(overrides={"dev_mode": True})
     days = args.older_than_days or settings.audit_retention_days
-    store = Store.open(settings.database_url)
-    store.migrate()
-    print(f"removed {store.purge(days)} records older than {days} days")
+    store = _open_store(settings)
+    try:
+        store.migrate()
+        print(f"removed {store.purge(days)} records older than {days} days")
+    finally:
+        store.close()
     return 0
 
 
@@ -207,12 +198,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         result: int = args.func(args)
     except ConfigError as exc:
-        print(f"ketamine-cds: configuration error: {exc.message}", file=sys.stderr)
+        # one line naming what to fix: no traceback, whatever the command
+        print(f"ketamine-cds: configuration error: {_one_line(exc.message)}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a file named in the settings that cannot be read, a port already taken
+        print(f"ketamine-cds: cannot start: {_one_line(f'{type(exc).__name__}: {exc}')}", file=sys.stderr)
         return 2
     except CdsError as exc:
         json.dump(operation_outcome(exc.issues), sys.stderr, indent=2)

@@ -11,9 +11,8 @@ import difflib
 import ipaddress
 import json
 import os
-import secrets
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -21,6 +20,10 @@ from urllib.parse import urlsplit
 from cds.errors import ConfigError
 
 ENV_PREFIX = "KETAMINE_CDS_"
+# Variables under the prefix that the test suite and CI read; the service itself never does.
+_TOOLING_VARIABLES = ("TEST_", "CI_", "FUZZ_", "CONTAINER_TESTS")
+# A key the patient pseudonyms are derived from: anything shorter is guessable offline.
+MIN_AUDIT_KEY_BYTES = 32
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +66,18 @@ class Settings:
     # persistence and shared state
     database_url: str = "sqlite:///ketamine-cds.sqlite3"
     redis_url: str | None = None
+    # storage time limits: a call never waits longer than `storage_wait_s` on the database or Redis
+    db_connect_timeout_s: float = 3.0
+    db_statement_timeout_s: float = 5.0
+    redis_timeout_s: float = 1.0
+    storage_wait_s: float = 2.0
+    # durable outbox for issued-card, audit and (during a database outage) feedback records
+    outbox_dir: str = "ketamine-cds-outbox"
+    outbox_interval_s: float = 0.2
+    outbox_max_backoff_s: float = 30.0
+    # serving: writable scratch space (temp files, worker heartbeats, metrics) and the SIGTERM drain period
+    work_dir: str = "/tmp"  # noqa: S108 -- the documented default; an emptyDir under a read-only root
+    drain_s: float = 5.0
     audit_retention_days: int = 365
     repeat_suppression_s: int = 3600  # 0 disables "no repeats across hooks"
     # client authentication
@@ -71,8 +86,9 @@ class Settings:
     jwt_max_lifetime_s: int = 3600
     jwks_timeout_s: float = 3.0
     jwks_cache_s: int = 3600
-    # audit: patient ids are logged only as an HMAC with this key
-    audit_hash_key: str = field(default_factory=lambda: secrets.token_hex(32))
+    # audit: patient ids are logged only as an HMAC with this key; unset, one key is generated and kept in
+    # the database on first start (the same for every replica sharing it)
+    audit_hash_key: str | None = None
     # clinical site policy (YAML); None means the evidence defaults shipped with the rules
     policy_file: str | None = None
     # the pre-session worklist's configuration file (docs/worklist.md); when set, GET /worklist serves it
@@ -148,6 +164,8 @@ def _parse_issuer(index: int, item: object) -> TrustedIssuer:
 def _coerce(name: str, current: Any, raw: str) -> Any:
     if name == "trusted_issuers":
         return _parse_issuers(raw)
+    if name == "audit_hash_key":
+        return raw  # an empty key is refused by validation, not read as "unset"
     if isinstance(current, bool):
         return _parse_bool(name, raw)
     if isinstance(current, int):
@@ -170,6 +188,7 @@ def load_settings(
 ) -> Settings:
     """Defaults -> environment -> overrides, then validation. Raises ConfigError with the variable's name."""
     env = os.environ if environ is None else environ
+    _refuse_unknown_variables(env)
     settings = Settings()
     values: dict[str, Any] = {}
     for f in fields(Settings):
@@ -183,6 +202,22 @@ def load_settings(
     settings = replace(settings, **values)
     validate(settings)
     return settings
+
+
+def _refuse_unknown_variables(env: Mapping[str, str]) -> None:
+    """A misspelt variable would otherwise be ignored and its default silently used (a replica on its own
+    SQLite file instead of the shared database, say): stop and name the closest known variable."""
+    known = [ENV_PREFIX + f.name.upper() for f in fields(Settings)]
+    for name in sorted(env):
+        if not name.startswith(ENV_PREFIX) or name in known:
+            continue
+        if name[len(ENV_PREFIX) :].startswith(_TOOLING_VARIABLES):
+            continue
+        # compared without the prefix, which every name shares and which would make anything look close
+        suffixes = [known_name[len(ENV_PREFIX) :] for known_name in known]
+        close = difflib.get_close_matches(name[len(ENV_PREFIX) :], suffixes, n=1, cutoff=0.75)
+        hint = f"; did you mean {ENV_PREFIX}{close[0]}?" if close else ""
+        raise ConfigError(f"{name} is not a setting of this service{hint}")
 
 
 def _check_url(name: str, value: str) -> None:
@@ -273,11 +308,17 @@ def validate(settings: Settings) -> None:
         "fhir_page_size",
         "jwks_timeout_s",
         "workers",
+        "db_connect_timeout_s",
+        "db_statement_timeout_s",
+        "redis_timeout_s",
+        "storage_wait_s",
+        "outbox_interval_s",
+        "outbox_max_backoff_s",
     )
     for name in positive:
         if getattr(settings, name) <= 0:
             raise ConfigError(f"{ENV_PREFIX}{name.upper()} must be greater than zero")
-    for name in ("audit_retention_days", "repeat_suppression_s", "jwt_leeway_s"):
+    for name in ("audit_retention_days", "repeat_suppression_s", "jwt_leeway_s", "drain_s"):
         if getattr(settings, name) < 0:
             raise ConfigError(f"{ENV_PREFIX}{name.upper()} must not be negative")
     if settings.public_base_url:
@@ -297,6 +338,7 @@ def validate(settings: Settings) -> None:
         raise ConfigError(f"{ENV_PREFIX}REDIS_URL must be a redis:// or rediss:// URL")
     for issuer in settings.trusted_issuers:
         _check_issuer(issuer, settings)
+    _check_audit_key(settings)
     if settings.log_level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
         raise ConfigError(f"{ENV_PREFIX}LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR")
     if not settings.dev_mode:
@@ -309,3 +351,24 @@ def validate(settings: Settings) -> None:
             raise ConfigError(
                 f"production mode needs {ENV_PREFIX}PUBLIC_BASE_URL: the JWT audience is computed from it"
             )
+
+
+def _check_audit_key(settings: Settings) -> None:
+    """The pseudonym key: never empty, long enough in production, and the same on every replica."""
+    key = settings.audit_hash_key
+    name = f"{ENV_PREFIX}AUDIT_HASH_KEY"
+    if key is None:
+        if settings.redis_url and settings.database_url.startswith("sqlite"):
+            # Redis is shared but each replica has its own database: a generated key would differ per
+            # replica, and so would patient hashes and repeat suppression
+            raise ConfigError(
+                f"{name} must be set when Redis is shared and the database is a local SQLite file "
+                f"(at least {MIN_AUDIT_KEY_BYTES} bytes, the same on every replica)"
+            )
+        return
+    if not key.strip():
+        raise ConfigError(f"{name} is empty: unset it to have one generated, or give a secret key")
+    if not settings.dev_mode and len(key.encode("utf-8")) < MIN_AUDIT_KEY_BYTES:
+        raise ConfigError(
+            f"{name} is {len(key.encode('utf-8'))} bytes: production needs at least {MIN_AUDIT_KEY_BYTES}"
+        )

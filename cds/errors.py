@@ -9,6 +9,7 @@
      |    +-- PayloadTooLarge     413  body over the configured size
      |    +-- UnsupportedMedia    415  body is not application/json
      |    +-- PreconditionFailed  412  data the rules need could not be obtained (CDS Hooks 2.0 sec. 412)
+     +-- ServiceUnavailable       503  a dependency (database, Redis) is down: try again (Retry-After)
      +-- ConfigError                   invalid configuration or knowledge: stops start-up, never per request
      +-- FhirError                     the EHR's FHIR server failed us; mapped to 412 by the caller
      +-- OutboundRefused               a connection to an address we do not connect to (private, loopback...);
@@ -82,6 +83,17 @@ class UnsupportedMedia(ClientError):
 class PreconditionFailed(ClientError):
     status = 412
     issue_code = "incomplete"
+
+
+class ServiceUnavailable(CdsError):
+    """A dependency we need for this call is down; the caller should retry after `retry_after_s`.
+
+    Never a 401: the caller's credentials were not the problem.
+    """
+
+    status = 503
+    issue_code = "transient"
+    retry_after_s = 5
 
 
 class ConfigError(CdsError):

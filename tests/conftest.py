@@ -24,7 +24,7 @@ from cds.clinical.screening import Screener
 from cds.config import load_settings
 from cds.storage.store import Store
 from cds.web.validation import check_schema
-from tests.support.constants import NOW
+from tests.support.constants import NOW, TEST_HASH_KEY
 from tests.support.fhir_server import FhirServerHandle, running_fhir_server
 from tests.support.logs import LOG_CAPTURE, SENSITIVE, leaks
 from tests.support.responses import assert_no_empty_values, assert_valid_response, deterministic_uuids
@@ -32,6 +32,7 @@ from tests.support.responses import assert_no_empty_values, assert_valid_respons
 __all__ = [  # what older tests import from here; new code imports from tests.support
     "NOW",
     "SENSITIVE",
+    "TEST_HASH_KEY",
     "assert_no_empty_values",
     "assert_valid_response",
     "deterministic_uuids",
@@ -88,9 +89,18 @@ def migrated_database(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
-def make_app(tmp_path: Path, knowledge: Knowledge, migrated_database: Path) -> Callable[..., Flask]:
+def make_app(tmp_path: Path, knowledge: Knowledge, migrated_database: Path) -> Iterator[Callable[..., Flask]]:
+    """Apps on the test's own SQLite file and directories; their outboxes are shipped and closed after the
+    test (a shipper left running would retry against a database the test has dropped)."""
+    made: list[Flask] = []
+
     def factory(**overrides: Any) -> Flask:
-        values: dict[str, Any] = {"dev_mode": True, "audit_hash_key": "test-key"}
+        values: dict[str, Any] = {
+            "dev_mode": True,
+            "audit_hash_key": TEST_HASH_KEY,
+            "work_dir": str(tmp_path),
+            "outbox_dir": str(tmp_path / "outbox"),
+        }
         values.update(overrides)
         fresh_copy = "database_url" not in overrides
         if fresh_copy:
@@ -100,15 +110,19 @@ def make_app(tmp_path: Path, knowledge: Knowledge, migrated_database: Path) -> C
             values["database_url"] = f"sqlite:///{database}"
         settings = load_settings(environ={}, overrides=values)
         policy_knowledge = knowledge if "policy_file" not in overrides else None
-        return create_app(
+        flask_app = create_app(
             settings,
             knowledge=policy_knowledge,
             clock=lambda: NOW,
             new_uuid=deterministic_uuids(),
             maintenance=not fresh_copy,  # a copy of the migrated file: nothing to migrate or purge
         )
+        made.append(flask_app)
+        return flask_app
 
-    return factory
+    yield factory
+    for flask_app in made:
+        flask_app.extensions["ketamine_cds"].outbox.close()
 
 
 @pytest.fixture

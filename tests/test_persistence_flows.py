@@ -18,6 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from cds.cli import main
 from cds.storage.store import audit_table, issued_card_table, patient_hash
+from tests.conftest import TEST_HASH_KEY
 from tests.support.backends import fresh_postgres_schema
 from tests.support.builders import (
     PATIENT,
@@ -33,7 +34,7 @@ from tests.support.builders import (
 CLONAZEPAM = concept(coding(RXNORM, "204892", "clonazePAM 0.25 MG Oral Tablet"))
 BENZO = "benzodiazepine-response"
 ENCOUNTER = "encounter-4c1d-persistence"
-HASH_KEY = "test-key"  # make_app's audit_hash_key
+HASH_KEY = TEST_HASH_KEY  # make_app's audit_hash_key
 COMMENT = "discussed a timed hold with the prescriber"
 
 AppFactory = Callable[..., Flask]

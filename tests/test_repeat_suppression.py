@@ -1,5 +1,7 @@
 """No repeats across hooks, through the HTTP API: a finding shown at order-select is not shown again at
-order-sign for the same patient and encounter while its evidence (fingerprint) is unchanged.
+order-sign to the same user for the same patient and encounter while its evidence (fingerprint) is
+unchanged, unless it is critical and that user did not answer its card (feedback tells). Another user (the
+pharmacist signing) sees every card; without an encounter nothing is suppressed.
 
 Every scenario runs on each shared-state backend the app can pick (`make_shared_state`): in-process (one
 worker), the database (SQLite with several workers, and PostgreSQL) and Redis (``settings.redis_url``).
@@ -104,18 +106,50 @@ def new_app(
 
 
 @pytest.fixture
-def post(knowledge: Knowledge) -> Callable[[Flask, dict[str, Any]], dict[str, str]]:
-    """POST a hook request to its service; the shown rules as {rule id: indicator}."""
+def post_cards(knowledge: Knowledge) -> Callable[[Flask, dict[str, Any]], dict[str, dict[str, Any]]]:
+    """POST a hook request to its service; the shown cards by rule id."""
 
-    def do(app: Flask, body: dict[str, Any]) -> dict[str, str]:
+    def do(app: Flask, body: dict[str, Any]) -> dict[str, dict[str, Any]]:
         service = next(s.id for s in knowledge.services.values() if s.hook == body["hook"])
         response = app.test_client().post(f"/cds-services/{service}", json=body)
         assert response.status_code == 200, response.get_data(as_text=True)[:2000]
         payload = response.get_json()
         assert_valid_response(knowledge, payload)
-        return {c["source"]["topic"]["code"]: c["indicator"] for c in payload["cards"]}
+        return {c["source"]["topic"]["code"]: c for c in payload["cards"]}
 
     return do
+
+
+@pytest.fixture
+def post(post_cards: Any) -> Callable[[Flask, dict[str, Any]], dict[str, str]]:
+    """POST a hook request to its service; the shown rules as {rule id: indicator}."""
+
+    def do(app: Flask, body: dict[str, Any]) -> dict[str, str]:
+        return {rule: card["indicator"] for rule, card in post_cards(app, body).items()}
+
+    return do
+
+
+def answer(app: Flask, card: dict[str, Any], outcome: str = "overridden") -> None:
+    """The clinician answers `card` (CDS Hooks feedback)."""
+    entry: dict[str, Any] = {
+        "card": card["uuid"],
+        "outcome": outcome,
+        "outcomeTimestamp": "2026-11-22T12:01:00Z",
+    }
+    if outcome == "overridden":
+        entry["overrideReason"] = {"reason": card["overrideReasons"][0]}
+    else:
+        entry["acceptedSuggestions"] = [{"id": card["suggestions"][0]["uuid"]}]
+    response = app.test_client().post(
+        "/cds-services/ketamine-order-select/feedback", json={"feedback": [entry]}
+    )
+    assert response.status_code == 200, response.get_data(as_text=True)
+
+
+def with_user(body: dict[str, Any], user: str) -> dict[str, Any]:
+    body["context"]["userId"] = user
+    return body
 
 
 def benzo_request(hook: str, *, dose: float = 2, encounter: str = "enc-1") -> dict[str, Any]:
@@ -146,10 +180,18 @@ def test_a_changed_dose_fires_again_at_sign(new_app: AppFactory, post: Any) -> N
     assert post(app, benzo_request("order-sign", dose=4)) == {BENZO: "warning"}
 
 
-def test_a_new_condition_fires_again_at_sign(new_app: AppFactory, post: Any) -> None:
+def test_a_new_condition_fires_again_at_sign(new_app: AppFactory, post: Any, post_cards: Any) -> None:
+    """Updated for issue 9 (roles): a critical card is repeated at sign until its user answers it, so the
+    first sign now shows the unanswered infarction card; once overridden, it is suppressed as before."""
     app = new_app()
     first_mi = condition(MI, onset="2026-08-15", rid="mi-1")
-    assert post(app, mi_request("order-select", [first_mi])) == {RECENT_MI: "critical", ORDERING: "info"}
+    shown = post_cards(app, mi_request("order-select", [first_mi]))
+    assert {rule: card["indicator"] for rule, card in shown.items()} == {
+        RECENT_MI: "critical",
+        ORDERING: "info",
+    }
+    assert post(app, mi_request("order-sign", [first_mi])) == {RECENT_MI: "critical"}  # not answered yet
+    answer(app, shown[RECENT_MI])
     assert post(app, mi_request("order-sign", [first_mi])) == {}
     # a second infarction recorded before sign changes the evidence of the same rule
     second_mi = condition(MI, onset="2026-10-01", rid="mi-2")
@@ -216,3 +258,57 @@ def test_two_app_instances_sharing_redis_suppress_a_repeat(
         finally:
             _close(replica_a)
             _close(replica_b)
+
+
+def test_a_critical_card_the_user_did_not_answer_is_shown_at_sign(
+    new_app: AppFactory, post: Any, post_cards: Any
+) -> None:
+    app = new_app()
+    mi = condition(MI, onset="2026-08-15", rid="mi-1")
+    post_cards(app, mi_request("order-select", [mi]))
+    # ignored at select: the critical card comes back at sign, the informational one does not
+    assert post(app, mi_request("order-sign", [mi])) == {RECENT_MI: "critical"}
+    assert post(app, mi_request("order-sign", [mi])) == {
+        RECENT_MI: "critical"
+    }  # asking again changes nothing
+
+
+def test_an_accepted_critical_card_is_not_repeated_at_sign(
+    new_app: AppFactory, post: Any, post_cards: Any
+) -> None:
+    app = new_app()
+    mi = condition(MI, onset="2026-08-15", rid="mi-1")
+    shown = post_cards(app, mi_request("order-select", [mi]))
+    if not shown[RECENT_MI].get("suggestions"):
+        pytest.skip("the infarction card offers no suggestion to accept")
+    answer(app, shown[RECENT_MI], "accepted")
+    assert post(app, mi_request("order-sign", [mi])) == {}
+
+
+def test_another_user_at_sign_sees_every_card(new_app: AppFactory, post: Any) -> None:
+    """The prescriber saw the cards at order-select; the pharmacist signing minutes later sees them all."""
+    app = new_app()
+    mi = condition(MI, onset="2026-08-15", rid="mi-1")
+    post(app, with_user(benzo_request("order-select"), "Practitioner/prescriber"))
+    post(app, with_user(mi_request("order-select", [mi]), "Practitioner/prescriber"))
+    pharmacist = "Practitioner/pharmacist"
+    assert post(app, with_user(benzo_request("order-sign"), pharmacist)) == {
+        BENZO: "warning",
+        ORDERING: "info",
+    }
+    assert post(app, with_user(mi_request("order-sign", [mi]), pharmacist)) == {
+        RECENT_MI: "critical",
+        ORDERING: "info",
+    }
+    # the prescriber signing their own order is spared the repeat of what they saw
+    assert post(app, with_user(benzo_request("order-sign"), "Practitioner/prescriber")) == {}
+
+
+def test_without_an_encounter_nothing_is_suppressed(new_app: AppFactory, post: Any) -> None:
+    app = new_app()
+    statement = med_statement(CLONAZEPAM, rid="ms-clonazepam", dosages=[dosage(dose=2, frequency=2)])
+    select = hook_request("order-select", drafts=[ketamine_order()], statements=[statement])
+    sign = hook_request("order-sign", drafts=[ketamine_order()], statements=[statement])
+    assert "encounterId" not in sign["context"]
+    assert post(app, select) == {BENZO: "warning", ORDERING: "info"}
+    assert post(app, sign) == {BENZO: "warning", ORDERING: "info"}

@@ -18,6 +18,7 @@ from cds.errors import ConfigError
 from cds.storage.shared_state import (
     DatabaseReplayCache,
     DatabaseSeenFindings,
+    FallbackReplayCache,
     InProcessReplayCache,
     InProcessSeenFindings,
     RedisReplayCache,
@@ -254,7 +255,10 @@ def test_factory_uses_redis_when_configured() -> None:
     url = redis_url_or_skip()
     seen, replay = make_shared_state(Settings(dev_mode=True, redis_url=url), prefix="kcds-test-factory:")
     assert isinstance(seen, RedisSeenFindings)
-    assert isinstance(replay, RedisReplayCache)
+    # Redis first; without a store there is no database to fall back on while Redis is down
+    assert isinstance(replay, FallbackReplayCache)
+    assert isinstance(replay.primary, RedisReplayCache)
+    assert replay.fallback is None
 
 
 def test_factory_fails_fast_when_redis_is_unreachable() -> None:

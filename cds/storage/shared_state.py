@@ -7,6 +7,8 @@ Two small interfaces, each with interchangeable backends:
         False -> shown within the window with the same evidence: suppress it
     SeenFindings.was_shown(key, fingerprint, window_s)       the same question, without recording
         (order-select records what it showed; order-sign only asks, so a re-sign is screened afresh)
+    SeenFindings.record_shown([(key, fingerprint, card)])    order-select: these cards were shown
+    SeenFindings.shown_card(key, fingerprint, window_s)      order-sign: the card shown for it, or None
     ReplayCache.add_if_new(jti_key, ttl_s)                   "jti not seen before"
         True  -> first time: accept the token
         False -> seen before (on any worker or replica sharing the backend): reject it
@@ -19,8 +21,10 @@ Two small interfaces, each with interchangeable backends:
 
 Failure policy differs on purpose. If the shared backend is down during a call, SeenFindings answers
 "not shown" (show the card again: a repeated card is an annoyance, a suppressed one could be a missed
-warning), while ReplayCache raises :class:`SharedStateUnavailable` (a 500 for that call: never accept a
-token we could not check).
+warning), while ReplayCache falls back to the database when Redis is down, and otherwise raises
+:class:`SharedStateUnavailable` (a 503 with Retry-After: never accept a token we could not check, and
+never tell the caller its credentials are wrong when they were not checked). Database calls made while a
+caller waits go through a :class:`~cds.storage.guard.Guard` (a time limit and a breaker).
 
 Keys should be built from hashed identifiers (``cds.storage.store.patient_hash``); backends hash them again so
 that key length is bounded.
@@ -34,7 +38,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, TypeVar, runtime_checkable
 from urllib.parse import urlsplit, urlunsplit
 
 import redis
@@ -43,12 +47,14 @@ from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
 from cds.config import Settings
-from cds.errors import CdsError, ConfigError
+from cds.errors import ConfigError, ServiceUnavailable
+from cds.storage.guard import Guard
 from cds.storage.store import Store
 
 __all__ = [
     "DatabaseReplayCache",
     "DatabaseSeenFindings",
+    "FallbackReplayCache",
     "InProcessReplayCache",
     "InProcessSeenFindings",
     "RedisReplayCache",
@@ -63,12 +69,14 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
+
 DEFAULT_PREFIX = "ketamine-cds:"
-_REDIS_TIMEOUT_S = 2.0
+_REDIS_TIMEOUT_S = 1.0
 _PRUNE_EVERY = 1024  # in-process maps drop expired entries every this many writes
 
 
-class SharedStateUnavailable(CdsError):
+class SharedStateUnavailable(ServiceUnavailable):
     """The shared backend (Redis or the database) could not be reached during a call."""
 
 
@@ -81,8 +89,14 @@ class SeenFindings(Protocol):
         """
         ...
 
-    def record_shown(self, items: Sequence[tuple[str, str]], window_s: int) -> None:
-        """Record several (key, fingerprint) pairs as shown, in one round trip or transaction."""
+    def record_shown(self, items: Sequence[tuple[str, str, str]], window_s: int) -> None:
+        """Record several (key, fingerprint, card uuid) as shown, in one round trip or transaction; a
+        later showing of the same (key, fingerprint) replaces the card and restarts the window."""
+        ...
+
+    def shown_card(self, key: str, fingerprint: str, window_s: int) -> str | None:
+        """The card uuid recorded for (key, fingerprint) within its window ("" if none was recorded with
+        it); None when it was not shown, the window ended, suppression is off, or the backend is down."""
         ...
 
     def was_shown(self, key: str, fingerprint: str, window_s: int) -> bool:
@@ -101,6 +115,10 @@ class ReplayCache(Protocol):
         ...
 
 
+def _ignore(_backend: str) -> None:
+    return None
+
+
 def _digest(*parts: str) -> str:
     return hashlib.sha256("\x1f".join(parts).encode("utf-8")).hexdigest()
 
@@ -111,35 +129,46 @@ def _digest(*parts: str) -> str:
 
 
 class _ExpiringSet:
-    """A thread-safe set whose members expire; `clock` is monotonic seconds (injectable for tests)."""
+    """A thread-safe set whose members expire and may carry a value; `clock` is monotonic seconds."""
 
     def __init__(self, clock: Callable[[], float]) -> None:
         self._clock = clock
-        self._expiry: dict[str, float] = {}
+        self._expiry: dict[str, tuple[float, str]] = {}
         self._lock = threading.Lock()
         self._writes = 0
 
     def contains(self, member: str) -> bool:
+        return self.value(member) is not None
+
+    def value(self, member: str) -> str | None:
         with self._lock:
-            expires = self._expiry.get(member)
-            return expires is not None and expires > self._clock()
+            expires, value = self._expiry.get(member, (0.0, ""))
+            return value if expires > self._clock() else None
 
     def add_if_absent(self, member: str, ttl_s: float) -> bool:
         with self._lock:
             now = self._clock()
-            expires = self._expiry.get(member)
-            if expires is not None and expires > now:
+            expires, _ = self._expiry.get(member, (0.0, ""))
+            if expires > now:
                 return False
-            self._expiry[member] = now + ttl_s
-            self._writes += 1
-            if self._writes % _PRUNE_EVERY == 0:
-                self._expiry = {k: v for k, v in self._expiry.items() if v > now}
+            self._set(member, now + ttl_s, "", now)
             return True
+
+    def put(self, member: str, ttl_s: float, value: str) -> None:
+        with self._lock:
+            now = self._clock()
+            self._set(member, now + ttl_s, value, now)
+
+    def _set(self, member: str, expires: float, value: str, now: float) -> None:
+        self._expiry[member] = (expires, value)
+        self._writes += 1
+        if self._writes % _PRUNE_EVERY == 0:
+            self._expiry = {k: v for k, v in self._expiry.items() if v[0] > now}
 
     def __len__(self) -> int:
         with self._lock:
             now = self._clock()
-            return sum(1 for v in self._expiry.values() if v > now)
+            return sum(1 for expires, _ in self._expiry.values() if expires > now)
 
 
 class InProcessSeenFindings:
@@ -151,12 +180,17 @@ class InProcessSeenFindings:
             return True
         return self._set.add_if_absent(_digest(key, fingerprint), window_s)
 
-    def record_shown(self, items: Sequence[tuple[str, str]], window_s: int) -> None:
-        for key, fingerprint in items:
-            self.first_showing(key, fingerprint, window_s)
+    def record_shown(self, items: Sequence[tuple[str, str, str]], window_s: int) -> None:
+        if window_s <= 0:
+            return
+        for key, fingerprint, card in items:
+            self._set.put(_digest(key, fingerprint), window_s, card)
 
     def was_shown(self, key: str, fingerprint: str, window_s: int) -> bool:
-        return window_s > 0 and self._set.contains(_digest(key, fingerprint))
+        return self.shown_card(key, fingerprint, window_s) is not None
+
+    def shown_card(self, key: str, fingerprint: str, window_s: int) -> str | None:
+        return self._set.value(_digest(key, fingerprint)) if window_s > 0 else None
 
 
 class InProcessReplayCache:
@@ -191,25 +225,32 @@ class RedisSeenFindings:
             log.warning("repeat suppression unavailable, showing the card: %s", type(exc).__name__)
             return True
 
-    def record_shown(self, items: Sequence[tuple[str, str]], window_s: int) -> None:
+    def record_shown(self, items: Sequence[tuple[str, str, str]], window_s: int) -> None:
         if window_s <= 0 or not items:
             return
         try:
             pipeline = self._client.pipeline(transaction=False)
-            for key, fingerprint in items:
-                pipeline.set(self._prefix + _digest(key, fingerprint), b"1", nx=True, ex=window_s)
+            for key, fingerprint, card in items:
+                pipeline.set(self._prefix + _digest(key, fingerprint), card.encode("utf-8"), ex=window_s)
             pipeline.execute()
         except redis.RedisError as exc:
             log.warning("repeat suppression unavailable: %s", type(exc).__name__)
 
     def was_shown(self, key: str, fingerprint: str, window_s: int) -> bool:
+        return self.shown_card(key, fingerprint, window_s) is not None
+
+    def shown_card(self, key: str, fingerprint: str, window_s: int) -> str | None:
         if window_s <= 0:
-            return False
+            return None
         try:
-            return bool(self._client.exists(self._prefix + _digest(key, fingerprint)))
+            value = self._client.get(self._prefix + _digest(key, fingerprint))
         except redis.RedisError as exc:
             log.warning("repeat suppression unavailable, showing the card: %s", type(exc).__name__)
-            return False
+            return None
+        if value is None:
+            return None
+        card = value.decode("utf-8") if isinstance(value, bytes) else str(value)
+        return "" if card == "1" else card  # "1": set by first_showing, which records no card
 
 
 class RedisReplayCache:
@@ -233,49 +274,93 @@ def _utc_now() -> datetime:
     return datetime.now(UTC)
 
 
-class DatabaseSeenFindings:
-    def __init__(self, store: Store, clock: Callable[[], datetime] = _utc_now) -> None:
+def _unguarded(fn: Callable[[], T]) -> T:
+    return fn()
+
+
+class _DatabaseBacked:
+    def __init__(
+        self,
+        store: Store,
+        clock: Callable[[], datetime] = _utc_now,
+        guard: Guard | None = None,
+        on_error: Callable[[str], None] | None = None,
+    ) -> None:
         self._store = store
         self._clock = clock
+        self._run: Callable[[Callable[[], Any]], Any] = guard.call if guard is not None else _unguarded
+        self._on_error = on_error or _ignore
 
+
+class DatabaseSeenFindings(_DatabaseBacked):
     def first_showing(self, key: str, fingerprint: str, window_s: int) -> bool:
         if window_s <= 0:
             return True
+        marker, now = _digest(key, fingerprint), self._clock()
         try:
-            return self._store.claim_marker("seen", _digest(key, fingerprint), window_s, self._clock())
-        except sa.exc.SQLAlchemyError as exc:
+            return bool(self._run(lambda: self._store.claim_marker("seen", marker, window_s, now)))
+        except (sa.exc.SQLAlchemyError, ServiceUnavailable) as exc:
             log.warning("repeat suppression unavailable, showing the card: %s", type(exc).__name__)
             return True
 
-    def record_shown(self, items: Sequence[tuple[str, str]], window_s: int) -> None:
+    def record_shown(self, items: Sequence[tuple[str, str, str]], window_s: int) -> None:
         if window_s <= 0 or not items:
             return
-        markers = [_digest(key, fingerprint) for key, fingerprint in items]
+        markers = [_digest(key, fingerprint) for key, fingerprint, _ in items]
+        cards = [card for _, _, card in items]
+        now = self._clock()
         try:
-            self._store.record_markers("seen", markers, window_s, self._clock())
-        except sa.exc.SQLAlchemyError as exc:
+            self._run(lambda: self._store.record_markers("seen", markers, window_s, now, cards))
+        except (sa.exc.SQLAlchemyError, ServiceUnavailable) as exc:
             log.warning("repeat suppression unavailable: %s", type(exc).__name__)
 
     def was_shown(self, key: str, fingerprint: str, window_s: int) -> bool:
+        return self.shown_card(key, fingerprint, window_s) is not None
+
+    def shown_card(self, key: str, fingerprint: str, window_s: int) -> str | None:
         if window_s <= 0:
-            return False
+            return None
+        marker, now = _digest(key, fingerprint), self._clock()
         try:
-            return self._store.marker_active("seen", _digest(key, fingerprint), self._clock())
-        except sa.exc.SQLAlchemyError as exc:
+            card: str | None = self._run(lambda: self._store.marker_value("seen", marker, now))
+        except (sa.exc.SQLAlchemyError, ServiceUnavailable) as exc:
             log.warning("repeat suppression unavailable, showing the card: %s", type(exc).__name__)
-            return False
+            return None
+        return card
 
 
-class DatabaseReplayCache:
-    def __init__(self, store: Store, clock: Callable[[], datetime] = _utc_now) -> None:
-        self._store = store
-        self._clock = clock
+class DatabaseReplayCache(_DatabaseBacked):
+    def add_if_new(self, jti_key: str, ttl_s: int) -> bool:
+        marker, now = _digest(jti_key), self._clock()
+        try:
+            return bool(self._run(lambda: self._store.claim_marker("jti", marker, max(ttl_s, 1), now)))
+        except (sa.exc.SQLAlchemyError, ServiceUnavailable) as exc:
+            self._on_error("database")
+            raise SharedStateUnavailable(f"replay cache unavailable: {type(exc).__name__}") from exc
+
+
+class FallbackReplayCache:
+    """Redis first; while Redis is down, the database (a token is still checked, never waved through).
+
+    A jti first seen in Redis before the outage is not in the database, so a replay within the outage
+    could pass: the window is the outage's length, against refusing every call meanwhile.
+    """
+
+    def __init__(
+        self, primary: ReplayCache, fallback: ReplayCache | None, on_error: Callable[[str], None] = _ignore
+    ) -> None:
+        self.primary = primary
+        self.fallback = fallback
+        self._on_error = on_error
 
     def add_if_new(self, jti_key: str, ttl_s: int) -> bool:
         try:
-            return self._store.claim_marker("jti", _digest(jti_key), max(ttl_s, 1), self._clock())
-        except sa.exc.SQLAlchemyError as exc:
-            raise SharedStateUnavailable(f"replay cache unavailable: {type(exc).__name__}") from exc
+            return self.primary.add_if_new(jti_key, ttl_s)
+        except SharedStateUnavailable:
+            self._on_error("redis")
+            if self.fallback is None:
+                raise
+        return self.fallback.add_if_new(jti_key, ttl_s)  # counts its own failures
 
 
 # --------------------------------------------------------------------------------------------------
@@ -295,23 +380,25 @@ def redact_url(url: str) -> str:
     return urlunsplit((parts.scheme, user + host, parts.path, parts.query, parts.fragment))
 
 
-def redis_client(url: str) -> redis.Redis:
+def redis_client(url: str, timeout_s: float = _REDIS_TIMEOUT_S) -> redis.Redis:
     """A Redis client for `url` with short timeouts and a single quick retry: a Redis outage must cost a
     call a few seconds at most, never the default exponential back-off."""
     return redis.Redis.from_url(
         url,
-        socket_connect_timeout=_REDIS_TIMEOUT_S,
-        socket_timeout=_REDIS_TIMEOUT_S,
+        socket_connect_timeout=timeout_s,
+        socket_timeout=timeout_s,
         health_check_interval=30,
         retry=Retry(ExponentialBackoff(cap=0.2, base=0.05), retries=1),
     )
 
 
-def connect_redis(url: str) -> redis.Redis:
-    """`redis_client(url)`, checked with PING. Raises ConfigError when Redis cannot be reached."""
+def connect_redis(url: str, timeout_s: float = _REDIS_TIMEOUT_S, *, check: bool = True) -> redis.Redis:
+    """`redis_client(url)`, checked with PING unless `check` is false. Raises ConfigError when Redis cannot
+    be reached (start-up stops with the URL, password hidden)."""
     try:
-        client = redis_client(url)
-        client.ping()
+        client = redis_client(url, timeout_s)
+        if check:
+            client.ping()
     except (redis.RedisError, ValueError) as exc:
         raise ConfigError(
             f"KETAMINE_CDS_REDIS_URL: cannot reach Redis at {redact_url(url)}: {type(exc).__name__}: {exc}"
@@ -320,17 +407,29 @@ def connect_redis(url: str) -> redis.Redis:
 
 
 def make_shared_state(
-    settings: Settings, store: Store | None = None, *, prefix: str = DEFAULT_PREFIX
+    settings: Settings,
+    store: Store | None = None,
+    *,
+    prefix: str = DEFAULT_PREFIX,
+    guard: Guard | None = None,
+    check: bool = True,
+    on_error: Callable[[str], None] = _ignore,
 ) -> tuple[SeenFindings, ReplayCache]:
     """Pick the backend for this deployment (see the module docstring). Call once at start-up.
 
-    Redis when ``settings.redis_url`` is set (and reachable: otherwise ConfigError, start-up stops);
-    else the database when `store` is given and it is shared (PostgreSQL) or ``settings.workers`` > 1;
-    else in-process.
+    Redis when ``settings.redis_url`` is set (and, with `check`, reachable: otherwise ConfigError, start-up
+    stops; serving workers skip the check so a worker restarted during an outage still comes up), with
+    the database as the replay cache's fallback when there is one; else the database when `store` is given
+    and it is shared (PostgreSQL) or ``settings.workers`` > 1; else in-process. `guard` bounds the
+    database calls; `on_error` hears of every replay-cache failure, by backend.
     """
     if settings.redis_url:
-        client = connect_redis(settings.redis_url)
-        return RedisSeenFindings(client, prefix), RedisReplayCache(client, prefix)
+        client = connect_redis(settings.redis_url, settings.redis_timeout_s, check=check)
+        fallback = DatabaseReplayCache(store, guard=guard, on_error=on_error) if store is not None else None
+        replay = FallbackReplayCache(RedisReplayCache(client, prefix), fallback, on_error)
+        return RedisSeenFindings(client, prefix), replay
     if store is not None and (not store.is_sqlite or settings.workers > 1):
-        return DatabaseSeenFindings(store), DatabaseReplayCache(store)
+        return DatabaseSeenFindings(store, guard=guard), DatabaseReplayCache(
+            store, guard=guard, on_error=on_error
+        )
     return InProcessSeenFindings(), InProcessReplayCache()

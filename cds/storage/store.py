@@ -19,6 +19,11 @@ Tables (all times UTC):
                     duration, HTTP status, rule ids, card uuids
     shared_marker   short-lived markers shared by workers and replicas when no Redis is configured
                     (cards already shown, JWT ids already seen); see ``cds.storage.shared_state``
+    service_secret  secrets generated once for the whole deployment (the pseudonym key when
+                    ``KETAMINE_CDS_AUDIT_HASH_KEY`` is not set)
+
+Issued cards and audit records arrive through the outbox (``cds.storage.outbox``), which may deliver a
+record more than once: both are written with ON CONFLICT DO NOTHING on a key minted with the record.
 
 Privacy: patients and encounters are stored only as HMAC-SHA256 with the site's audit key
 (:func:`patient_hash`). Tokens, resource bodies and names are never passed to this module.
@@ -32,11 +37,13 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import secrets
 import sqlite3
 import time
+import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -60,12 +67,14 @@ __all__ = [
     "issued_card_table",
     "metadata",
     "patient_hash",
+    "service_secret_table",
     "shared_marker_table",
 ]
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 _PG_MIGRATION_LOCK = 0x6B_63_64_73  # "kcds": serialises concurrent `migrate()` calls on PostgreSQL
 _SQLITE_BUSY_TIMEOUT_MS = 10_000
+_AUDIT_KEY_NAME = "audit_hash_key"  # the row of service_secret that holds the generated key
 
 
 def patient_hash(key: str, patient_ref: str) -> str:
@@ -157,6 +166,7 @@ class AuditRecord:
     rule_ids: tuple[str, ...]
     card_uuids: tuple[str, ...]
     at: datetime
+    record_key: str = field(default_factory=lambda: uuid.uuid4().hex)  # stored once however often shipped
 
 
 # --------------------------------------------------------------------------------------------------
@@ -248,6 +258,7 @@ audit_table = sa.Table(
     sa.Column("outcome", sa.Integer(), nullable=False),
     sa.Column("rule_ids", sa.JSON(), nullable=False),
     sa.Column("card_uuids", sa.JSON(), nullable=False),
+    sa.Column("record_key", sa.String(64), nullable=True, unique=True),
 )
 
 shared_marker_table = sa.Table(
@@ -256,6 +267,15 @@ shared_marker_table = sa.Table(
     sa.Column("scope", sa.String(16), primary_key=True),
     sa.Column("marker", sa.String(64), primary_key=True),
     sa.Column("expires_at", UtcDateTime(), nullable=False, index=True),
+    sa.Column("value", sa.String(64), nullable=True),
+)
+
+service_secret_table = sa.Table(
+    "service_secret",
+    metadata,
+    sa.Column("name", sa.String(64), primary_key=True),
+    sa.Column("value", sa.String(128), nullable=False),
+    sa.Column("created_at", UtcDateTime(), nullable=False),
 )
 
 
@@ -300,8 +320,19 @@ class Store:
     # -- lifecycle --------------------------------------------------------------------------------
 
     @classmethod
-    def open(cls, database_url: str) -> Store:
-        """Create the engine for `database_url` (no connection is made until first use or `migrate`)."""
+    def open(
+        cls,
+        database_url: str,
+        *,
+        connect_timeout_s: float = 3.0,
+        statement_timeout_s: float = 5.0,
+        pool_timeout_s: float = 2.0,
+    ) -> Store:
+        """Create the engine for `database_url` (no connection is made until first use or `migrate`).
+
+        On PostgreSQL every connection attempt, statement and wait for a pooled connection is bounded, so
+        a database that accepts connections but never answers costs a call seconds, not forever.
+        """
         url = _normalise_url(database_url)
         try:
             marker_engine = None
@@ -311,7 +342,12 @@ class Store:
                 marker_engine = sa.create_engine(url)
                 _configure_sqlite(marker_engine, synchronous="NORMAL")
             else:
-                engine = sa.create_engine(url, pool_pre_ping=True)
+                engine = sa.create_engine(
+                    url,
+                    pool_pre_ping=True,
+                    pool_timeout=pool_timeout_s,
+                    connect_args=_postgres_limits(url, connect_timeout_s, statement_timeout_s),
+                )
         except (sa.exc.ArgumentError, ImportError) as exc:
             raise ConfigError(
                 f"cannot use database {url.render_as_string(hide_password=True)!r}: {exc}"
@@ -326,12 +362,13 @@ class Store:
     def is_sqlite(self) -> bool:
         return self._is_sqlite
 
-    def migrate(self) -> None:
-        """Bring the schema to the newest Alembic revision. Safe to call from several processes at once:
-        PostgreSQL takes an advisory lock, SQLite the write lock, for the duration of the upgrade."""
+    def migrate(self) -> str:
+        """Bring the schema to the newest Alembic revision and say what was done. Safe to call from several
+        processes at once: PostgreSQL takes an advisory lock, SQLite the write lock, for the upgrade."""
         # Imported here: serving workers never migrate (the master did), and Alembic weighs ~11 MB.
         from alembic import command  # noqa: PLC0415
         from alembic.config import Config  # noqa: PLC0415
+        from alembic.runtime.migration import MigrationContext  # noqa: PLC0415
 
         config = Config()
         config.set_main_option("script_location", str(MIGRATIONS_DIR))
@@ -339,12 +376,33 @@ class Store:
             with self._write() as conn:
                 if not self._is_sqlite:
                     conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_MIGRATION_LOCK})
+                before = MigrationContext.configure(conn).get_current_revision()
                 config.attributes["connection"] = conn
                 command.upgrade(config, "head")
-        except sa.exc.OperationalError as exc:
-            raise ConfigError(
-                f"cannot migrate database {self.redacted_url!r}: {type(exc.orig).__name__}: {exc.orig}"
-            ) from exc
+                after = MigrationContext.configure(conn).get_current_revision()
+        except sa.exc.SQLAlchemyError as exc:
+            raise ConfigError(f"cannot migrate database {self.redacted_url!r}: {_one_line(exc)}") from exc
+        where = f"database {self.redacted_url}"
+        if before == after:
+            return f"{where}: schema already at revision {after}, nothing to do"
+        return f"{where}: schema upgraded from {before or 'empty'} to revision {after}"
+
+    def ping(self) -> None:
+        """One round trip; raises SQLAlchemyError when the database cannot answer."""
+        with self.engine.connect() as conn:
+            conn.execute(sa.text("SELECT 1"))
+
+    def audit_key(self) -> str:
+        """The deployment's pseudonym key, generated and stored on first use: the same for every process
+        and replica that shares this database, and across restarts."""
+        candidate = secrets.token_hex(32)
+        statement = self._insert(service_secret_table).on_conflict_do_nothing(index_elements=["name"])
+        with self._write() as conn:
+            conn.execute(statement, {"name": _AUDIT_KEY_NAME, "value": candidate, "created_at": utc_now()})
+            stored = conn.scalar(
+                sa.select(service_secret_table.c.value).where(service_secret_table.c.name == _AUDIT_KEY_NAME)
+            )
+        return str(stored)
 
     def close(self) -> None:
         self.engine.dispose()
@@ -354,7 +412,11 @@ class Store:
     # -- writing ----------------------------------------------------------------------------------
 
     def record_cards(self, cards: Sequence[IssuedCard]) -> None:
-        """Store the cards of one response. Re-recording the same uuid is a no-op."""
+        """Store issued cards. Re-recording the same uuid is a no-op.
+
+        Feedback can reach the database before the card it answers (another replica's outbox was slower):
+        such feedback is marked known here, once both records are in.
+        """
         if not cards:
             return
         rows = [
@@ -375,6 +437,11 @@ class Store:
         with self._write(self._marker_engine) as conn:
             conn.execute(
                 self._insert(issued_card_table).on_conflict_do_nothing(index_elements=["uuid"]), rows
+            )
+            conn.execute(
+                feedback_table.update()
+                .where(feedback_table.c.card_uuid.in_([c.uuid for c in cards]), ~feedback_table.c.known_card)
+                .values(known_card=True)
             )
 
     def record_feedback(self, service_id: str, items: Sequence[FeedbackItem]) -> int:
@@ -424,7 +491,7 @@ class Store:
             return
         with self._write(self._marker_engine) as conn:
             conn.execute(
-                audit_table.insert(),
+                self._insert(audit_table).on_conflict_do_nothing(index_elements=["record_key"]),
                 [
                     {
                         "at": record.at,
@@ -437,6 +504,7 @@ class Store:
                         "outcome": record.outcome,
                         "rule_ids": list(record.rule_ids),
                         "card_uuids": list(record.card_uuids),
+                        "record_key": record.record_key,
                     }
                     for record in records
                 ],
@@ -451,14 +519,31 @@ class Store:
             return [conn.execute(self._marker_upsert(scope, [m], ttl_s, now)).rowcount == 1 for m in markers]
 
     def record_markers(
-        self, scope: str, markers: Sequence[str], ttl_s: float, now: datetime | None = None
+        self,
+        scope: str,
+        markers: Sequence[str],
+        ttl_s: float,
+        now: datetime | None = None,
+        values: Sequence[str | None] | None = None,
     ) -> None:
-        """Set several markers (or extend expired ones) with one multi-row statement; no per-row answer."""
+        """Set several markers with one multi-row statement, each (re)starting its window and carrying its
+        value (the latest showing wins); no per-row answer."""
         if not markers:
             return
         now = now or utc_now()
+        latest = dict(zip(markers, values or [None] * len(markers), strict=True))
+        expires_at = now + timedelta(seconds=ttl_s)
+        rows = [
+            {"scope": scope, "marker": marker, "expires_at": expires_at, "value": value}
+            for marker, value in latest.items()
+        ]
+        statement = self._insert(shared_marker_table).values(rows)
+        statement = statement.on_conflict_do_update(
+            index_elements=["scope", "marker"],
+            set_={"expires_at": statement.excluded.expires_at, "value": statement.excluded.value},
+        )
         with self._write(self._marker_engine) as conn:
-            conn.execute(self._marker_upsert(scope, list(dict.fromkeys(markers)), ttl_s, now))
+            conn.execute(statement)
 
     def _marker_upsert(self, scope: str, markers: Sequence[str], ttl_s: float, now: datetime) -> Any:
         """Insert the markers; a marker already present is only taken over once it has expired."""
@@ -481,14 +566,27 @@ class Store:
 
     def marker_active(self, scope: str, marker: str, now: datetime | None = None) -> bool:
         """True when (scope, marker) is set and not yet expired (a read: nothing is recorded)."""
+        return self.marker_value(scope, marker, now) is not None
+
+    def marker_value(self, scope: str, marker: str, now: datetime | None = None) -> str | None:
+        """The value of an unexpired marker ("" when it carries none); None when it is not set."""
         now = now or utc_now()
-        query = sa.select(sa.literal(1)).where(
+        query = sa.select(shared_marker_table.c.value).where(
             shared_marker_table.c.scope == scope,
             shared_marker_table.c.marker == marker,
             shared_marker_table.c.expires_at > now,
         )
         with self.engine.connect() as conn:
-            return conn.execute(query).first() is not None
+            row = conn.execute(query).first()
+        return None if row is None else (row.value or "")
+
+    def answered_cards(self, card_uuids: Sequence[str]) -> set[str]:
+        """The cards among `card_uuids` that received feedback (accepted or overridden)."""
+        if not card_uuids:
+            return set()
+        query = sa.select(feedback_table.c.card_uuid).where(feedback_table.c.card_uuid.in_(card_uuids))
+        with self.engine.connect() as conn:
+            return set(conn.scalars(query.distinct()))
 
     def purge(self, older_than_days: int, now: datetime | None = None) -> int:
         """Delete audit records, issued cards and feedback older than the retention period, and expired
@@ -511,9 +609,11 @@ class Store:
     # -- reading ----------------------------------------------------------------------------------
 
     def feedback_for(self, card_uuid: str) -> tuple[StoredFeedback, ...]:
-        """Every stored feedback item for one card, oldest outcome first."""
+        """Every stored feedback item for one card, oldest outcome first. Whether we issued the card is read
+        now, not when the feedback arrived (its issued-card record may have been in an outbox then)."""
+        issued = sa.exists().where(issued_card_table.c.uuid == feedback_table.c.card_uuid)
         query = (
-            sa.select(feedback_table)
+            sa.select(feedback_table, issued.label("issued"))
             .where(feedback_table.c.card_uuid == card_uuid)
             .order_by(feedback_table.c.outcome_at, feedback_table.c.id)
         )
@@ -522,7 +622,7 @@ class Store:
         return tuple(
             StoredFeedback(
                 service_id=row["service_id"],
-                known_card=bool(row["known_card"]),
+                known_card=bool(row["known_card"] or row["issued"]),
                 item=FeedbackItem(
                     card_uuid=row["card_uuid"],
                     outcome=row["outcome"],
@@ -554,6 +654,28 @@ class Store:
                 conn.execution_options(sqlite_begin="IMMEDIATE")
             with conn.begin():
                 yield conn
+
+
+def _one_line(exc: sa.exc.SQLAlchemyError) -> str:
+    """The driver's own words, first line only (SQLAlchemy appends the statement and a help link)."""
+    orig = getattr(exc, "orig", None) or exc
+    first = str(orig).strip().splitlines()[0] if str(orig).strip() else ""
+    return f"{type(orig).__name__}: {first}" if first else type(orig).__name__
+
+
+def _postgres_limits(url: URL, connect_timeout_s: float, statement_timeout_s: float) -> dict[str, Any]:
+    """libpq options bounding a connection attempt, a statement, and a peer that stopped acknowledging."""
+    options = str(url.query.get("options", ""))  # keep what the URL sets (a search_path, say)
+    statement_ms = max(int(statement_timeout_s * 1000), 1)
+    return {
+        "connect_timeout": max(round(connect_timeout_s), 1),  # libpq counts whole seconds (min 2)
+        "options": f"{options} -c statement_timeout={statement_ms}".strip(),
+        "tcp_user_timeout": statement_ms,
+        "keepalives": 1,
+        "keepalives_idle": 5,
+        "keepalives_interval": 2,
+        "keepalives_count": 2,
+    }
 
 
 def _enable_wal(cursor: Any) -> None:

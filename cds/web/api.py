@@ -1,8 +1,11 @@
 """HTTP edge: discovery, service calls, feedback, health. Parse -> screen -> respond; no clinical logic.
 
 Every error leaves through `_error_response`, the one place the exception tree becomes HTTP: a status and
-an OperationOutcome naming the failing JSON path. Nothing of the caller's data, no stack trace and no
-token is ever echoed or logged.
+an OperationOutcome naming the failing JSON path (and Retry-After on a 503). Nothing of the caller's data,
+no request path, no stack trace and no token is ever echoed or logged.
+
+Each call gets one :class:`~cds.web.runtime.CallRecord`, created before the handler runs and handed to
+the runtime explicitly for the audit line; ``flask.g`` holds only that record.
 """
 
 from __future__ import annotations
@@ -24,13 +27,14 @@ from cds.errors import (
     MethodNotAllowed,
     NotFound,
     PayloadTooLarge,
+    ServiceUnavailable,
     UnsupportedMedia,
     operation_outcome,
 )
 from cds.report import render_report
 from cds.storage.analytics import override_report
 from cds.storage.store import FeedbackItem
-from cds.web.runtime import Runtime
+from cds.web.runtime import CallRecord, Runtime
 from cds.web.validation import check_hook_call, read_json_object
 
 log = logging.getLogger("cds.web.api")
@@ -50,8 +54,19 @@ def _json_response(payload: Any, status: int = 200, content_type: str = JSON) ->
     return Response(json.dumps(payload, separators=(",", ":")), status=status, content_type=content_type)
 
 
+def current_call() -> CallRecord:
+    """This request's call record (made in `_before`; a bare one if the request failed before that)."""
+    call = g.get("call")
+    if not isinstance(call, CallRecord):
+        call = g.call = CallRecord(started=time.perf_counter())
+    return call
+
+
 def _error_response(exc: CdsError) -> Response:
-    return _json_response(operation_outcome(exc.issues), exc.status, "application/fhir+json")
+    response = _json_response(operation_outcome(exc.issues), exc.status, "application/fhir+json")
+    if isinstance(exc, ServiceUnavailable):
+        response.headers["Retry-After"] = str(exc.retry_after_s)
+    return response
 
 
 def _read_json(validator: Draft202012Validator) -> dict[str, Any]:
@@ -77,18 +92,16 @@ def discovery() -> Response:
 @bp.post("/cds-services/<service_id>")
 def call_service(service_id: str) -> Response:
     rt = runtime()
+    call = current_call()
     service = rt.knowledge.services.get(service_id)
     if service is None:
-        raise NotFound(f"no CDS service with id {service_id!r}")
+        raise NotFound("no such CDS service")  # the id is not echoed: it is whatever the caller sent
     body = _read_json(rt.knowledge.request_validator)
     check_hook_call(service, body, rt.settings)
-    g.hook_instance = body["hookInstance"]
-    result = rt.screener(g.get("client")).screen(service, body)
+    call.hook_instance = body["hookInstance"]
+    result = rt.screener(call.client).screen(service, body)
     cards = rt.suppress_repeats(service, body, result)
-    g.rule_ids = [f.rule.id for f in result.findings]
-    g.card_uuids = [c["uuid"] for c in cards]
-    g.patient_ref = result.patient_ref
-    g.fetched = list(result.fetched)
+    call.screened(result, cards)
     rt.record_cards(service, body, result, cards)
     return _json_response({"cards": cards})
 
@@ -97,7 +110,7 @@ def call_service(service_id: str) -> Response:
 def feedback(service_id: str) -> Response:
     rt = runtime()
     if service_id not in rt.knowledge.services:
-        raise NotFound(f"no CDS service with id {service_id!r}")
+        raise NotFound("no such CDS service")
     body = _read_json(rt.knowledge.feedback_validator)
     received = datetime.now(UTC)
     items = []
@@ -127,23 +140,40 @@ def feedback(service_id: str) -> Response:
                 received_at=received,
             )
         )
-    rt.flush()  # cards issued moments ago are written first, so feedback finds the card it answers
-    rt.store.record_feedback(service_id, items)
-    g.feedback_items = len(items)
+    current_call().feedback_items = len(items)
+    rt.record_feedback(service_id, items)  # durable on return (database, or the local outbox), else 503
     return Response(status=200)
+
+
+@bp.get("/livez")
+def liveness() -> Response:
+    """The process answers: restart it only when this fails. Touches no dependency."""
+    return _json_response({"status": "alive"})
+
+
+@bp.get("/readyz")
+def readiness() -> Response:
+    """Send calls here? 503 naming each failing part (database, redis, shutdown) when not."""
+    problems = runtime().readiness()
+    if problems:
+        return _json_response({"status": "unavailable", "failing": problems}, 503)
+    return _json_response({"status": "ready"})
 
 
 @bp.get("/healthz")
 def health() -> Response:
+    """Kept for existing probes: readiness, with the mode and the knowledge loaded."""
     rt = runtime()
-    return _json_response(
-        {
-            "status": "ok",
-            "mode": "development (client authentication OFF)" if rt.settings.dev_mode else "production",
-            "services": len(rt.knowledge.services),
-            "rules": len(rt.knowledge.rules),
-        }
-    )
+    problems = rt.readiness()
+    payload: dict[str, Any] = {
+        "status": "unavailable" if problems else "ok",
+        "mode": "development (client authentication OFF)" if rt.settings.dev_mode else "production",
+        "services": len(rt.knowledge.services),
+        "rules": len(rt.knowledge.rules),
+    }
+    if problems:
+        payload["failing"] = problems
+    return _json_response(payload, 503 if problems else 200)
 
 
 @bp.get("/metrics")
@@ -171,14 +201,26 @@ def analytics() -> Response:
 # ------------------------------------------------------------------------------------- request plumbing
 
 
+def _event() -> str | None:
+    """What the audit calls this request, or None when it is not audited."""
+    if request.path.startswith("/analytics"):
+        return "analytics"
+    if request.path.startswith("/cds-services") and request.method == "POST":
+        return "feedback" if request.path.endswith("/feedback") else "service-call"
+    return None
+
+
 @bp.before_app_request
 def _before() -> Response | None:
-    g.started = time.perf_counter()
     rt = runtime()
+    service_id = (request.view_args or {}).get("service_id")
+    g.call = CallRecord(
+        started=time.perf_counter(), event=_event() or "-", service=rt.service_label(service_id)
+    )
     if request.method == "OPTIONS":
         return rt.cors.preflight(request)
     if request.path.startswith(("/cds-services", "/analytics")):
-        g.client = rt.authenticate(request)
+        g.call.client = rt.authenticate(request)
     return None
 
 
@@ -188,8 +230,9 @@ def _after(response: Response) -> Response:
     rt.cors.decorate(request, response)
     response.headers.setdefault("Cache-Control", "no-store")
     response.headers.setdefault("X-Content-Type-Options", "nosniff")
-    if request.path.startswith("/cds-services") and request.method == "POST":
-        rt.audit(request, response, time.perf_counter() - g.get("started", time.perf_counter()))
+    call = current_call()
+    if _event() is not None and request.method != "OPTIONS":
+        rt.audit(call, response.status_code, time.perf_counter() - call.started)
     return response
 
 

@@ -46,7 +46,7 @@ import requests
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from cds.config import Settings, TrustedIssuer
-from cds.errors import ConfigError, OutboundRefused, Unauthorized
+from cds.errors import ConfigError, OutboundRefused, ServiceUnavailable, Unauthorized
 from cds.outbound import address_policy, outbound_session
 
 __all__ = [
@@ -310,7 +310,9 @@ class ClientAuthenticator:
             return self._verify(authorization_header, audience, seen)
         except _Reject as rejection:
             reason = rejection.reason
-        except Exception as exc:  # fail closed: nothing but Unauthorized leaves this method
+        except ServiceUnavailable:
+            raise  # the replay cache is down: a 503 (retry), never a 401 blaming good credentials
+        except Exception as exc:  # fail closed: nothing but Unauthorized or a 503 leaves this method
             reason = f"internal_error:{type(exc).__name__}"
         iss, kid, jti = (_loggable(seen.get(name)) for name in ("iss", "kid", "jti"))
         log.warning(
@@ -475,6 +477,9 @@ class ClientAuthenticator:
         ttl = max(1, math.ceil(exp - self._clock()) + int(self._leeway))
         try:
             fresh = self._replay.add_if_new(f"{iss}|{jti}", ttl)
+        except ServiceUnavailable:
+            log.warning("replay cache unavailable: call refused with 503", extra={"iss": _loggable(iss)})
+            raise
         except Exception:  # a cache we cannot reach must not let a replay through
             raise _Reject("replay_cache_unavailable") from None
         if not fresh:

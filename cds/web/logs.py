@@ -14,9 +14,18 @@ from datetime import UTC, datetime
 from typing import Any
 
 SAFE_EXTRA = "fields"
+# Attributes every LogRecord has; anything else on a record came from a caller's `extra=` and is a field.
+_STANDARD = frozenset(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime"}
 
 
 class JsonFormatter(logging.Formatter):
+    """One JSON object per line, for our own loggers and gunicorn's (``cds.web.serving`` wires it in).
+
+    Fields passed with ``extra=`` (an auth failure's reason, iss, kid, jti, say) become top-level keys, as
+    do those of ``extra={SAFE_EXTRA: {...}}``. An exception is reported by type only: its message and
+    traceback could carry request data.
+    """
+
     def format(self, record: logging.LogRecord) -> str:
         payload: dict[str, Any] = {
             "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
@@ -24,9 +33,14 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
+        for key, value in record.__dict__.items():
+            if key not in _STANDARD and key != SAFE_EXTRA and not key.startswith("_"):
+                payload.setdefault(key, value)
         fields = getattr(record, SAFE_EXTRA, None)
         if isinstance(fields, dict):
             payload.update(fields)
+        if record.exc_info and record.exc_info[0] is not None:
+            payload["exception"] = record.exc_info[0].__name__
         return json.dumps(payload, default=str, separators=(",", ":"))
 
 

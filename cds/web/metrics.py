@@ -6,22 +6,20 @@ Series (all prefixed ``ketamine_cds_``):
     request_duration_seconds{service,status}         latency histogram, same labels
     cards_issued_total{rule_id,indicator}            cards returned, by rule and indicator
     fhir_fallback_fetches_total{key}                 prefetch keys we had to fetch from the FHIR server
+    outbox_records_total{kind,event}                 outbox records queued, shipped, retried or dropped
+                                                     (dropped stays 0 short of a full disk: alert on it)
+    replay_cache_errors_total{backend}               replay-cache lookups that failed, by backend
+    storage_errors_total{dependency}                 request-path storage calls that failed or timed out
+    process_*                                        CPU, memory and file descriptors of the answering process
 
 Label values must come from bounded sets: pass the service id only when it is one we host (use
 ``"unknown"`` for a 404), never a patient, user or hookInstance.
 
-Several gunicorn workers: each worker process has its own registry, so a scrape sees only the worker that
-answered it. For one consistent view set ``PROMETHEUS_MULTIPROC_DIR`` to an empty, writable directory
-before the workers start (prometheus_client then keeps values in files there, and :meth:`Metrics.render`
-aggregates all workers), and add to the gunicorn config::
-
-    from prometheus_client import multiprocess
-
-    def child_exit(server, worker):
-        multiprocess.mark_process_dead(worker.pid)
-
-Empty the directory between server restarts. Without the variable, metrics are per process, which is
-exact for a single worker.
+Several gunicorn workers: each worker process has its own registry, so a scrape would see only the worker
+that answered it. ``ketamine-cds serve`` therefore creates a fresh ``PROMETHEUS_MULTIPROC_DIR`` under the
+work directory before forking (unless one is set), prometheus_client keeps values in files there, and
+:meth:`Metrics.render` aggregates all workers; a stopped worker's files are marked dead. Without the
+variable (one process, the tests), metrics are per process.
 """
 
 from __future__ import annotations
@@ -33,6 +31,7 @@ from prometheus_client import (
     CollectorRegistry,
     Counter,
     Histogram,
+    ProcessCollector,
     generate_latest,
     multiprocess,
 )
@@ -72,6 +71,28 @@ class Metrics:
             namespace=namespace,
             registry=self.registry,
         )
+        self._outbox = Counter(
+            "outbox_records",
+            "Outbox records by kind (card, audit, feedback) and event (queued, shipped, retried, dropped).",
+            ("kind", "event"),
+            namespace=namespace,
+            registry=self.registry,
+        )
+        self._replay_errors = Counter(
+            "replay_cache_errors",
+            "Replay-cache lookups that failed, by backend (redis, database).",
+            ("backend",),
+            namespace=namespace,
+            registry=self.registry,
+        )
+        self._storage_errors = Counter(
+            "storage_errors",
+            "Storage calls on the request path that failed or timed out, by dependency.",
+            ("dependency",),
+            namespace=namespace,
+            registry=self.registry,
+        )
+        ProcessCollector(namespace="", registry=self.registry)
         self._fetches = Counter(
             "fhir_fallback_fetches",
             "Prefetch keys fetched from the FHIR server because the client did not prefetch them usably.",
@@ -92,10 +113,21 @@ class Metrics:
     def count_fetch(self, key: str) -> None:
         self._fetches.labels(key=key).inc()
 
+    def count_outbox(self, kind: str, event: str, n: int = 1) -> None:
+        if n > 0:
+            self._outbox.labels(kind=kind, event=event).inc(n)
+
+    def count_replay_error(self, backend: str) -> None:
+        self._replay_errors.labels(backend=backend).inc()
+
+    def count_storage_error(self, dependency: str) -> None:
+        self._storage_errors.labels(dependency=dependency).inc()
+
     def render(self) -> tuple[bytes, str]:
         """The exposition text and its content type. Aggregates all workers in multiprocess mode."""
         if os.environ.get(_MULTIPROC_ENV):
             registry = CollectorRegistry()
             multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+            ProcessCollector(namespace="", registry=registry)  # the answering worker's own
             return generate_latest(registry), CONTENT_TYPE_LATEST
         return generate_latest(self.registry), CONTENT_TYPE_LATEST

@@ -1,31 +1,37 @@
 """Everything one app instance holds: settings, knowledge, store, shared state, auth, metrics, clock.
 
-Built once by `create_app`; request handlers reach it through `current_app.extensions`. Audit records and
-issued-card records are written by a background thread so the request path never waits on a disk
-flush; feedback, which the caller must be able to trust, is committed before the response.
+Built once by `create_app`; request handlers reach it through `current_app.extensions` and hand it the
+call's :class:`CallRecord` explicitly. Issued-card and audit records go through the durable outbox
+(``cds.storage.outbox``): committed to a local file before the response leaves, shipped to the database
+by a background thread. Feedback, which the caller must be able to trust, is committed to the database
+before the response, or, while the database is down, to the outbox with a sync of its own.
 """
 
 from __future__ import annotations
 
-import atexit
+import contextlib
 import logging
-import os
-import queue
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
+import redis
 import requests
-from flask import Request, Response, g
+import sqlalchemy as sa
+from flask import Request
 
 from cds.clinical.knowledge import Knowledge, ServiceDefinition
 from cds.clinical.screening import Screener, ScreenResult
 from cds.config import Settings
+from cds.errors import ServiceUnavailable
 from cds.outbound import address_policy, outbound_session
+from cds.storage.guard import Guard
+from cds.storage.outbox import Outbox, OutboxFull, PendingFeedback, database_id
 from cds.storage.shared_state import ReplayCache, SeenFindings
-from cds.storage.store import AuditRecord, IssuedCard, Store, patient_hash
+from cds.storage.store import AuditRecord, FeedbackItem, IssuedCard, Store, patient_hash
 from cds.web.auth import ClientAuthenticator, VerifiedClient, expected_audience
 from cds.web.cors import CorsPolicy
 from cds.web.logs import SAFE_EXTRA
@@ -34,59 +40,38 @@ from cds.web.metrics import Metrics
 audit_log = logging.getLogger("cds.audit")
 log = logging.getLogger("cds.web.runtime")
 
+UNKNOWN_SERVICE = "unknown"  # the label for any service id we do not host: labels stay a bounded set
+_CRITICAL = "critical"
 
-class BackgroundRecorder:
-    """A bounded queue drained by one daemon thread (started lazily, so it survives gunicorn's fork)."""
 
-    def __init__(self, write: Callable[[list[Any]], None], *, capacity: int = 10_000) -> None:
-        self._write = write
-        self._queue: queue.Queue[Any] = queue.Queue(maxsize=capacity)
-        self._pid: int | None = None
-        self._lock = threading.Lock()
-        self.dropped = 0
+@dataclass(slots=True)
+class CallRecord:
+    """What one HTTP call carries from the edge to its audit line, passed explicitly (never via flask.g).
 
-    def _ensure_thread(self) -> None:
-        if self._pid == os.getpid():
-            return
-        with self._lock:
-            if self._pid == os.getpid():
-                return
-            self._pid = os.getpid()
-            threading.Thread(target=self._run, name="cds-recorder", daemon=True).start()
-            atexit.register(self.flush)
+    `service` is a service id we host, or ``unknown``: it becomes a metrics label, an audit column and a
+    log field, so it must never be what the caller put in the path.
+    """
 
-    def put(self, item: Any) -> None:
-        self._ensure_thread()
-        try:
-            self._queue.put_nowait(item)
-        except queue.Full:
-            self.dropped += 1
-            log.warning("audit queue full: record dropped", extra={SAFE_EXTRA: {"dropped": self.dropped}})
+    started: float
+    event: str = "service-call"
+    service: str = UNKNOWN_SERVICE
+    client: VerifiedClient | None = None
+    hook_instance: str | None = None
+    patient_ref: str | None = None
+    rule_ids: list[str] = field(default_factory=list)
+    card_uuids: list[str] = field(default_factory=list)
+    fetched: list[str] = field(default_factory=list)
+    feedback_items: int = 0
 
-    def _drain(self, first: Any) -> None:
-        batch = [first]
-        while len(batch) < 500:
-            try:
-                batch.append(self._queue.get_nowait())
-            except queue.Empty:
-                break
-        try:
-            self._write(batch)
-        except Exception as exc:  # the recorder must outlive a database hiccup
-            log.error("audit write failed: %s", type(exc).__name__)
-        finally:
-            for _ in batch:
-                self._queue.task_done()
+    def screened(self, result: ScreenResult, cards: list[dict[str, Any]]) -> None:
+        self.rule_ids = [f.rule.id for f in result.findings]
+        self.card_uuids = [c["uuid"] for c in cards]
+        self.patient_ref = result.patient_ref
+        self.fetched = list(result.fetched)
 
-    def _run(self) -> None:
-        while True:
-            self._drain(self._queue.get())
 
-    def flush(self) -> None:
-        """Write everything queued (tests, shutdown)."""
-        if self._pid != os.getpid():
-            return
-        self._queue.join()
+def _never() -> bool:
+    return False
 
 
 @dataclass(slots=True)
@@ -100,12 +85,23 @@ class Runtime:
     clock: Callable[[], datetime]
     cors: CorsPolicy
     authenticator: ClientAuthenticator | None
+    hash_key: str
+    db_guard: Guard
+    redis: redis.Redis | None = None
     new_uuid: Callable[[], str] | None = None
+    draining: Callable[[], bool] = _never
     _local: threading.local = field(default_factory=threading.local)
-    recorder: BackgroundRecorder = field(init=False)
+    outbox: Outbox = field(init=False)
 
     def __post_init__(self) -> None:
-        self.recorder = BackgroundRecorder(self._write_records)
+        directory = Path(self.settings.outbox_dir) / database_id(self.store.redacted_url)
+        self.outbox = Outbox(
+            directory,
+            self._ship,
+            self.metrics,
+            interval_s=self.settings.outbox_interval_s,
+            max_backoff_s=self.settings.outbox_max_backoff_s,
+        )
 
     # ------------------------------------------------------------------------------------ screening
 
@@ -133,6 +129,9 @@ class Runtime:
         issuer = next((i for i in self.settings.trusted_issuers if client and i.iss == client.iss), None)
         return issuer.fhir_servers if issuer is not None else ()  # no verified issuer: nothing is read
 
+    def service_label(self, service_id: str | None) -> str:
+        return service_id if service_id and service_id in self.knowledge.services else UNKNOWN_SERVICE
+
     def authenticate(self, request: Request) -> VerifiedClient | None:
         if self.authenticator is None:
             return None
@@ -142,27 +141,55 @@ class Runtime:
         )
 
     def hash(self, value: str | None) -> str | None:
-        return patient_hash(self.settings.audit_hash_key, value) if value else None
+        return patient_hash(self.hash_key, value) if value else None
 
     def suppress_repeats(
         self, service: ServiceDefinition, body: Mapping[str, Any], result: ScreenResult
     ) -> list[dict[str, Any]]:
-        """A finding shown at order-select is not repeated at order-sign while its evidence is unchanged."""
+        """A finding shown at order-select is not repeated at order-sign to the same user in the same
+        encounter while its evidence is unchanged, unless it is critical and that user has not answered
+        its card (accepted or overridden): the pharmacist signing sees what the prescriber did not act on.
+
+        Without an encounter (or a user) nothing is suppressed: the scope would be the patient across
+        sessions and users.
+        """
         window = self.settings.repeat_suppression_s
         if not window or service.hook not in {"order-select", "order-sign"} or not result.patient_ref:
             return result.cards
         context = body.get("context", {})
-        encounter = context.get("encounterId") if isinstance(context.get("encounterId"), str) else None
-        scope = f"{self.hash(result.patient_ref)}|{self.hash(encounter) or '-'}"
+        encounter, user = (context.get(name) for name in ("encounterId", "userId"))
+        if not isinstance(encounter, str) or not encounter or not isinstance(user, str) or not user:
+            return result.cards
+        scope = f"{self.hash(result.patient_ref)}|{self.hash(encounter)}|{self.hash(user)}"
         keys = [(f"select|{scope}|{finding.rule.id}", finding.fingerprint) for finding in result.findings]
         if service.hook == "order-select":
-            self.seen.record_shown(keys, window)  # one round trip for all of this call's findings
+            shown = [(key, fp, card["uuid"]) for (key, fp), card in zip(keys, result.cards, strict=True)]
+            self.seen.record_shown(shown, window)  # one round trip for all of this call's findings
             return result.cards
+        earlier = [self.seen.shown_card(key, fingerprint, window) for key, fingerprint in keys]
+        critical = [
+            card
+            for finding, card in zip(result.findings, earlier, strict=True)
+            if card and finding.indicator == _CRITICAL
+        ]
+        answered = self._answered(critical)
         return [
             card
-            for (key, fingerprint), card in zip(keys, result.cards, strict=True)
-            if not self.seen.was_shown(key, fingerprint, window)
+            for finding, card, shown in zip(result.findings, result.cards, earlier, strict=True)
+            if shown is None or (finding.indicator == _CRITICAL and shown not in answered)
         ]
+
+    def _answered(self, card_uuids: list[str]) -> set[str]:
+        """Cards that received feedback; none when the database cannot tell us (the card is shown)."""
+        if not card_uuids:
+            return set()
+        try:
+            answered: set[str] = self.db_guard.call(lambda: self.store.answered_cards(card_uuids))
+            return answered
+        except (ServiceUnavailable, sa.exc.SQLAlchemyError) as exc:
+            self.metrics.count_storage_error("database")
+            log.warning("feedback lookup unavailable, showing critical cards: %s", type(exc).__name__)
+            return set()
 
     # ------------------------------------------------------------------------------------ recording
 
@@ -177,11 +204,12 @@ class Runtime:
         now = datetime.now(UTC)
         context = body.get("context", {})
         encounter = context.get("encounterId") if isinstance(context.get("encounterId"), str) else None
+        issued = []
         for finding, card in zip(result.findings, result.cards, strict=True):
             if card["uuid"] not in shown:
                 continue  # suppressed as a repeat: not returned, so neither counted nor recorded
             self.metrics.count_cards(finding.rule.id, finding.indicator)
-            self.recorder.put(
+            issued.append(
                 IssuedCard(
                     uuid=card["uuid"],
                     service_id=service.id,
@@ -195,48 +223,96 @@ class Runtime:
                     issued_at=now,
                 )
             )
+        self._queue(issued)
         for key in result.fetched:
             self.metrics.count_fetch(key)
 
-    def audit(self, request: Request, response: Response, seconds: float) -> None:
-        client: VerifiedClient | None = g.get("client")
-        service = (request.view_args or {}).get("service_id", "?")
+    def record_feedback(self, service_id: str, items: list[FeedbackItem]) -> None:
+        """Committed to the database, or (database down) to the local outbox with a disk sync; either way
+        safe once this returns. Raises ServiceUnavailable (a 503 with Retry-After) when neither can."""
+        try:
+            self.db_guard.call(lambda: self.store.record_feedback(service_id, items))
+            return
+        except (ServiceUnavailable, sa.exc.SQLAlchemyError) as exc:
+            self.metrics.count_storage_error("database")
+            log.warning("feedback kept in the outbox: database unavailable (%s)", type(exc).__name__)
+        try:
+            self.outbox.append([PendingFeedback(service_id, item) for item in items], sync=True)
+        except OutboxFull:
+            raise ServiceUnavailable("the feedback could not be stored; send it again later") from None
+
+    def audit(self, call: CallRecord, status: int, seconds: float) -> None:
+        client = call.client
         fields = {
-            "event": "feedback" if request.path.endswith("/feedback") else "service-call",
-            "service": service,
-            "hookInstance": g.get("hook_instance"),
-            "status": response.status_code,
+            "event": call.event,
+            "service": call.service,
+            "hookInstance": call.hook_instance,
+            "status": status,
             "duration_ms": round(seconds * 1000, 2),
-            "cards": len(g.get("card_uuids", [])),
-            "rules": g.get("rule_ids", []),
-            "fetched": g.get("fetched", []),
+            "cards": len(call.card_uuids),
+            "rules": call.rule_ids,
+            "fetched": call.fetched,
             "issuer": client.iss if client else None,
             "jti": client.jti if client else None,
-            "patient": self.hash(g.get("patient_ref")),
+            "patient": self.hash(call.patient_ref),
         }
+        if call.event == "feedback":
+            fields["items"] = call.feedback_items
         audit_log.info("call", extra={SAFE_EXTRA: fields})
-        endpoint = f"{service}/feedback" if fields["event"] == "feedback" else str(service)
-        self.metrics.observe_request(endpoint, response.status_code, seconds)
-        self.recorder.put(
-            AuditRecord(
-                hook_instance=str(g.get("hook_instance") or "-"),
-                service_id=str(service),
-                issuer=client.iss if client else None,
-                jti=client.jti if client else None,
-                patient_hash=self.hash(g.get("patient_ref")),
-                duration_ms=seconds * 1000,
-                outcome=response.status_code,
-                rule_ids=tuple(g.get("rule_ids", [])),
-                card_uuids=tuple(g.get("card_uuids", [])),
-                at=datetime.now(UTC),
-            )
+        if call.event != "analytics":
+            endpoint = f"{call.service}/feedback" if call.event == "feedback" else call.service
+            self.metrics.observe_request(endpoint, status, seconds)
+        self._queue(
+            [
+                AuditRecord(
+                    hook_instance=str(call.hook_instance or "-"),
+                    service_id=call.service if call.event != "analytics" else "analytics",
+                    issuer=client.iss if client else None,
+                    jti=client.jti if client else None,
+                    patient_hash=self.hash(call.patient_ref),
+                    duration_ms=seconds * 1000,
+                    outcome=status,
+                    rule_ids=tuple(call.rule_ids),
+                    card_uuids=tuple(call.card_uuids),
+                    at=datetime.now(UTC),
+                )
+            ]
         )
 
-    def _write_records(self, batch: list[Any]) -> None:
-        cards = [item for item in batch if isinstance(item, IssuedCard)]
-        if cards:
-            self.store.record_cards(cards)
-        self.store.record_audits([item for item in batch if isinstance(item, AuditRecord)])
+    def _queue(self, records: list[IssuedCard] | list[AuditRecord]) -> None:
+        with contextlib.suppress(OutboxFull):  # counted as dropped and logged by the outbox; the call
+            self.outbox.append(records)  # itself is still answered
 
-    def flush(self) -> None:
-        self.recorder.flush()
+    def _ship(self, kind: str, records: list[Any]) -> None:
+        if kind == "card":
+            self.store.record_cards(records)
+        elif kind == "audit":
+            self.store.record_audits(records)
+        else:
+            by_service: dict[str, list[FeedbackItem]] = {}
+            for pending in records:
+                by_service.setdefault(pending.service_id, []).append(pending.item)
+            for service_id, items in by_service.items():
+                self.store.record_feedback(service_id, items)
+
+    def flush(self) -> bool:
+        """Ship every queued record to the database now (tests, shutdown). True when none is left."""
+        return self.outbox.flush()
+
+    # ------------------------------------------------------------------------------------ health
+
+    def readiness(self) -> dict[str, str]:
+        """Each part that keeps this instance from taking calls, with why; empty when ready."""
+        problems: dict[str, str] = {}
+        if self.draining():
+            problems["shutdown"] = "draining: stopping after the calls in flight"
+        try:
+            self.db_guard.call(self.store.ping)
+        except (ServiceUnavailable, sa.exc.SQLAlchemyError) as exc:
+            problems["database"] = f"unreachable ({type(exc).__name__})"
+        if self.redis is not None:
+            try:
+                self.redis.ping()
+            except redis.RedisError as exc:
+                problems["redis"] = f"unreachable ({type(exc).__name__})"
+        return problems

@@ -13,3 +13,5 @@ SERVICES = {
     "order-sign": "ketamine-order-sign",
 }
 CLOSED_PORT = "http://127.0.0.1:9/fhir"  # nothing listens: a FHIR fallback fails fast, never leaves the host
+# Production mode refuses a pseudonym key under 32 bytes; tests use a fixed one so hashes are comparable.
+TEST_HASH_KEY = "test-key-padded-to-the-32-byte-production-minimum"
