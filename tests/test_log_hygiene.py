@@ -19,7 +19,7 @@ from typing import Any
 from flask import Flask
 
 from cds.storage.store import patient_hash
-from tests.support.constants import CLOSED_PORT, SERVICES
+from tests.support.constants import CLOSED_PORT, SERVICES, TEST_HASH_KEY
 from tests.support.logs import LOG_CAPTURE, SENSITIVE, leaks
 from tests.support.synthea import synthea_patients, synthea_request
 
@@ -76,7 +76,7 @@ def test_patient_data_flows_through_the_service(make_app: Callable[..., Flask]) 
     # The audit log did see each patient, as a keyed hash only.
     text = "\n".join(lines)
     for patient in synthea_patients():
-        assert patient_hash("test-key", f"Patient/{patient.id}") in text
+        assert patient_hash(TEST_HASH_KEY, f"Patient/{patient.id}") in text
     assert leaks(lines) == []
 
 

@@ -181,8 +181,8 @@ def test_a_changed_dose_fires_again_at_sign(new_app: AppFactory, post: Any) -> N
 
 
 def test_a_new_condition_fires_again_at_sign(new_app: AppFactory, post: Any, post_cards: Any) -> None:
-    """Updated for issue 9 (roles): a critical card is repeated at sign until its user answers it, so the
-    first sign now shows the unanswered infarction card; once overridden, it is suppressed as before."""
+    """A critical card is repeated at sign until its user answers it, so the first sign shows the
+    unanswered infarction card; once overridden, it is suppressed."""
     app = new_app()
     first_mi = condition(MI, onset="2026-08-15", rid="mi-1")
     shown = post_cards(app, mi_request("order-select", [first_mi]))
