@@ -104,7 +104,10 @@ def _assert_json_lines(output: str) -> None:
     lines = [line for line in output.splitlines() if line.strip()]
     assert lines, "the server logged nothing"
     for line in lines:
-        record = json.loads(line)  # every line, gunicorn's included
+        try:
+            record = json.loads(line)  # every line, gunicorn's included
+        except ValueError:
+            pytest.fail(f"a log line that is not JSON: {line[:300]}")
         assert {"time", "level", "logger", "message"} <= set(record)
     assert "Traceback" not in output
 

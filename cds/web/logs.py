@@ -44,6 +44,14 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(payload, default=str, separators=(",", ":"))
 
 
+class OthersOnly(logging.Filter):
+    """For a handler on the root logger: records of libraries (SQLAlchemy's pool, Python warnings), not
+    ours, which the ``cds`` logger's own handler already wrote."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.name == "cds" or record.name.startswith("cds."))
+
+
 class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
     """Writes to whatever sys.stderr is at the time of the record (test runners swap it)."""
 

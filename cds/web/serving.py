@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import logging
 import mmap
 import os
 import shutil
@@ -98,17 +99,20 @@ class DrainingArbiter(Arbiter):  # type: ignore[misc]
 
 def _log_config(level: str) -> dict[str, Any]:
     handler = {"class": "logging.StreamHandler", "formatter": "json", "stream": "ext://sys.stderr"}
+    # libraries' records (SQLAlchemy's pool, Python warnings) as JSON too, not Python's plain last resort
+    others = {**handler, "filters": ["others"]}
     return {
         "version": 1,
         "disable_existing_loggers": False,
         "formatters": {"json": {"()": "cds.web.logs.JsonFormatter"}},
-        "handlers": {"json": handler},
+        "filters": {"others": {"()": "cds.web.logs.OthersOnly"}},
+        "handlers": {"json": handler, "others": others},
         "loggers": {
             "gunicorn.error": {"level": level, "handlers": ["json"], "propagate": False},
             # no access log: its lines carry request paths and query strings; the audit line replaces it
             "gunicorn.access": {"level": "CRITICAL", "handlers": [], "propagate": False},
         },
-        "root": {"level": "WARNING", "handlers": []},
+        "root": {"level": "WARNING", "handlers": ["others"]},
     }
 
 
@@ -151,6 +155,7 @@ def serve(settings: Settings, host: str, port: int, build: Callable[[Settings, b
     is closed before forking (pooled connections must not be inherited).
     """
     work = Path(settings.work_dir)
+    logging.captureWarnings(True)  # warnings become log records, so JSON lines
     master_app = build(settings, True)
     runtime = master_app.extensions["ketamine_cds"]
     # Workers use the key the master resolved (perhaps generated and stored in the database), so they
