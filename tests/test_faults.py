@@ -180,7 +180,8 @@ def test_no_issued_card_or_audit_record_is_lost_in_an_outage(
     assert _metric(app, "ketamine_cds_outbox_records_total", event="retried") > 0
     assert _metric(app, "ketamine_cds_outbox_records_total", event="dropped") == 0
     shipped = _metric(app, "ketamine_cds_outbox_records_total", kind="card", event="shipped")
-    assert shipped == len(returned)
+    # at least once: a commit whose answer was lost in the hang is shipped again (and stored once, above)
+    assert shipped >= len(returned)
 
 
 # ------------------------------------------------------------------------------------------ replay cache
