@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import hypothesis
 import pytest
 import requests
 from flask import Flask
@@ -38,6 +39,11 @@ __all__ = [  # what older tests import from here; new code imports from tests.su
     "deterministic_uuids",
 ]
 _LEAKS: list[str] = []
+
+# Every Hypothesis property runs the same examples on every run (a fixed seed derived from the test's
+# name), unless its own settings say otherwise (tests/test_fuzz.py has an opt-in random mode).
+hypothesis.settings.register_profile("ketamine-cds", derandomize=True)
+hypothesis.settings.load_profile("ketamine-cds")
 
 
 def pytest_configure(config: pytest.Config) -> None:
