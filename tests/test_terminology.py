@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -434,15 +433,14 @@ def test_coding_key(term: Terminology) -> None:
     assert term.coding_key(Coding("http://example.org/unknown", "1")) is None
 
 
-def test_code_match_is_fast(term: Terminology) -> None:
+def test_code_match_is_memoised(term: Terminology) -> None:
+    """Charts repeat the same codes: the second look-up is the cached answer, not a second scan. (How fast
+    a match is belongs to the benchmark, bench/, not to a wall-clock ceiling here.)"""
     hit = concept(Coding(SNOMED, "38341003"), Coding(ICD, "I21.4"))
-    term.match(MI_ACUTE, hit)
-    rounds = 20_000
-    start = time.perf_counter()
-    for _ in range(rounds):
-        term.match(MI_ACUTE, hit)
-    per_call = (time.perf_counter() - start) / rounds
-    assert per_call < 50e-6, f"{per_call * 1e6:.1f} us per match"  # about 3 us on a developer machine
+    first = term.memberships(hit)
+    assert MI_ACUTE in first
+    assert term.memberships(concept(Coding(SNOMED, "38341003"), Coding(ICD, "I21.4"))) is first
+    assert term.match(MI_ACUTE, hit) == term.match(MI_ACUTE, hit)
 
 
 # ------------------------------------------------------------------------------------ load errors
