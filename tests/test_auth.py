@@ -951,6 +951,8 @@ def test_documented_issuer_configs_load_and_verify(
         ),
         ("http://127.0.0.1:8080", "/cds-services/", "http://127.0.0.1:8080/cds-services/"),
         ("https://cds.example.org/", "", "https://cds.example.org"),
+        ("https://cds.example.org/CDSX/", "/x", "https://cds.example.org/CDSX/x"),  # only slashes trimmed
+        ("https://cds.example.org/x", "y/", "https://cds.example.org/x/y/"),
     ],
 )
 def test_expected_audience(base: str, path: str, expected: str) -> None:

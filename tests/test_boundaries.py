@@ -7,8 +7,10 @@ rule's stated threshold (rules/*.yaml), never computed by the code under test.
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Callable
 from datetime import UTC, date, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -41,6 +43,9 @@ PREGNANCY = concept(coding(SNOMED, "77386006", "Pregnancy"))
 ANEURYSM = concept(coding(ICD10, "I67.1", "Cerebral aneurysm, nonruptured"))
 ALPRAZOLAM_025 = concept(coding(RXNORM, "308047", "alprazolam 0.25 MG Oral Tablet"))
 DIAZEPAM_RECTAL_10 = concept(coding(RXNORM, "104706", "diazepam 10 MG Rectal Suppository"))
+
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def at(day: str) -> datetime:
@@ -494,3 +499,57 @@ def test_summary_whitespace_is_collapsed_before_measuring() -> None:
     # cut at 138 characters (27 words and "wor"), trailing spaces dropped, then the ellipsis
     assert _truncate("word " * 40) == "word " * 27 + "wor…"
     assert _truncate("a" * 137 + " " + "b" * 10) == "a" * 137 + "…"  # no space before the ellipsis
+
+
+# ------------------------------------------------------------------------------------- rule variants
+
+
+def variant_knowledge(tmp_path: Path, rule_file: str, old: str, new: str) -> Knowledge:
+    """The shipped knowledge with one rule file edited: band mechanics the shipped rules never combine."""
+    for folder in ("hooks", "rules", "fhir_profiles"):
+        shutil.copytree(ROOT / folder, tmp_path / folder)
+    path = tmp_path / "rules" / rule_file
+    text = path.read_text(encoding="utf-8")
+    assert text.count(old) >= 1, old
+    path.write_text(text.replace(old, new), encoding="utf-8")
+    return load_knowledge(root=tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("kept", "reading", "expected"),
+    [
+        # a severe band that reads the systolic pressure only: a diastolic of 120 alone does not fire it
+        ("systolic_at_least: critical_systolic", (150, 120), ("elevated-reading", "warning")),
+        ("systolic_at_least: critical_systolic", (185, 80), ("severe-reading", "critical")),
+        # ... and one that reads the diastolic pressure only
+        ("diastolic_at_least: critical_diastolic", (200, 95), ("elevated-reading", "warning")),
+        ("diastolic_at_least: critical_diastolic", (150, 112), ("severe-reading", "critical")),
+    ],
+)
+def test_blood_pressure_band_reads_only_the_pressures_it_names(
+    tmp_path: Path, kept: str, reading: tuple[int, int], expected: Any
+) -> None:
+    both = "systolic_at_least: critical_systolic, diastolic_at_least: critical_diastolic"
+    run = screener_for(variant_knowledge(tmp_path, "elevated-blood-pressure.yaml", both, kept))
+    result = run(select(observations=[blood_pressure(*reading)]))
+    assert band_of(result, "elevated-blood-pressure") == expected
+
+
+def test_blood_pressure_band_without_an_age_limit_judges_an_old_reading(tmp_path: Path) -> None:
+    """Without reading_within_days a band judges the latest reading however old it is."""
+    run = screener_for(
+        variant_knowledge(
+            tmp_path, "elevated-blood-pressure.yaml", ", reading_within_days: reading_age_days", ""
+        )
+    )
+    result = run(select(observations=[blood_pressure(190, 115, taken="2019-03-01T09:00:00Z")]))
+    assert band_of(result, "elevated-blood-pressure") == ("severe-reading", "critical")
+
+
+def test_reading_taken_today_is_not_in_the_future(screen: Callable[..., ScreenResult]) -> None:
+    result = screen(select(observations=[blood_pressure(190, 115, taken="2026-11-22T08:00:00Z")]))
+    assert band_of(result, "elevated-blood-pressure") == ("severe-reading", "critical")
+    assert band_of(result, "unreadable-records") is None
+    tomorrow = screen(select(observations=[blood_pressure(190, 115, taken="2026-11-23T08:00:00Z")]))
+    assert band_of(tomorrow, "elevated-blood-pressure") is None
+    assert band_of(tomorrow, "unreadable-records") == ("unreadable", "info")

@@ -69,6 +69,29 @@ EXPECTED: dict[str, dict[str, tuple[str, dict[str, str]]]] = {
     "stroke: TIA history needs review": {
         "recent-stroke": ("older-stroke-or-tia", {"onset": "2020-01-01", "months_ago": "82"})
     },
+    "stroke: named only in the record's text two months ago is critical (recognised by name)": {
+        "recent-stroke": ("within-contraindication-window", {"onset": "2026-09-20", "months_ago": "2"})
+    },
+    "stroke: a TIA last month is a warning (recent-TIA band), not a contraindication": {
+        "recent-stroke": ("recent-tia", {"onset": "2026-10-15", "months_ago": "1"})
+    },
+    "stroke: after-effects of a stroke recorded last month ask for its date (warning)": {
+        "recent-stroke": ("recent-stroke-record", {"onset": "2026-10-05", "months_ago": "1"})
+    },
+    "MI: a history-of-MI record from two months ago asks for the date (warning, not critical)": {
+        "recent-myocardial-infarction": (
+            "history-recorded-recently",
+            {"onset": "2026-09-22", "months_ago": "2"},
+        )
+    },
+    # born 1980-04-02, infarction at age 46: between 2026-04-02 and 2027-04-01; the latest possible date
+    # (capped at the reference date) decides how recent it is
+    "MI: onset recorded as the patient's age this year is critical": {
+        "recent-myocardial-infarction": (
+            "within-contraindication-window",
+            {"onset": "2026-11-22", "months_ago": "0"},
+        )
+    },
     "aneurysm: critical for esketamine": {"aneurysm-or-avm": ("esketamine-contraindication", UNDATED)},
     "aneurysm: review for ketamine infusion": {"aneurysm-or-avm": ("ketamine-review", UNDATED)},
     "BP: 186/104 is critical": {
