@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 PORT ?= 8080
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 
-.PHONY: run test lint typecheck bench fmt clean
+.PHONY: run test lint typecheck bench fmt clean mutation coverage-core
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,25 @@ typecheck: $(STAMP)
 test: lint typecheck
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
+# Mutation testing of the clinical core and client authentication (slow; not part of `make test` or CI).
+# Configuration: [tool.mutmut] in pyproject.toml; equivalent mutants: tests/mutation/equivalent.md.
+CORE := cds/clinical/dosing.py,cds/clinical/engine.py,cds/clinical/terminology.py,cds/clinical/cards.py,cds/clinical/rules.py,cds/clinical/policy.py,cds/web/auth.py
+CORE_TESTS := tests/test_boundaries.py tests/test_terminology.py tests/test_dosing.py tests/test_golden_rules.py \
+	tests/test_site_policy.py tests/test_relevance.py tests/test_api_contract.py tests/test_auth.py \
+	tests/test_auth_boundaries.py
+
+mutation: $(STAMP) coverage-core
+	$(BIN)/python -m pip install --quiet -e '.[test,report,mutation]'
+	rm -rf mutants
+	$(BIN)/mutmut run --max-children $(or $(MUTATION_JOBS),2) > mutants.log 2>&1 || (tail -c 2000 mutants.log; exit 1)
+	$(BIN)/python tools/mutation_report.py
+
+# Branch coverage of the same modules by the same tests (the mutation run's denominator).
+coverage-core: $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[test,report,mutation]'
+	$(BIN)/python -m coverage run --branch --include='$(CORE)' -m pytest -q -p no:randomly $(CORE_TESTS)
+	$(BIN)/python -m coverage report --show-missing --skip-covered
+
 fmt: $(STAMP)
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
@@ -34,4 +53,4 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.run
 
 clean:
-	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache mutants mutants.log .coverage
