@@ -21,7 +21,8 @@ from jwt.warnings import InsecureKeyLengthWarning
 
 from cds.config import Settings, TrustedIssuer
 from cds.errors import Unauthorized
-from cds.web.auth import ClientAuthenticator
+from cds.web.auth import ClientAuthenticator, _fits, _JwksError, _parse_jwks
+from cds.web.auth import _Key as _KeyEntry
 
 ISS = "https://ehr.example.org"
 BASE = "https://cds.example.org"
@@ -161,3 +162,99 @@ def test_rsa_keys_below_2048_bits_are_refused(
 ) -> None:
     auth, _ = make_auth()
     assert _accepted(auth, _token(rsa_keys[bits], f"rsa-{bits}")) is accepted
+
+
+# -- the key set and key fit, directly ---------------------------------------------------------------
+
+
+def test_jwks_keeps_only_usable_public_signing_keys(
+    ec_key: ec.EllipticCurvePrivateKey, rsa_keys: dict[int, rsa.RSAPrivateKey]
+) -> None:
+    good = _jwk(ec_key, "good")
+    no_use = {k: v for k, v in _jwk(rsa_keys[2048], "no-use").items() if k != "use"}  # "sig" by default
+    private = {**_jwk(ec_key, "private"), "d": "AAAA"}
+    junk: list[Any] = [
+        "not an object",
+        {k: v for k, v in good.items() if k != "kid"},
+        {**good, "kid": ""},
+        {**good, "kid": 7},
+        {"kty": "oct", "k": "c2VjcmV0", "kid": "symmetric"},
+        private,
+        {**good, "kid": "encryption", "use": "enc"},
+        {**good, "kid": "hmac-alg", "alg": "HS256"},
+        {"kty": "EC", "crv": "P-384", "x": "AA", "y": "AA", "kid": "broken"},
+    ]
+    keyset = _parse_jwks(json.dumps({"keys": [*junk, good, no_use]}).encode(), fetched_at=5.0)
+    assert sorted(keyset.keys) == ["good", "no-use"]
+    assert keyset.fetched_at == 5.0
+    assert [k.declared_alg for k in keyset.keys["good"]] == [None]
+
+
+def test_jwks_keeps_every_key_under_one_kid_and_the_declared_alg(ec_key: ec.EllipticCurvePrivateKey) -> None:
+    other = ec.generate_private_key(ec.SECP384R1())
+    keys = [{**_jwk(other, "rotating"), "alg": "ES384"}, _jwk(ec_key, "rotating")]
+    keyset = _parse_jwks(json.dumps({"keys": keys}).encode(), fetched_at=0.0)
+    assert [k.declared_alg for k in keyset.keys["rotating"]] == ["ES384", None]
+
+
+@pytest.mark.parametrize(
+    "raw", [b"[]", b'{"keys": {}}', b"{}", b"not json", b'{"keys": []}', b'{"keys": [{"kty": "oct"}]}']
+)
+def test_jwks_without_usable_keys_is_an_error(raw: bytes) -> None:
+    with pytest.raises(_JwksError):
+        _parse_jwks(raw, fetched_at=0.0)
+
+
+def test_key_fits_only_its_algorithm(
+    ec_key: ec.EllipticCurvePrivateKey, rsa_keys: dict[int, rsa.RSAPrivateKey]
+) -> None:
+    p384 = _KeyEntry(ec_key.public_key(), None)
+    p256 = _KeyEntry(ec.generate_private_key(ec.SECP256R1()).public_key(), None)
+    rsa2048 = _KeyEntry(rsa_keys[2048].public_key(), None)
+    assert _fits(p384, "ES384")
+    assert not _fits(p384, "ES256")  # wrong curve
+    assert _fits(p256, "ES256")
+    assert not _fits(rsa2048, "ES384")  # an RSA key has no curve: refused, not an error
+    assert _fits(rsa2048, "RS384")
+    assert _fits(rsa2048, "PS256")
+    assert not _fits(p384, "RS384")
+    assert not _fits(p384, "HS256")  # never an HMAC, whatever the key
+    assert not _fits(_KeyEntry(ec_key.public_key(), "ES512"), "ES384")  # the JWK's own alg disagrees
+    assert _fits(_KeyEntry(ec_key.public_key(), "ES384"), "ES384")
+
+
+def test_rotated_key_under_the_same_kid_is_tried_after_the_old_one(
+    tmp_path: Path, ec_key: ec.EllipticCurvePrivateKey
+) -> None:
+    old = ec.generate_private_key(ec.SECP384R1())
+    jwks = tmp_path / "rotating.json"
+    jwks.write_text(json.dumps({"keys": [_jwk(old, "ec"), _jwk(ec_key, "ec")]}), encoding="utf-8")
+    settings = Settings(
+        public_base_url=BASE,
+        trusted_issuers=(TrustedIssuer(iss=ISS, jwks_file=str(jwks)),),
+        jwt_leeway_s=LEEWAY,
+        jwt_max_lifetime_s=MAX_LIFETIME,
+    )
+    auth = ClientAuthenticator(settings, replay_cache=_Replay(), clock=lambda: float(NOW))
+    assert _accepted(auth, _token(ec_key, "ec"))
+    assert _accepted(auth, _token(old, "ec"))
+
+
+def test_claims_we_do_not_check_do_not_matter(
+    make_auth: Callable[[], tuple[ClientAuthenticator, _Replay]], ec_key: ec.EllipticCurvePrivateKey
+) -> None:
+    """`sub` is not ours to judge (a number there is odd, not a reason to refuse the EHR)."""
+    auth, _ = make_auth()
+    assert _accepted(auth, _token(ec_key, "ec", sub=12345))
+
+
+def test_signature_that_is_not_base64_is_malformed(
+    make_auth: Callable[[], tuple[ClientAuthenticator, _Replay]],
+    ec_key: ec.EllipticCurvePrivateKey,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    auth, _ = make_auth()
+    head, payload, _signature = _token(ec_key, "ec").split(".")
+    with caplog.at_level("WARNING", logger="cds.web.auth"):
+        assert not _accepted(auth, f"{head}.{payload}.A")  # one base64 character cannot be decoded
+    assert [r.reason for r in caplog.records if hasattr(r, "reason")] == ["malformed_token"]

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import requests
 
-from cds.clinical.cards import _truncate
+from cds.clinical.cards import CardText, _note, _truncate
 from cds.clinical.engine import months_before, months_between
 from cds.clinical.knowledge import Knowledge, load_knowledge
 from cds.clinical.screening import Screener, ScreenResult
@@ -553,3 +553,44 @@ def test_reading_taken_today_is_not_in_the_future(screen: Callable[..., ScreenRe
     tomorrow = screen(select(observations=[blood_pressure(190, 115, taken="2026-11-23T08:00:00Z")]))
     assert band_of(tomorrow, "elevated-blood-pressure") is None
     assert band_of(tomorrow, "unreadable-records") == ("unreadable", "info")
+
+
+def test_allergy_evidence_row_names_the_record(screen: Callable[..., ScreenResult]) -> None:
+    coded = allergy(concept(coding(RXNORM, "6130", "ketamine")), rid="allergy-coded")
+    coded["recordedDate"] = "2024-03-05"
+    text_only = allergy(concept(text="Ketalar - rash"), rid="allergy-text", verification=None)
+    finding = finding_of(screen(select(allergies=[coded, text_only])), "ketamine-hypersensitivity")
+    rows = [
+        (
+            h.source.id,
+            h.label,
+            h.coding.code if h.coding else None,
+            h.match_method,
+            h.date,
+            h.date_basis,
+            h.notes,
+        )
+        for h in finding.hits
+    ]
+    assert rows == [
+        ("allergy-coded", "ketamine", "6130", "code", date(2024, 3, 5), "recorded", ()),
+        ("allergy-text", "Ketalar - rash", None, "name", None, None, ()),
+    ]
+
+
+# ------------------------------------------------------------------------------------- note sentences
+
+
+def test_note_codes_become_sentences() -> None:
+    text = CardText(
+        {"notes": {"stale": "not updated for over $stale_after_days days", "dose:": "dose: $detail"}}
+    )
+    values = {"stale_after_days": "365"}
+    assert _note(text, "stale", values) == "not updated for over 365 days"
+    # a prefixed code without a sentence of its own takes its prefix's, with the rest as the detail
+    assert _note(text, "dose:no-strength", values) == "dose: no-strength"
+    assert _note(text, "dose:unit:mg/mL", values) == "dose: unit:mg/mL"  # split at the first colon only
+    assert _note(text, "unknown-code", values) == "unknown-code"  # never dropped
+    assert _note(text, "other:thing", values) == "other:thing"
+    with_values = CardText({"notes": {"bp:": "$detail, over $stale_after_days"}})
+    assert _note(with_values, "bp:old", values) == "old, over 365"
