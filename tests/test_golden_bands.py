@@ -129,8 +129,25 @@ EXPECTED: dict[str, dict[str, tuple[str, dict[str, str]]]] = {
         "benzodiazepine-response": ("dose-partly-computable", {"total": "5"})
     },
     "benzo: as-needed only is information": {"benzodiazepine-response": ("as-needed-only", {"total": "0"})},
-    "benzo: brand name in free text only is recognised; its strength is not guessed": {
+    "benzo: brand name and strength in free text are computed (Klonopin 1 mg = 20 mg/day DZ-eq)": {
+        "benzodiazepine-response": ("above-threshold", {"total": "20"})
+    },
+    "benzo: brand name in free text without a strength is recognised; its dose is not guessed": {
         "benzodiazepine-response": ("dose-not-computable", {"total": "0"})
+    },
+    "benzo: one therapy as a statement and a brand order is counted once (5 mg/day DZ-eq, not 10)": {
+        "benzodiazepine-response": ("regular-below-threshold", {"total": "5"})
+    },
+    "benzo: taper in force today (0.25 mg from November = 5 mg/day DZ-eq, not the 20 of October)": {
+        "benzodiazepine-response": ("regular-below-threshold", {"total": "5"})
+    },
+    # clobazam 10 mg twice a day = 20 mg/day; 20 mg clobazam = 10 mg diazepam (Ashton)
+    "benzo: clobazam without a diagnosis is an antiepileptic: warning without hold advice": {
+        "benzodiazepine-response": ("antiepileptic-above-threshold", {"total": "10"})
+    },
+    "benzo: low dose with epilepsy on record is an antiepileptic: information": {
+        "benzodiazepine-response": ("antiepileptic", {"total": "5"}),
+        "seizure-disorder": ("on-record", {"onset": "2012-01-01", "months_ago": "178"}),
     },
     "benzo: generic name and strength in free text are computed": {
         "benzodiazepine-response": ("above-threshold", {"total": "20"})
