@@ -411,7 +411,12 @@ CASES: list[Case] = [
         "MI at age 46 (this year of life) is dated by its latest possible day",
         lambda: ketamine(conditions=[aged(condition(sct("401314000", "Acute NSTEMI")), 46)]),
         fires={MI_RULE: "critical"},
-        evidence={MI_RULE: ("onset recorded as age 46 years: between 2026-04-02 and 2027-04-01",)},
+        evidence={
+            MI_RULE: (
+                "onset recorded as age 46 years: between 2026-04-02 and 2027-04-01",
+                "2026-11-22 at the latest",
+            )
+        },
         absent={MI_RULE: ("without an onset",)},
     ),
     Case(

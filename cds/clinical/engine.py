@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import string
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import date, timedelta
@@ -74,6 +75,8 @@ class EngineContext:
     dose_units: Mapping[str, str]  # dose basis -> how a total is written ("mg/day diazepam-equivalent")
     bp_unit: str  # the unit blood pressures are read and shown in
     treatment_valuesets: Mapping[str, str]  # product -> value set URL
+    # how a date of each basis reads in card text ("$date at the latest" for an onset given as an age)
+    date_values: Mapping[str, str] = field(default_factory=dict)
 
 
 # ---------------------------------------------------------------------------------------------- helpers
@@ -177,6 +180,16 @@ def _condition_band_hits(
         date_basis=basis if when_date else None,
         notes=notes,
         onset_age=fact.onset_age,
+    )
+
+
+def _date_value(ctx: EngineContext, hit: Hit) -> str:
+    assert hit.date is not None
+    template = ctx.date_values.get(hit.date_basis or "")
+    return (
+        string.Template(template).safe_substitute(date=hit.date.isoformat())
+        if template
+        else hit.date.isoformat()
     )
 
 
@@ -599,7 +612,7 @@ def _collect_conditions(inp: _BandInput, result: _BandResult) -> bool:
     if first is not None:
         result.values.update(
             condition=first.label or "?",
-            onset=first.date.isoformat() if first.date else "?",
+            onset=_date_value(inp.ctx, first) if first.date else "?",
             months_ago=str(months_between(first.date, inp.situation.reference_date)) if first.date else "?",
         )
     return True

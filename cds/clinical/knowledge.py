@@ -96,6 +96,7 @@ class Knowledge:
             dose_units=self.card_text.raw["dose_units"],
             bp_unit=self.bp_unit,
             treatment_valuesets=self.treatments,
+            date_values=self.card_text.raw.get("date_values", {}),
         )
 
 

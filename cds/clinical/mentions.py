@@ -100,9 +100,14 @@ class MentionReader:
             re.compile(rf"(?<!{_WORD})(?:{_alternation(everything)})(?!{_WORD})") if everything else None
         )
         words = {w for name in self._names for w in name.split() if len(w) >= self._min_letters}
-        self._fuzzy_words = tuple(sorted(words - generic))
+        self._fuzzy_set = frozenset(words - generic)
+        by_initial: dict[str, list[str]] = {}
+        for word in sorted(self._fuzzy_set):  # a slip rarely changes the first letter
+            by_initial.setdefault(word[0], []).append(word)
+        self._fuzzy_by_initial = {k: tuple(v) for k, v in by_initial.items()}
         self.read = lru_cache(maxsize=32768)(self._read)
         self.near = lru_cache(maxsize=32768)(self._near)
+        self._near_word = lru_cache(maxsize=65536)(self._near_word_uncached)
 
     def _read(self, text: str) -> tuple[Mention, ...]:
         if self._pattern is None:
@@ -134,17 +139,19 @@ class MentionReader:
 
     def _near(self, text: str) -> tuple[str, ...]:
         """Words that look like a condition's name without being it (typing slips): name words hit."""
-        hits: list[str] = []
-        for token in re.findall(r"[a-z]+", _normal(text)):
-            if len(token) < self._min_letters or token in self._fuzzy_words:
-                continue
-            for word in self._fuzzy_words:
-                if abs(len(word) - len(token)) > 2 or token.startswith(word) or word.startswith(token):
-                    continue
-                if difflib.SequenceMatcher(None, token, word).ratio() >= self._similarity:
-                    hits.append(token)
-                    break
+        hits = [token for token in re.findall(r"[a-z]+", _normal(text)) if self._near_word(token)]
         return tuple(dict.fromkeys(hits))
+
+    def _near_word_uncached(self, token: str) -> bool:
+        if len(token) < self._min_letters or token in self._fuzzy_set:
+            return False
+        for word in self._fuzzy_by_initial.get(token[0], ()):
+            if abs(len(word) - len(token)) > 2 or token.startswith(word) or word.startswith(token):
+                continue
+            matcher = difflib.SequenceMatcher(None, token, word)
+            if matcher.real_quick_ratio() >= self._similarity and matcher.ratio() >= self._similarity:
+                return True
+        return False
 
 
 def counts(mention: Mention) -> bool:
