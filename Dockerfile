@@ -54,6 +54,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     VIRTUAL_ENV=/opt/venv \
     PATH=/opt/venv/bin:$PATH \
     KETAMINE_CDS_DATABASE_URL=sqlite:////app/data/ketamine-cds.sqlite3 \
+    KETAMINE_CDS_OUTBOX_DIR=/app/data/outbox \
+    KETAMINE_CDS_WORK_DIR=/tmp \
     XDG_RUNTIME_DIR=/run/ketamine-cds \
     HEALTHCHECK_PORT=8080
 
@@ -79,9 +81,11 @@ COPY --from=builder /wheels/app.sha256 /opt/ketamine-cds/app-wheel.sha256
 RUN --mount=type=bind,from=builder,source=/wheels,target=/tmp/wheels \
     /opt/venv/bin/pip install --no-cache-dir --no-index --find-links /tmp/wheels/deps /tmp/wheels/app/ketamine_cds-*.whl
 
-# The service can write to only two places:
-# - /app/data holds the SQLite feedback store. Mount a volume there to keep feedback across restarts,
-#   or set KETAMINE_CDS_DATABASE_URL to PostgreSQL.
+# The service can write to only these places (the root filesystem may be mounted read-only):
+# - /app/data holds the SQLite feedback store and the outbox (records waiting for the database). Mount a
+#   volume there to keep them across restarts, or set KETAMINE_CDS_DATABASE_URL to PostgreSQL.
+# - /tmp ($KETAMINE_CDS_WORK_DIR): temporary files, gunicorn's heartbeat files, the metrics directory
+#   (an emptyDir under Kubernetes; see deploy/).
 # - /run/ketamine-cds ($XDG_RUNTIME_DIR) holds gunicorn's control socket (newer gunicorn has one), mode 0600.
 #   Without it, gunicorn tries $HOME/.gunicorn (/app) and logs "Control server error: Permission denied".
 WORKDIR /app

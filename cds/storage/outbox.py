@@ -274,7 +274,6 @@ class Outbox:
 
     def replay_orphans(self) -> int:
         """Ship and delete the files of processes that died. Returns how many records were shipped."""
-        self.directory.mkdir(parents=True, exist_ok=True)
         shipped = 0
         for lock_path in sorted(self.directory.glob("*.lock")):
             if self._lock is not None and lock_path == self._lock.lock_path:
