@@ -21,7 +21,7 @@ from jwt.warnings import InsecureKeyLengthWarning
 
 from cds.config import Settings, TrustedIssuer
 from cds.errors import Unauthorized
-from cds.web.auth import ClientAuthenticator, _fits, _JwksError, _parse_jwks
+from cds.web.auth import ClientAuthenticator, _fits, _JwksError, _loggable, _parse_jwks
 from cds.web.auth import _Key as _KeyEntry
 
 ISS = "https://ehr.example.org"
@@ -258,3 +258,89 @@ def test_signature_that_is_not_base64_is_malformed(
     with caplog.at_level("WARNING", logger="cds.web.auth"):
         assert not _accepted(auth, f"{head}.{payload}.A")  # one base64 character cannot be decoded
     assert [r.reason for r in caplog.records if hasattr(r, "reason")] == ["malformed_token"]
+
+
+# -- what a rejection logs, and the reasons at each header and claim check -------------------------------
+
+
+def _reasons(caplog: pytest.LogCaptureFixture) -> list[tuple[str, str, str, str]]:
+    return [
+        (r.reason, r.iss, r.kid, r.jti)  # type: ignore[attr-defined]
+        for r in caplog.records
+        if r.name == "cds.web.auth" and hasattr(r, "reason")
+    ]
+
+
+def test_rejection_log_names_iss_kid_and_jti_only(
+    make_auth: Callable[[], tuple[ClientAuthenticator, _Replay]],
+    ec_key: ec.EllipticCurvePrivateKey,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    auth, _ = make_auth()
+    other = ec.generate_private_key(ec.SECP384R1())
+    with caplog.at_level("WARNING", logger="cds.web.auth"):
+        assert not _accepted(auth, _token(other, "ec", jti="jti-logged"))  # signed by the wrong key
+    assert _reasons(caplog) == [("bad_signature", ISS, "ec", "jti-logged")]
+    message = next(r.getMessage() for r in caplog.records if hasattr(r, "reason"))
+    assert message == f"client JWT rejected: reason=bad_signature iss={ISS} kid=ec jti=jti-logged"
+
+
+@pytest.mark.parametrize(
+    ("value", "logged"),
+    [
+        ("plain", "plain"),
+        ("", "-"),
+        (None, "-"),
+        (42, "-"),
+        ("quo\"te's", "quo?te?s"),
+        ("tab\there\n", "tab?here?"),
+        ("x" * 128, "x" * 128),
+        ("x" * 129, "x" * 128 + "..."),
+    ],
+)
+def test_claim_values_are_logged_printable_and_bounded(value: object, logged: str) -> None:
+    assert _loggable(value) == logged
+
+
+@pytest.mark.parametrize(
+    ("header", "claims", "reason"),
+    [
+        # PyJWT's parser already refuses these, before our own unsupported-header check is reached
+        ({"crit": ["exp"]}, {}, "malformed_token"),
+        ({"b64": False}, {}, "malformed_token"),
+        ({}, {"iss": 123}, "missing_iss"),
+        ({}, {"iss": ""}, "missing_iss"),
+        ({}, {"iss": "https://other.example.org"}, "untrusted_iss"),
+        ({"typ": "JOSE"}, {}, "bad_typ"),
+        ({"kid": ""}, {}, "missing_kid"),
+        ({}, {"jti": "j" * 256}, "missing_jti"),
+    ],
+)
+def test_each_check_rejects_for_its_own_reason(
+    make_auth: Callable[[], tuple[ClientAuthenticator, _Replay]],
+    ec_key: ec.EllipticCurvePrivateKey,
+    caplog: pytest.LogCaptureFixture,
+    header: dict[str, Any],
+    claims: dict[str, Any],
+    reason: str,
+) -> None:
+    auth, _ = make_auth()
+    token = _token(ec_key, "ec", **claims)
+    if header:
+        _, payload, _sig = token.removeprefix("Bearer ").split(".")
+        full = {"alg": "ES384", "typ": "JWT", "kid": "ec", **header}
+        signing_input = f"{_b64(json.dumps(full).encode())}.{payload}"
+        signature = jwt.get_algorithm_by_name("ES384").sign(signing_input.encode(), ec_key)
+        token = f"Bearer {signing_input}.{_b64(signature)}"
+    with caplog.at_level("WARNING", logger="cds.web.auth"):
+        assert not _accepted(auth, token)
+    assert [r[0] for r in _reasons(caplog)] == [reason]
+
+
+def test_longest_allowed_jti_and_odd_tenant(
+    make_auth: Callable[[], tuple[ClientAuthenticator, _Replay]], ec_key: ec.EllipticCurvePrivateKey
+) -> None:
+    auth, _ = make_auth()
+    client = auth.verify(_token(ec_key, "ec", jti="j" * 255, tenant=5), AUD)
+    assert (client.jti, client.kid, client.tenant) == ("j" * 255, "ec", None)  # a non-string tenant: none
+    assert auth.verify(_token(ec_key, "ec", tenant="t1"), AUD).tenant == "t1"
