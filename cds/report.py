@@ -118,7 +118,12 @@ def _reason_columns(report: RuleReport) -> list[tuple[tuple[str | None, str | No
             if key not in titles or reason.display:
                 titles[key] = reason.label
     ordered = sorted(totals, key=lambda k: (-totals[k], k == _REASON_NONE, k[1] or "", k[0] or ""))
-    return [(key, f"overridden: {titles[key]}") for key in ordered]
+    # The same code with and without its system is two reasons; its columns must not share a title.
+    shared = {title for title in titles.values() if list(titles.values()).count(title) > 1}
+    return [
+        (key, f"overridden: {titles[key]}" + (f" [{key[0] or 'no system'}]" if titles[key] in shared else ""))
+        for key in ordered
+    ]
 
 
 def _safe_cell(value: str) -> str:

@@ -90,6 +90,22 @@ def test_csv_has_totals_then_weeks_with_one_column_per_reason() -> None:
     ]
 
 
+def test_csv_keeps_a_code_with_and_without_its_system_in_distinct_columns() -> None:
+    """One reason code sent once with its system and once without is two reasons: two columns, each
+    titled so a spreadsheet (and DictReader) does not fold them together."""
+    with_system = ReasonCount(SYSTEM, "patient-informed", "Patient informed", 2)
+    bare = ReasonCount(None, "patient-informed", "Patient informed", 1)  # display looked up when reported
+    rule = RuleStats("ketamine-benzodiazepine", ("1",), Tally(4, 0, 3, (with_system, bare)), ())
+    text = render_report(RuleReport(GENERATED, None, (rule,), 0), "csv")
+    header = next(csv.reader(io.StringIO(text)))
+    reasons = header[8:]
+    assert len(reasons) == len(set(reasons)) == 2
+    assert reasons[0] == f"overridden: patient-informed (Patient informed) [{SYSTEM}]"
+    assert reasons[1] == "overridden: patient-informed (Patient informed) [no system]"
+    (row,) = csv.DictReader(io.StringIO(text))
+    assert [row[title] for title in reasons] == ["2", "1"]
+
+
 def test_csv_does_not_let_spreadsheets_run_formulas() -> None:
     evil = ReasonCount(SYSTEM, "x", '=HYPERLINK("http://evil.example")', 1)
     report = RuleReport(

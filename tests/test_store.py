@@ -163,6 +163,32 @@ def test_feedback_for_unknown_card_is_stored_and_flagged(store: Store) -> None:
     assert override_report(store).rules == ()
 
 
+def test_feedback_arriving_before_its_card_record_becomes_known(store: Store) -> None:
+    """Across replicas the feedback can reach the database before the card's record (still in the other
+    replica's outbox): it is attributed to the card once both are in, in the column and when read."""
+    assert store.record_feedback("svc", [accepted("c-late", MONDAY)]) == 1
+    [before] = store.feedback_for("c-late")
+    assert before.known_card is False
+    store.record_cards([card("c-late")])
+    [after] = store.feedback_for("c-late")
+    assert after.known_card is True
+    with store.engine.connect() as conn:
+        column = conn.scalar(
+            sa.select(feedback_table.c.known_card).where(feedback_table.c.card_uuid == "c-late")
+        )
+    assert column is True
+    assert override_report(store).unmatched_feedback == 0
+    assert override_report(store).rules[0].total.accepted == 1
+
+
+def test_audit_records_shipped_twice_are_stored_once(store: Store) -> None:
+    record = AuditRecord("h", "svc", None, None, None, 1.0, 200, (), (), MONDAY)
+    store.record_audits([record])
+    store.record_audits([record])  # the outbox delivers at least once
+    with store.engine.connect() as conn:
+        assert conn.scalar(sa.select(sa.func.count()).select_from(audit_table)) == 1
+
+
 def test_record_cards_is_idempotent(store: Store) -> None:
     store.record_cards([card("c-1"), card("c-2")])
     store.record_cards([card("c-1")])
