@@ -37,6 +37,8 @@ from cds.fhir.model import (
     SourceRef,
 )
 
+OnsetSpan = tuple[date, date]  # the first and last day an onset can fall on
+
 
 @dataclass(frozen=True, slots=True)
 class Hit:
@@ -51,6 +53,7 @@ class Hit:
     figures: str | None = None  # dose arithmetic or a reading
     notes: tuple[str, ...] = ()  # note codes rendered by the card layer (stale, as-needed, ...)
     onset_age: OnsetAge | None = None  # the onset as recorded, when given as the patient's age
+    span: OnsetSpan | None = None  # the days the onset can fall on, when the record gives a span
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,7 +154,7 @@ def _condition_band_hits(
     found = _first_match(ctx, band.match, (fact.concept,))
     if found is None:
         return None
-    when_date, basis = _condition_date(fact, situation)
+    when_date, basis = _condition_date(fact)
     ref = situation.reference_date
     when = band.when
     if "onset_unknown" in when and when_date is not None:
@@ -167,6 +170,14 @@ def _condition_band_hits(
     notes: tuple[str, ...] = ("recorded-date-fallback",) if basis == "recorded" and when_date else ()
     if fact.onset_age is not None and fact.onset_age.latest is None:
         notes += ("onset-age-without-birth-date",)
+    if fact.onset_text is not None:
+        notes += (
+            f"onset-text:{fact.onset_text}"
+            if fact.onset_span is None
+            else f"onset-as-text:{fact.onset_text}",
+        )
+    elif basis == "onset-span" and fact.onset_span is not None:
+        notes += (f"onset-span:{fact.onset_span[0].isoformat()} to {fact.onset_span[1].isoformat()}",)
     if found.method == METHOD_NAME:
         notes += ("by-name",)
     if fact.unreadable:
@@ -180,6 +191,7 @@ def _condition_band_hits(
         date_basis=basis if when_date else None,
         notes=notes,
         onset_age=fact.onset_age,
+        span=fact.onset_span if basis == "onset-span" else None,
     )
 
 
@@ -193,14 +205,14 @@ def _date_value(ctx: EngineContext, hit: Hit) -> str:
     )
 
 
-def _condition_date(fact: ConditionFact, situation: Situation) -> tuple[date | None, str]:
+def _condition_date(fact: ConditionFact) -> tuple[date | None, str]:
     """The date that decides how recent a condition is, and what it is: the onset; for an onset given as
-    an age, the latest day that age allows (no later than today); else the recorded date, which the
-    condition cannot postdate."""
+    a span (a period, an age, a month in words), the latest day it allows, shown with the whole span and
+    never moved to another day; else the recorded date, which the condition cannot postdate."""
     if fact.onset is None:
         return fact.recorded, "recorded"
-    if fact.onset_age is not None and fact.onset == fact.onset_age.latest:
-        return min(fact.onset, situation.clock_date), "onset-age"
+    if fact.onset_span is not None and fact.onset == fact.onset_span[1]:
+        return fact.onset, "onset-age" if fact.onset_age is not None else "onset-span"
     return fact.onset, "onset"
 
 
@@ -612,10 +624,32 @@ def _collect_conditions(inp: _BandInput, result: _BandResult) -> bool:
     if first is not None:
         result.values.update(
             condition=first.label or "?",
-            onset=_date_value(inp.ctx, first) if first.date else "?",
-            months_ago=str(months_between(first.date, inp.situation.reference_date)) if first.date else "?",
+            onset=_onset_value(inp.ctx, first),
+            months_ago=_months_ago(first, inp.situation.reference_date),
         )
     return True
+
+
+def _onset_value(ctx: EngineContext, hit: Hit) -> str:
+    """The onset as the card shows it: a day, or the first and last day of a span (never one invented day)."""
+    span = hit.span or (
+        (hit.onset_age.earliest, hit.onset_age.latest)
+        if hit.onset_age is not None and hit.onset_age.earliest and hit.onset_age.latest
+        else None
+    )
+    if span is not None and span[0] != span[1]:
+        return f"{span[0].isoformat()} to {span[1].isoformat()}"
+    return _date_value(ctx, hit) if hit.date else "?"
+
+
+def _months_ago(hit: Hit, reference: date) -> str:
+    """Whole months from the onset to the reference date; for a span, the range it allows ("4-10")."""
+    if hit.date is None:
+        return "?"
+    latest = months_between(hit.date, reference)
+    earliest_day = hit.span[0] if hit.span else hit.onset_age.earliest if hit.onset_age else None
+    earliest = months_between(earliest_day, reference) if earliest_day else latest
+    return str(latest) if earliest == latest else f"{latest}-{earliest}"
 
 
 def _collect_allergies(inp: _BandInput, result: _BandResult) -> bool:
@@ -671,14 +705,15 @@ def _collect_blood_pressure(inp: _BandInput, result: _BandResult) -> bool:
     systolic = fmt_number(latest.systolic) if latest.systolic else "?"
     diastolic = fmt_number(latest.diastolic) if latest.diastolic else "?"
     taken = latest.taken.date() if latest.taken else None
-    result.hits.append(
+    result.hits.extend(
         Hit(
-            source=latest.source,
+            source=source,
             label=None,
             date=taken,
             date_basis="taken",
             figures=f"{systolic}/{diastolic} {inp.ctx.bp_unit}",
         )
+        for source in (latest.source, *latest.partners)
     )
     result.values.update(
         systolic=systolic, diastolic=diastolic, reading_date=taken.isoformat() if taken else "?"
@@ -849,7 +884,10 @@ def evaluate_rule(
     if not results:
         return None
     best = max(results, key=lambda r: (INDICATOR_RANK[_indicator(ctx, rule, r.band)], -results.index(r)))
-    others = tuple(hit for r in results if r is not best for hit in r.hits)
+    shown = {hit.source for hit in best.hits}  # a record behind the card is not listed again below it
+    others = tuple(
+        dict.fromkeys(hit for r in results if r is not best for hit in r.hits if hit.source not in shown)
+    )
     values = dict(best.values)
     values["product"] = product_text(ctx, situation.products)
     values["reference_date"] = situation.reference_date.isoformat()

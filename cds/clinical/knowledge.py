@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -218,6 +219,7 @@ def load_knowledge(policy_file: str | None = None, root: Path | None = None) -> 
         diastolic={(c.system or "", c.code or "") for c in bp.diastolic},
         above=float(plausible["above"]),
         below=float(plausible["below"]),
+        pair_within=timedelta(minutes=float(plausible["pair_within_minutes"])),
     )
     schemas = profiles / "schemas"
     return Knowledge(

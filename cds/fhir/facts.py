@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import calendar
 import re
+from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
-from datetime import UTC, date, datetime
+from dataclasses import dataclass, replace
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from cds.fhir.model import (
@@ -416,16 +417,67 @@ def _onset_age(resource: Mapping[str, Any], birth: date | None) -> OnsetAge | No
     return OnsetAge(low[0], high[0], low[1], *(window or (None, None)))
 
 
-def _onset(resource: Mapping[str, Any], age: OnsetAge | None) -> date | None:
-    """onset[x] as a date. Present but unreadable (or onsetString) counts as missing: the undated bands
-    then ask for the date rather than guess it. An age gives its latest possible date: the cautious
-    reading for a "how recent" check (the engine keeps it no later than today)."""
-    if "onsetDateTime" in resource:
-        return parse_date(resource["onsetDateTime"])
+_MONTH_NAMES = {
+    name.lower(): number
+    for number in range(1, 13)
+    for name in (calendar.month_name[number], calendar.month_abbr[number])
+}
+_MONTH_YEAR = re.compile(r"\b([A-Za-z]{3,9})\.?,?\s+(\d{4})\b")
+_YEAR_MONTH = re.compile(r"\b(\d{4})-(\d{2})\b")
+_MONTH_SLASH_YEAR = re.compile(r"\b(\d{1,2})/(\d{4})\b")
+
+
+def _month_span(year: int, month: int) -> tuple[date, date] | None:
+    if not (1 <= month <= 12 and 1 <= year <= 9999):
+        return None
+    return date(year, month, 1), date(year, month, calendar.monthrange(year, month)[1])
+
+
+def onset_text_span(text: str) -> tuple[date, date] | None:
+    """A month and year written in an onsetString ("November 2025", "Nov. 2025", "2025-11", "11/2025")
+    -> the first and last day of that month. Anything else (no month, two different months) -> None:
+    the record is then treated as undated and the card asks for the date."""
+    spans: set[tuple[date, date]] = set()
+    for name, year in _MONTH_YEAR.findall(text):
+        if name.lower() in _MONTH_NAMES:
+            spans.add(_month_span(int(year), _MONTH_NAMES[name.lower()]) or (date.min, date.min))
+    for year, month in _YEAR_MONTH.findall(text):
+        spans.add(_month_span(int(year), int(month)) or (date.min, date.min))
+    for month, year in _MONTH_SLASH_YEAR.findall(text):
+        spans.add(_month_span(int(year), int(month)) or (date.min, date.min))
+    months_named = {_MONTH_NAMES[w] for w in re.findall(r"[a-z]+", text.lower()) if w in _MONTH_NAMES}
+    if len(spans) != 1 or (date.min, date.min) in spans or len(months_named) > 1:
+        return None
+    return spans.pop()
+
+
+def _onset_span(resource: Mapping[str, Any], age: OnsetAge | None) -> tuple[date, date] | None:
+    """The days the onset can fall on when the record gives a span rather than a day."""
     period = resource.get("onsetPeriod")
     if isinstance(period, dict):
-        return parse_date(period.get("start")) or parse_date(period.get("end"))
-    return age.latest if age is not None else None
+        start, end = parse_date(period.get("start")), parse_date(period.get("end"))
+        if start is not None and end is not None and start <= end:
+            return start, end
+        return None
+    if isinstance(resource.get("onsetString"), str):
+        return onset_text_span(resource["onsetString"])
+    if age is not None and age.earliest is not None and age.latest is not None:
+        return age.earliest, age.latest
+    return None
+
+
+def _onset(resource: Mapping[str, Any], span: tuple[date, date] | None) -> date | None:
+    """onset[x] as a date. Present but unreadable (or text without a month and year) counts as missing:
+    the undated bands then ask for the date rather than guess it. A span (a period, an age, a month
+    written as text) gives its latest possible date: the cautious reading for a "how recent" check."""
+    if "onsetDateTime" in resource:
+        return parse_date(resource["onsetDateTime"])
+    if span is not None:
+        return span[1]
+    period = resource.get("onsetPeriod")
+    if isinstance(period, dict):  # a period open at one end: the only date it gives
+        return parse_date(period.get("end")) or parse_date(period.get("start"))
+    return None
 
 
 def dates_itself_by_age(resource: Any) -> bool:
@@ -436,7 +488,9 @@ def dates_itself_by_age(resource: Any) -> bool:
 def condition_fact(resource: Mapping[str, Any], birth: date | None) -> ConditionFact:
     code = concept(resource.get("code"))
     age = _onset_age(resource, birth)
-    onset = _onset(resource, age)
+    span = _onset_span(resource, age)
+    onset = _onset(resource, span)
+    onset_text = resource.get("onsetString")
     abatement = parse_date(resource.get("abatementDateTime"))
     return ConditionFact(
         source=_ref(resource),
@@ -448,6 +502,8 @@ def condition_fact(resource: Mapping[str, Any], birth: date | None) -> Condition
         abatement=abatement,
         unreadable=None if (code.codings or code.text) else "condition-not-coded",
         onset_age=age,
+        onset_span=span,
+        onset_text=onset_text.strip() or None if isinstance(onset_text, str) else None,
     )
 
 
@@ -487,6 +543,8 @@ class BloodPressureSpec:
     diastolic: set[tuple[str, str]]
     above: float
     below: float
+    # A lone systolic and a lone diastolic Observation taken this close together are one measurement
+    pair_within: timedelta = timedelta(0)
 
     def value(self, quantity: Any) -> float | None:
         found = _quantity(quantity)
@@ -532,6 +590,43 @@ def blood_pressure_fact(resource: Mapping[str, Any], spec: BloodPressureSpec) ->
     elif taken is None:
         unreadable = "bp-date-unreadable"
     return BloodPressureFact(_ref(resource), taken, sys_value, dia_value, unreadable)
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def pair_blood_pressures(readings: Sequence[BloodPressureFact], within: timedelta) -> list[BloodPressureFact]:
+    """Join a systolic-only and a diastolic-only reading taken within `within` of each other into one
+    reading (EHRs often send the two values as separate Observations). Each lone value is used once,
+    with the nearest partner in time; a value left without a partner stays a reading of its own."""
+
+    def lone(reading: BloodPressureFact, systolic: bool) -> bool:
+        if reading.unreadable is not None or reading.taken is None:
+            return False
+        if systolic:
+            return reading.systolic is not None and reading.diastolic is None
+        return reading.diastolic is not None and reading.systolic is None
+
+    systolics = [r for r in readings if lone(r, systolic=True)]
+    diastolics = sorted((r for r in readings if lone(r, systolic=False)), key=lambda r: r.taken or _EPOCH)
+    times = [d.taken or _EPOCH for d in diastolics]
+    candidates = []
+    for i, s in enumerate(systolics):  # only diastolics inside the window, found by bisection
+        taken = s.taken or _EPOCH
+        for j in range(bisect_left(times, taken - within), bisect_right(times, taken + within)):
+            candidates.append((abs(taken - times[j]), i, j))
+    candidates.sort()
+    paired: dict[int, BloodPressureFact] = {}  # id of a lone systolic -> the joined reading
+    used: set[int] = set()  # ids of the diastolic readings joined to one
+    for _gap, i, j in candidates:  # closest pairs first
+        systolic, diastolic = systolics[i], diastolics[j]
+        if id(systolic) in paired or id(diastolic) in used:
+            continue
+        used.add(id(diastolic))
+        paired[id(systolic)] = replace(
+            systolic, diastolic=diastolic.diastolic, partners=(*systolic.partners, diastolic.source)
+        )
+    return [paired.get(id(r), r) for r in readings if id(r) not in used]
 
 
 # ------------------------------------------------------------------------------------------- assembling
@@ -603,6 +698,7 @@ def build_facts(
         reading = blood_pressure_fact(observation, bp_spec)
         if reading is not None:
             readings.append(reading)
+    readings = pair_blood_pressures(readings, bp_spec.pair_within)
     return PatientFacts(
         patient_ref=patient_ref,
         birth_date=birth,

@@ -119,6 +119,10 @@ class ConditionFact:
     abatement: date | None = None
     unreadable: str | None = None
     onset_age: OnsetAge | None = None  # set when the onset is given as an age (onsetAge, onsetRange)
+    # The first and last day the onset can fall on, when the record gives a span (onsetPeriod, an age,
+    # a month written as text); `onset` is then its last day, the cautious one for "how recent".
+    onset_span: tuple[date, date] | None = None
+    onset_text: str | None = None  # onsetString as written (quoted on the card; dated only if readable)
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,6 +167,8 @@ class BloodPressureFact:
     systolic: float | None
     diastolic: float | None
     unreadable: str | None = None
+    # Separate systolic and diastolic Observations of one measurement, paired: the other record(s)
+    partners: tuple[SourceRef, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
