@@ -414,10 +414,10 @@ CASES: list[Case] = [
         evidence={
             MI_RULE: (
                 "onset recorded as age 46 years: between 2026-04-02 and 2027-04-01",
-                "2026-11-22 at the latest",
+                "dates from 2026-04-02 to 2027-04-01",
             )
         },
-        absent={MI_RULE: ("without an onset",)},
+        absent={MI_RULE: ("without an onset", "2026-11-22")},  # today is not the onset: never shown as one
     ),
     Case(
         "MI at age 556 months: a one-month window, 2026-08-02 to 2026-09-01",

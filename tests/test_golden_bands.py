@@ -101,7 +101,7 @@ EXPECTED: dict[str, dict[str, tuple[str, dict[str, str]]]] = {
     "MI: onset recorded as the patient's age this year is critical": {
         "recent-myocardial-infarction": (
             "within-contraindication-window",
-            {"onset": "2026-11-22 at the latest", "months_ago": "0"},
+            {"onset": "2026-04-02 to 2027-04-01", "months_ago": "0-7"},
         )
     },
     "aneurysm: critical for esketamine": {"aneurysm-or-avm": ("esketamine-contraindication", UNDATED)},
