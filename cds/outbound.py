@@ -174,7 +174,9 @@ def _pool_classes(policy: AddressPolicy) -> dict[str, type[HTTPConnectionPool]]:
 class _CheckedAdapter(HTTPAdapter):
     def __init__(self, policy: AddressPolicy) -> None:
         self._pool_classes = _pool_classes(policy)
-        super().__init__(max_retries=0)
+        # one call fetches several FHIR searches at once and the worklist screens several patients at once,
+        # all over one session: keep that many connections per host for reuse instead of discarding them
+        super().__init__(max_retries=0, pool_maxsize=32)
 
     def init_poolmanager(
         self, connections: int, maxsize: int, block: bool = False, **pool_kwargs: Any

@@ -1,7 +1,9 @@
 """A small, defensive FHIR R4 client for the data the EHR did not prefetch.
 
 One client serves one CDS request: it shares a deadline and a byte budget across all its calls, and it
-takes its `requests.Session` from the caller (tests point it at a real local server).
+takes its `requests.Session` from the caller (tests point it at a real local server). Its calls may run on
+several threads at once (the prefetch fallback fetches keys concurrently): the counters are locked, and the
+session's connection pool hands each concurrent call its own connection.
 
 Security rules, all enforced here:
 
@@ -21,6 +23,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
@@ -111,6 +114,7 @@ class FhirClient:
         self._deadline = deadline
         self.bytes_read = 0
         self.requests_sent = 0
+        self._counting = threading.Lock()  # concurrent fetches share the byte budget
 
     # ------------------------------------------------------------------ public API
 
@@ -229,7 +233,8 @@ class FhirClient:
             min(self._settings.fhir_connect_timeout_s, remaining),
             min(self._settings.fhir_read_timeout_s, remaining),
         )
-        self.requests_sent += 1
+        with self._counting:
+            self.requests_sent += 1
         try:
             response = self._session.get(
                 url, headers=self._headers(), timeout=timeout, stream=True, allow_redirects=False
@@ -258,8 +263,10 @@ class FhirClient:
         chunks: list[bytes] = []
         try:
             for chunk in _iter_chunks(response):
-                self.bytes_read += len(chunk)
-                if self.bytes_read > limit:
+                with self._counting:
+                    self.bytes_read += len(chunk)
+                    total = self.bytes_read
+                if total > limit:
                     raise FhirError(_too_big(what, limit))
                 self._remaining(what)
                 chunks.append(chunk)

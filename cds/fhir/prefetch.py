@@ -26,21 +26,36 @@ from ``_include`` entries, any prefetch bundle and ``context.draftOrders``; thos
 from the server once each, within the same deadline. A reference that cannot be resolved is just absent
 from `Gathered.medications` and the caller reports it. Contained references (``#id``) are left to the
 caller.
+
+The keys to fetch (and then the Medications to read) are fetched concurrently, at most
+`MAX_PARALLEL_FETCHES` at a time per call, over the caller's session (its connection pool) and within the
+client's one deadline and byte budget. The outcome does not depend on the order they finish in: resources
+stay in template order, and when several keys fail the 412 names the first in template order, as a
+sequential fetch would.
 """
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import re
-from collections.abc import Callable, Collection, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
-from typing import Any
+from functools import partial
+from typing import Any, TypeVar
 from urllib.parse import quote, unquote, urlsplit
 
 from cds.errors import FhirError, Issue, PreconditionFailed
 from cds.fhir.client import FhirClient
 
 log = logging.getLogger(__name__)
+
+# Fetches in flight at once for one call: enough for the five screening searches to overlap, few enough
+# not to flood the EHR's FHIR server (each gunicorn thread may run one call).
+MAX_PARALLEL_FETCHES = 4
+
+_T = TypeVar("_T")
 
 _TOKEN = re.compile(r"\{\{\s*([^{}]*?)\s*\}\}")
 _CONTEXT_TOKEN = re.compile(r"^context\.([A-Za-z_][A-Za-z0-9_]*)$")
@@ -188,8 +203,7 @@ def gather(
         client = lazy.get()
         if client is None:
             raise _unobtainable(to_fetch, lazy.error)
-        for plan in to_fetch:
-            _fetch(plan, client, context)
+        _run_all([partial(_fetch, plan, client, context) for plan in to_fetch])
 
     resources = {plan.key: _dedupe(plan.resources) for plan in plans}
     fetched = tuple(plan.key for plan in to_fetch)
@@ -398,16 +412,50 @@ def _medications(
     client = lazy.get()
     if client is None:
         return medications
-    for key, references in wanted.items():
-        # an absolute reference is read only when it lies under fhirServer: the same id elsewhere may
-        # be a different Medication
-        if not any(not urlsplit(ref).scheme or client.is_under_base(ref) for ref in references):
-            continue
-        try:
-            found = client.read(key)
-        except FhirError as exc:
-            log.info("could not read a referenced Medication: %s", exc.message)
-            continue
+    # an absolute reference is read only when it lies under fhirServer: the same id elsewhere may be a
+    # different Medication
+    readable = [
+        key
+        for key, references in wanted.items()
+        if any(not urlsplit(ref).scheme or client.is_under_base(ref) for ref in references)
+    ]
+    reads = _run_all([partial(_read_medication, client, key) for key in readable])
+    for key, found in zip(readable, reads, strict=True):
         if found is not None:
             medications[key] = found
     return medications
+
+
+def _read_medication(client: FhirClient, key: str) -> dict[str, Any] | None:
+    try:
+        return client.read(key)
+    except FhirError as exc:
+        log.info("could not read a referenced Medication: %s", exc.message)
+        return None
+
+
+# ---------------------------------------------------------------------- running fetches concurrently
+
+
+def _run_all(tasks: Sequence[Callable[[], _T]]) -> list[_T]:
+    """Every task's result, in task order; at most `MAX_PARALLEL_FETCHES` run at once.
+
+    When tasks fail, the first failure in task order is raised (after the running ones have finished, so
+    no fetch outlives the call) and tasks not yet started are dropped: the same error a sequential run
+    would raise. A single task runs on the caller's thread.
+    """
+    if len(tasks) <= 1:
+        return [task() for task in tasks]
+    with ThreadPoolExecutor(max_workers=min(len(tasks), MAX_PARALLEL_FETCHES)) as pool:
+        # each task runs in a copy of the caller's context (context variables, e.g. for logging)
+        futures: list[Future[_T]] = [pool.submit(contextvars.copy_context().run, task) for task in tasks]
+        wait(futures, return_when=FIRST_EXCEPTION)
+        if any(future.done() and future.exception() is not None for future in futures):
+            for future in futures:
+                future.cancel()  # only those not started; the running ones finish (bounded by the deadline)
+        wait(futures)
+    for future in futures:
+        error = None if future.cancelled() else future.exception()
+        if error is not None:
+            raise error
+    return [future.result() for future in futures]
