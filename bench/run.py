@@ -10,14 +10,16 @@ What one run does (details in bench/README.md):
    draft order selected, full prefetch, records shaped like the Synthea test patients;
 2. measures three servers, one after the other, each under gunicorn with the production worker settings
    (gthread, 4 threads, --workers; the default is the service's default of 2):
-   floor   bench/floor_app.py: read the body, json.loads it, answer {"cards": []};
+   floor   bench/floor_app.py: read the body, json.loads it, answer {"cards": []} (and the same with
+           orjson and with msgspec: floor-orjson, floor-msgspec);
    prefetch  `ketamine-cds serve --dev` with the full-prefetch request;
    fhir    `ketamine-cds serve --dev` with no prefetch and fhirServer pointing at a local sekmet-fhir server
            loaded with the same patients (the service pages with its own page size);
    for each size: latency at concurrency 1 (p50/p95/p99), throughput with --concurrency client processes,
    peak RSS (VmHWM) of every gunicorn worker;
-3. profiles the 1000-resource prefetch request in process (cProfile) to show where the time goes;
-4. writes bench/results/results.json, REPORT.md and latency.png.
+3. measures the prefetch service's throughput at 1000 resources with 2 workers and with 1 (scaling);
+4. profiles the 1000-resource prefetch request in process (cProfile) to show where the time goes;
+5. writes bench/results/results.json, REPORT.md and latency.png.
 
 All servers listen on free 127.0.0.1 ports and are stopped when the run ends, also on errors.
 """
@@ -55,6 +57,8 @@ RESULTS_DIR = Path(__file__).resolve().parent / "results"
 DEFAULT_SIZES = (50, 200, 1000, 5000)
 QUICK_SIZES = (50, 1000)
 PROFILE_SIZE = 1000
+# mode name -> BENCH_FLOOR_PARSER (bench/floor_app.py); "floor" is the standard library, the targets' floor
+FLOOR_PARSERS = {"floor": "json", "floor-orjson": "orjson", "floor-msgspec": "msgspec"}
 
 
 def _iterations(size: int, mode: str, quick: bool) -> int:
@@ -152,7 +156,8 @@ def fhir_resources_users() -> list[str]:
 
 
 def _versions() -> dict[str, str]:
-    return {name: version(name) for name in ("flask", "gunicorn", "werkzeug", "jsonschema", "requests")}
+    names = ("flask", "gunicorn", "werkzeug", "jsonschema", "requests", "orjson", "msgspec")
+    return {name: version(name) for name in names}
 
 
 # ------------------------------------------------------------------------------------------ measuring
@@ -309,6 +314,39 @@ def _load_patients(base_url: str, token: str, patients: list[PatientRecord]) -> 
     return loaded
 
 
+def _worker_cpu(server: servers.Server) -> Callable[[], dict[str, float]]:
+    return lambda: {"server workers": server.worker_cpu()}
+
+
+def measure_scaling(service: Mode, size: int, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+    """Throughput of the full-prefetch service with 2 workers (the running one), then with 1, back to back."""
+    runs: dict[str, Any] = {}
+    for workers in (2, 1):
+        _log(f"scaling: {size} resources, {workers} worker(s), throughput ({args.concurrency} clients)")
+        with ExitStack() as stack:
+            if workers == args.workers:
+                server = service.server
+            else:
+                single = argparse.Namespace(**{**vars(args), "workers": workers})
+                server = stack.enter_context(_service(f"service-{workers}w", single, workdir))
+            runs[str(workers)] = measure_throughput(
+                server.port,
+                SERVICE_PATH,
+                service.bodies[size],
+                concurrency=args.concurrency,
+                max_requests=args.throughput_requests,
+                time_limit_s=args.throughput_seconds,
+                cpu_counters=_worker_cpu(server),
+            )
+        _log(f"  {runs[str(workers)]['rps']:.1f} requests/s")
+    return {
+        "size": size,
+        "concurrency": args.concurrency,
+        "seconds": args.throughput_seconds,
+        "workers": runs,
+    }
+
+
 def start_servers(
     stack: ExitStack,
     patients: list[PatientRecord],
@@ -318,17 +356,23 @@ def start_servers(
     results: dict[str, Any],
 ) -> list[Mode]:
     """Start the floor, the service (twice: prefetch and FHIR fallback) and sekmet; `stack` stops them."""
-    _log("floor: gunicorn + bench/floor_app.py")
-    floor = stack.enter_context(
-        servers.running_gunicorn(
-            "floor", servers.floor_command(args.workers), workers=args.workers, workdir=workdir
+    modes = []
+    for name, parser in FLOOR_PARSERS.items():
+        _log(f"{name}: gunicorn + bench/floor_app.py ({parser})")
+        floor = stack.enter_context(
+            servers.running_gunicorn(
+                name,
+                servers.floor_command(args.workers),
+                workers=args.workers,
+                workdir=workdir,
+                env={"BENCH_FLOOR_PARSER": parser},
+            )
         )
-    )
-    modes = [Mode("floor", floor, prefetch_bodies, lambda: {"server workers": floor.worker_cpu()})]
+        modes.append(Mode(name, floor, prefetch_bodies, _worker_cpu(floor)))
     _log("prefetch: ketamine-cds serve --dev")
     service = stack.enter_context(_service("service-prefetch", args, workdir))
-    modes.append(Mode("prefetch", service, prefetch_bodies, lambda: {"server workers": service.worker_cpu()}))
-    results["modes"] = {"floor": {"sizes": {}}, "prefetch": {"sizes": {}}}
+    modes.append(Mode("prefetch", service, prefetch_bodies, _worker_cpu(service)))
+    results["modes"] = {mode.name: {"sizes": {}} for mode in modes}
     if args.no_fhir:
         return modes
 
@@ -404,6 +448,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--idle-threshold", type=float, default=0.3, help="cores of other work deemed idle")
     parser.add_argument("--no-fhir", action="store_true", help="skip the FHIR-fallback measurements")
     parser.add_argument(
+        "--no-scaling", action="store_true", help="skip the 2-workers-against-1 throughput measurement"
+    )
+    parser.add_argument(
         "--out", type=Path, default=RESULTS_DIR, help="where results.json, REPORT.md, latency.png go"
     )
     return parser
@@ -478,7 +525,8 @@ def main(argv: list[str] | None = None) -> int:
         modes = start_servers(stack, patients, prefetch_bodies, args, workdir, results)
         # Sizes outermost, and the modes' latency requests interleaved: the three modes of one size are
         # measured under the same background load, so their ratios stay fair on a shared machine.
-        reference = prefetch_bodies[PROFILE_SIZE if PROFILE_SIZE in sizes else sizes[-1]]
+        reference_size = PROFILE_SIZE if PROFILE_SIZE in sizes else sizes[-1]
+        reference = prefetch_bodies[reference_size]
         results["meta"]["reference_ms"] = {"start": reference_speed(reference)}
         for size in sizes:
             results["meta"]["reference_ms"][str(size)] = reference_speed(reference)
@@ -486,6 +534,9 @@ def main(argv: list[str] | None = None) -> int:
                 results["modes"][name]["sizes"][str(size)] = cell
         for mode in modes:
             results["modes"][mode.name]["memory"] = _memory_summary(mode.server)
+        if not args.no_scaling:
+            prefetch = next(mode for mode in modes if mode.name == "prefetch")
+            results["scaling"] = measure_scaling(prefetch, reference_size, args, workdir)
         sekmet = results["modes"].get("fhir", {}).get("sekmet", {}).get("pids", [])
         if sekmet:
             results["modes"]["fhir"]["memory"]["sekmet"] = [
