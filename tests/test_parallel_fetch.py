@@ -177,3 +177,30 @@ def test_a_single_missing_key_is_fetched_on_the_calling_thread() -> None:
         )
     assert threads == [threading.current_thread().name]
     assert len(gathered.resources["conditions"]) == 2
+
+
+def test_a_fresh_fallback_search_asks_for_pages_of_fhir_page_size_and_a_server_link_is_kept() -> None:
+    """The templates ask for _count=100 (the EHR's prefetch); the fallback reads every page anyway, so it
+    asks for the operator's larger page size. A next link (the server's own paging) is never rewritten,
+    and a page size below the template's leaves the template alone."""
+
+    def reply(target: str) -> Reply:
+        return Reply(body=searchset(resource_type(target), 1))
+
+    link = "Condition?patient=p-parallel&_count=7&page=2"
+    first_page = {**searchset("Condition", 1), "link": [{"relation": "next", "url": link}]}
+    prefetch = {
+        key: searchset("X", 0) for key in TEMPLATES if key not in {"allergies", "conditions", "patient"}
+    }
+    prefetch["conditions"] = first_page
+    for page_size, expected in ((200, "_count=200"), (50, "_count=100")):
+        with ScriptedServer(reply) as server, requests.Session() as session:
+            gather(
+                TEMPLATES,
+                {**BODY, "prefetch": prefetch},
+                ["allergies", "conditions"],
+                client_factory=factory(server, session, fhir_page_size=page_size),
+            )
+        targets = {resource_type(r.target): r.target for r in server.requests}
+        assert targets["AllergyIntolerance"] == f"/fhir/AllergyIntolerance?patient={PATIENT}&{expected}"
+        assert targets["Condition"] == f"/fhir/{link}"

@@ -27,7 +27,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
-from urllib.parse import parse_qsl, unquote, urljoin, urlsplit
+from urllib.parse import parse_qsl, unquote, urljoin, urlsplit, urlunsplit
 
 import requests
 import urllib3
@@ -44,6 +44,7 @@ _CHUNK = 64 * 1024
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 _READ_REFERENCE = re.compile(r"^([A-Z][A-Za-z]{1,63})/([A-Za-z0-9\-.]{1,64})$")
 _TYPE_AT_START = re.compile(r"^/?([A-Z][A-Za-z]{1,63})(?:[/?]|$)")
+_COUNT_PARAM = re.compile(r"(^|&)_count=\d+(?=&|$)")
 
 
 class _RedactRequestTargets(logging.Filter):
@@ -122,15 +123,17 @@ class FhirClient:
         """True when `url` (absolute) lies under this client's base URL, i.e. may receive the token."""
         return _is_under(url, self._origin, self._base_path)
 
-    def search(self, query: str) -> list[dict[str, Any]]:
+    def search(self, query: str, *, widen_pages: bool = False) -> list[dict[str, Any]]:
         """Every resource of a search, following `next` links; de-duplicated by (resourceType, id).
 
         `query` is relative to the base ("Condition?patient=123") or an absolute URL under it (a `next`
-        link from a prefetched page). `_count` is added when the query has none. Entries of search mode
-        `outcome` (server warnings) are not returned.
+        link from a prefetched page). `_count` is added when the query has none; with `widen_pages` (a new
+        search, never a server's own link) a smaller `_count` is raised to `fhir_page_size`: every page is
+        read anyway, so fewer, larger pages give the same resources in fewer round trips. Entries of
+        search mode `outcome` (server warnings) are not returned.
         """
         what = f"{_resource_type(query)} search"
-        url: str | None = self._with_count(self._absolute(query, what))
+        url: str | None = self._with_count(self._absolute(query, what), widen_pages)
         seen_urls: set[str] = set()
         seen_keys: set[tuple[str, str]] = set()
         resources: list[dict[str, Any]] = []
@@ -187,12 +190,16 @@ class FhirClient:
             raise FhirError(f"refused a {what} URL outside the FHIR server's base URL")
         return url
 
-    def _with_count(self, url: str) -> str:
+    def _with_count(self, url: str, widen: bool) -> str:
         parts = urlsplit(url)
-        if any(name == "_count" for name, _ in parse_qsl(parts.query, keep_blank_values=True)):
-            return url
-        joiner = "&" if parts.query else "?"
-        return f"{url}{joiner}_count={self._settings.fhir_page_size}"
+        size = self._settings.fhir_page_size
+        counts = [value for name, value in parse_qsl(parts.query, keep_blank_values=True) if name == "_count"]
+        if not counts:
+            joiner = "&" if parts.query else "?"
+            return f"{url}{joiner}_count={size}"
+        if widen and all(value.isdigit() and int(value) < size for value in counts):
+            return urlunsplit(parts._replace(query=_COUNT_PARAM.sub(rf"\g<1>_count={size}", parts.query)))
+        return url
 
     def _next_url(self, bundle: Mapping[str, Any], current: str, what: str) -> str | None:
         links = bundle.get("link")

@@ -328,7 +328,7 @@ def _fetch(plan: _Plan, client: FhirClient, context: Mapping[str, Any]) -> None:
             found = client.read(query)
             plan.resources = (found,) if found is not None else ()
         else:
-            plan.resources = tuple(client.search(query))
+            plan.resources = tuple(client.search(query, widen_pages=True))
     except FhirError as exc:
         log.warning("FHIR fetch for prefetch key %s failed: %s", plan.key, exc.message)
         raise PreconditionFailed(
