@@ -8,17 +8,23 @@ sekmet's dependency pins differ from ours, so it lives in its own virtual enviro
 `<repo>/.cache/sekmet-venv`, built once and reused (a marker file is written only after a successful
 install, so a half-built environment is thrown away and rebuilt). Each server gets a free port, a fresh
 SQLite database in a temporary directory, and is stopped on exit.
+
+Loading the patients through the API (strict validation of every resource) takes about ten seconds, so
+the database right after a load is kept in `<repo>/.cache/sekmet-data/`, keyed by the sekmet version and
+the bytes of the bundles loaded: the next server with the same patients starts from a copy of it.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import json
 import os
 import secrets
 import shutil
 import socket
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -34,6 +40,7 @@ import requests
 SEKMET_REQUIREMENT = "sekmet-fhir==0.1.1"
 REPO_ROOT = Path(__file__).resolve().parents[2]
 VENV_DIR = REPO_ROOT / ".cache" / "sekmet-venv"
+LOADED_DIR = REPO_ROOT / ".cache" / "sekmet-data"
 DATA_DIR = REPO_ROOT / "tests" / "data" / "fhir-test-data"
 _MARKER = ".ketamine-cds-ready"
 START_TIMEOUT_S = 60.0
@@ -160,6 +167,26 @@ def load_test_patients(base_url: str, token: str, stems: tuple[str, ...] | None 
                 raise RuntimeError(f"loading {path.name}: {len(bad)} entries not stored, e.g. {bad[:3]}")
 
 
+def _loaded_copy(stems: tuple[str, ...] | None) -> Path:
+    """Where the database holding exactly these patients is kept (it may not exist yet)."""
+    digest = hashlib.sha256(SEKMET_REQUIREMENT.encode())
+    for path in patient_bundles(stems):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return LOADED_DIR / f"patients-{digest.hexdigest()[:20]}.db"
+
+
+def _keep_loaded(database: Path, copy: Path) -> None:
+    """A consistent copy of the live database (SQLite's backup API; the server keeps running)."""
+    copy.parent.mkdir(parents=True, exist_ok=True)
+    partial = copy.with_suffix(f".{os.getpid()}.partial")
+    with (
+        contextlib.closing(sqlite3.connect(database)) as source,
+        contextlib.closing(sqlite3.connect(partial)) as target,
+    ):
+        source.backup(target)
+    os.replace(partial, copy)  # atomic: a concurrent run sees the old file or the whole new one
+
+
 @contextlib.contextmanager
 def running_fhir_server(
     *,
@@ -182,6 +209,8 @@ def running_fhir_server(
     timings["venv_s"] = time.monotonic() - started
 
     workdir = Path(tempfile.mkdtemp(prefix="sekmet-"))
+    loaded = _loaded_copy(stems) if load_patients else None
+    preloaded = False
     token = secrets.token_urlsafe(32)
     log_path = workdir / "sekmet.log"
     process: subprocess.Popen[bytes] | None = None
@@ -205,6 +234,9 @@ def running_fhir_server(
                 "validation": {"inbound": "strict"},
                 "log_inbound": False,
             }
+            if loaded is not None and loaded.exists():
+                shutil.copyfile(loaded, str(config["db_path"]))
+                preloaded = True
             config_path = workdir / "sekmet.yaml"
             config_path.write_text(json.dumps(config, indent=2), encoding="utf-8")  # JSON is YAML
             started = time.monotonic()
@@ -224,10 +256,11 @@ def running_fhir_server(
                 if process.poll() is None or attempt == 2 or "address already in use" not in _tail(log_path):
                     raise
         timings["start_s"] = time.monotonic() - started
-        if load_patients:
+        if loaded is not None and not preloaded:
             started = time.monotonic()
             load_test_patients(base_url, token, stems)
             timings["load_s"] = time.monotonic() - started
+            _keep_loaded(Path(str(config["db_path"])), loaded)
         yield FhirServerHandle(base_url=base_url, token=token, timings=timings)
     finally:
         if process is not None and process.poll() is None:
