@@ -56,7 +56,7 @@ from cds.clinical.knowledge import Knowledge
 from cds.clinical.screening import Screener
 from cds.config import load_settings
 from cds.errors import ClientError, operation_outcome
-from cds.web.validation import check_hook_call, read_json_object
+from cds.web.validation import check_hook_call, check_json_object
 from tests.support.builders import (
     ESKETAMINE,
     KETAMINE,
@@ -1145,8 +1145,8 @@ def test_regression_impossible_feedback_timestamp_is_400(fuzz_client: FlaskClien
 # Hypothesis explores the shapes above a hundred examples at a time through Flask. This campaign sends
 # 10,000 requests, each a valid request with 1-4 random structural mutations (ids of the wrong type among
 # them: a list or object as a resource `id` once crashed the conformance check), through the same steps
-# as the HTTP edge without the web framework: read the body (cds.web.validation.read_json_object), check
-# it fits the service (check_hook_call), screen it, and check the answer. Derandomised: the seed is
+# as the HTTP edge without the web framework: check the parsed body (cds.web.validation.check_json_object),
+# check it fits the service (check_hook_call), screen it, and check the answer. Derandomised: the seed is
 # recorded here (KETAMINE_CDS_FUZZ_SEED replaces it for a fresh campaign, KETAMINE_CDS_FUZZ_REQUESTS sets
 # the count), and a failure names the request number, so it can be replayed.
 BULK_SEED = int(os.environ.get("KETAMINE_CDS_FUZZ_SEED", "20261122"))
@@ -1271,9 +1271,10 @@ def _mutate(rng: random.Random, seed: str) -> tuple[dict[str, Any], bool]:
 def _answer(runtime: Any, screener: Screener, body: dict[str, Any], service_id: str) -> tuple[int, Any]:
     """What the service answers, by the edge's own steps short of Flask: (status, cards or outcome)."""
     try:
-        raw = json.dumps(body).encode()  # NaN and Infinity go out as bare tokens, as a sloppy sender's would
+        # The body is already what json.loads gives (the seeds are parsed JSON text, the mutations JSON
+        # values, NaN included as Python's parser reads a bare NaN): parsing is the hypothesis tests' part.
         service = runtime.knowledge.services[service_id]
-        parsed = read_json_object(raw, runtime.knowledge.request_validator, runtime.settings)
+        parsed = check_json_object(body, runtime.knowledge.request_validator, runtime.settings)
         check_hook_call(service, parsed, runtime.settings)
         return 200, screener.screen(service, parsed).cards
     except ClientError as exc:

@@ -62,13 +62,18 @@ def read_json_object(raw: bytes, validator: Draft202012Validator, settings: Sett
     except (ValueError, RecursionError) as exc:
         message = exc.msg if isinstance(exc, json.JSONDecodeError) else "nesting too deep"
         raise BadRequest(f"the request body is not valid JSON: {message}") from None
+    return check_json_object(body, validator, settings)
+
+
+def check_json_object(body: Any, validator: Draft202012Validator, settings: Settings) -> dict[str, Any]:
+    """Parsed JSON that must be an object within the depth limit and valid against the schema."""
     if not isinstance(body, dict):
         raise BadRequest(
             "the request body must be a JSON object", issues=[Issue("invalid", "expected an object", "$")]
         )
     # Depth is limited wherever the JSON is walked recursively: everything but the prefetch resources,
     # which are read field by field (and, behind a finding, depth-checked before model validation).
-    # The parser itself refuses pathological depth (RecursionError above).
+    # The parser itself refuses pathological depth (RecursionError in read_json_object).
     outer = {key: value for key, value in body.items() if key != "prefetch"}
     if depth_exceeds(outer, settings.max_json_depth):
         raise BadRequest(f"the request body is nested deeper than {settings.max_json_depth} levels")
