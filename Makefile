@@ -29,7 +29,9 @@ test: lint typecheck
 # Mutation testing of the clinical core and client authentication (slow; not part of `make test` or CI).
 # Configuration: [tool.mutmut] in pyproject.toml; equivalent mutants: tests/mutation/equivalent.md.
 CORE := cds/clinical/dosing.py,cds/clinical/engine.py,cds/clinical/terminology.py,cds/clinical/cards.py,cds/clinical/rules.py,cds/clinical/policy.py,cds/web/auth.py
-CORE_TESTS := tests/test_boundaries.py tests/test_terminology.py tests/test_dosing.py tests/test_golden_rules.py \
+CORE_TESTS := tests/test_boundaries.py tests/test_engine.py tests/test_rule_loader.py tests/test_policy_loader.py \
+	tests/test_terminology.py tests/test_dosing.py tests/test_chart_corpus_doses.py \
+	tests/test_chart_corpus_recognition.py tests/test_golden_rules.py tests/test_golden_bands.py \
 	tests/test_site_policy.py tests/test_relevance.py tests/test_api_contract.py tests/test_auth.py \
 	tests/test_auth_boundaries.py
 
