@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jwt.warnings import InsecureKeyLengthWarning
 
 from cds.config import Settings, TrustedIssuer
-from cds.errors import Unauthorized
+from cds.errors import ServiceUnavailable, Unauthorized
 from cds.web.auth import ClientAuthenticator, _fits, _JwksError, _loggable, _parse_jwks
 from cds.web.auth import _Key as _KeyEntry
 
@@ -344,3 +344,66 @@ def test_longest_allowed_jti_and_odd_tenant(
     client = auth.verify(_token(ec_key, "ec", jti="j" * 255, tenant=5), AUD)
     assert (client.jti, client.kid, client.tenant) == ("j" * 255, "ec", None)  # a non-string tenant: none
     assert auth.verify(_token(ec_key, "ec", tenant="t1"), AUD).tenant == "t1"
+
+
+# -- dependencies that fail ---------------------------------------------------------------------------
+
+
+class _DownReplay:
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+    def add_if_new(self, jti_key: str, ttl_s: int) -> bool:
+        raise self.error
+
+
+def _auth_with(jwks_file: Path, replay: Any) -> ClientAuthenticator:
+    settings = Settings(
+        public_base_url=BASE,
+        trusted_issuers=(TrustedIssuer(iss=ISS, jwks_file=str(jwks_file)),),
+        jwt_leeway_s=LEEWAY,
+        jwt_max_lifetime_s=MAX_LIFETIME,
+    )
+    return ClientAuthenticator(settings, replay_cache=replay, clock=lambda: float(NOW))
+
+
+def test_replay_cache_down_is_a_503_not_a_401(
+    tmp_path: Path, ec_key: ec.EllipticCurvePrivateKey, caplog: pytest.LogCaptureFixture
+) -> None:
+    jwks = tmp_path / "jwks.json"
+    jwks.write_text(json.dumps({"keys": [_jwk(ec_key, "ec")]}), encoding="utf-8")
+    auth = _auth_with(jwks, _DownReplay(ServiceUnavailable("replay cache down")))
+    with caplog.at_level("WARNING", logger="cds.web.auth"), pytest.raises(ServiceUnavailable):
+        auth.verify(_token(ec_key, "ec"), AUD)
+    assert [r.getMessage() for r in caplog.records if r.name == "cds.web.auth"] == [
+        "replay cache unavailable: call refused with 503"
+    ]
+    # any other failure of the cache fails closed: the token is refused, never let through
+    broken = _auth_with(jwks, _DownReplay(RuntimeError("boom")))
+    with caplog.at_level("WARNING", logger="cds.web.auth"):
+        assert not _accepted(broken, _token(ec_key, "ec"))
+    assert _reasons(caplog)[-1][0] == "replay_cache_unavailable"
+
+
+@pytest.mark.parametrize("content", [None, b" " * (256 * 1024) + b'{"keys": []}'])
+def test_unreadable_or_oversized_jwks_file_refuses_every_token(
+    tmp_path: Path,
+    ec_key: ec.EllipticCurvePrivateKey,
+    caplog: pytest.LogCaptureFixture,
+    content: bytes | None,
+) -> None:
+    jwks = tmp_path / "jwks.json"
+    if content is not None:
+        jwks.write_bytes(content)
+    with caplog.at_level("WARNING", logger="cds.web.auth"):
+        assert not _accepted(_auth_with(jwks, _Replay()), _token(ec_key, "ec"))
+    assert [r[0] for r in _reasons(caplog)] == ["jwks_unavailable"]
+
+
+def test_jwks_file_just_under_the_size_limit_is_read(
+    tmp_path: Path, ec_key: ec.EllipticCurvePrivateKey
+) -> None:
+    body = json.dumps({"keys": [_jwk(ec_key, "ec")]}).encode()
+    jwks = tmp_path / "jwks.json"
+    jwks.write_bytes(b" " * (256 * 1024 - len(body)) + body)  # exactly 256 KiB, its last byte needed
+    assert _accepted(_auth_with(jwks, _Replay()), _token(ec_key, "ec"))
