@@ -8,6 +8,7 @@ key, `migrate` without the rights to create tables.
 from __future__ import annotations
 
 import subprocess
+import time
 import uuid
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from cds.config import MIN_AUDIT_KEY_BYTES, load_settings
 from cds.errors import ConfigError
 from cds.storage.store import Store
 from tests.support.backends import fresh_postgres_schema, postgres_url_or_skip
-from tests.support.faults import KETAMINE_CDS, server_env
+from tests.support.faults import KETAMINE_CDS, proxied_postgres, server_env
 
 LONG_KEY = "k" * MIN_AUDIT_KEY_BYTES
 PRODUCTION = {
@@ -121,6 +122,23 @@ def test_serve_stops_within_its_limit_when_the_database_is_unreachable(tmp_path:
     assert result.returncode == 2
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert "cannot migrate database" in result.stderr
+
+
+def test_serve_stops_within_its_limit_when_the_database_never_answers(tmp_path: Path) -> None:
+    """A database that accepts connections and then says nothing (a hung server, a stalled proxy)."""
+    with proxied_postgres() as (url, proxy):
+        proxy.hang()
+        started = time.monotonic()
+        result = _run_cli(
+            ["serve", "--dev", "--port", "1"],
+            server_env(DATABASE_URL=url, DB_CONNECT_TIMEOUT_S="2"),
+            tmp_path,
+        )
+        elapsed = time.monotonic() - started
+    assert result.returncode == 2
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "cannot migrate database" in result.stderr
+    assert elapsed < 15
 
 
 def test_migrate_says_what_it_did(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
