@@ -208,6 +208,7 @@ class Outbox:
         self._ship_lock = threading.Lock()  # the shipper thread and `flush` take turns
         self._wake = threading.Event()
         self._writer: sqlite3.Connection | None = None
+        self._reader: sqlite3.Connection | None = None  # the shipper's, on this process's own file
         self._path: Path | None = None
         self._lock: _Locked | None = None
         self._unsynced = False
@@ -301,7 +302,10 @@ class Outbox:
 
     def _ship_file(self, path: Path) -> int | None:
         """Ship one batch from `path`. The number shipped (0: empty), or None when the database failed."""
-        conn = _connect(path)
+        own = path == self._path
+        if own and self._reader is None:
+            self._reader = _connect(path)  # kept open: this process ships its own file every cycle
+        conn = self._reader if own and self._reader is not None else _connect(path)
         try:
             rows = conn.execute(
                 "SELECT id, kind, payload FROM pending ORDER BY id LIMIT ?", (_BATCH,)
@@ -314,7 +318,8 @@ class Outbox:
             conn.executemany("DELETE FROM pending WHERE id = ?", [(row_id,) for row_id in done])
             return len(done)
         finally:
-            conn.close()
+            if not own:
+                conn.close()
 
     def _ship_rows(self, rows: list[tuple[int, str, str]]) -> list[int] | None:
         """Ship rows grouped by kind; the ids that may be deleted (stored, or dropped as unacceptable)."""
@@ -380,6 +385,7 @@ class Outbox:
                 self._lock = _Locked.create(self.directory, stem)
                 self._path = self.directory / f"{stem}.sqlite3"
                 self._writer = _connect(self._path)
+                self._reader = None  # a parent's (before a fork) is not ours to use
                 self._pid = os.getpid()
                 self._generation += 1
                 shipper = threading.Thread(target=self._run, args=(self._generation,), daemon=True)
@@ -432,6 +438,9 @@ class Outbox:
         self._pid = None
         self._generation += 1  # the shipper thread stops at its next wake-up
         with self._ship_lock:
+            if self._reader is not None:
+                self._reader.close()
+                self._reader = None
             if empty:
                 _remove(self._path)
             self._path = None

@@ -102,7 +102,7 @@ def call_service(service_id: str) -> Response:
     result = rt.screener(call.client).screen(service, body)
     cards = rt.suppress_repeats(service, body, result)
     call.screened(result, cards)
-    rt.record_cards(service, body, result, cards)
+    rt.record_cards(call, service, body, result, cards)
     return _json_response({"cards": cards})
 
 

@@ -62,6 +62,7 @@ class CallRecord:
     card_uuids: list[str] = field(default_factory=list)
     fetched: list[str] = field(default_factory=list)
     feedback_items: int = 0
+    issued: list[IssuedCard] = field(default_factory=list)  # written with the audit record, in one commit
 
     def screened(self, result: ScreenResult, cards: list[dict[str, Any]]) -> None:
         self.rule_ids = [f.rule.id for f in result.findings]
@@ -195,16 +196,19 @@ class Runtime:
 
     def record_cards(
         self,
+        call: CallRecord,
         service: ServiceDefinition,
         body: Mapping[str, Any],
         result: ScreenResult,
         cards: list[dict[str, Any]],
     ) -> None:
+        """The returned cards' records, kept on `call`: `audit` commits them to the outbox with the call's
+        audit record (one local commit per call), before the response leaves."""
         shown = {card["uuid"] for card in cards}
         now = datetime.now(UTC)
         context = body.get("context", {})
         encounter = context.get("encounterId") if isinstance(context.get("encounterId"), str) else None
-        issued = []
+        issued = call.issued
         for finding, card in zip(result.findings, result.cards, strict=True):
             if card["uuid"] not in shown:
                 continue  # suppressed as a repeat: not returned, so neither counted nor recorded
@@ -223,7 +227,6 @@ class Runtime:
                     issued_at=now,
                 )
             )
-        self._queue(issued)
         for key in result.fetched:
             self.metrics.count_fetch(key)
 
@@ -264,6 +267,7 @@ class Runtime:
             self.metrics.observe_request(endpoint, status, seconds)
         self._queue(
             [
+                *call.issued,
                 AuditRecord(
                     hook_instance=str(call.hook_instance or "-"),
                     service_id=call.service if call.event != "analytics" else "analytics",
@@ -275,11 +279,11 @@ class Runtime:
                     rule_ids=tuple(call.rule_ids),
                     card_uuids=tuple(call.card_uuids),
                     at=datetime.now(UTC),
-                )
+                ),
             ]
         )
 
-    def _queue(self, records: list[IssuedCard] | list[AuditRecord]) -> None:
+    def _queue(self, records: list[IssuedCard | AuditRecord]) -> None:
         with contextlib.suppress(OutboxFull):  # counted as dropped and logged by the outbox; the call
             self.outbox.append(records)  # itself is still answered
 
