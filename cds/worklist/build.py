@@ -19,16 +19,18 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date, datetime
 from typing import Any
 
 import requests
 
+from cds.clinical import cards
 from cds.clinical.engine import Finding
 from cds.clinical.knowledge import Knowledge
 from cds.clinical.schedule import hold_window, window_ends
-from cds.clinical.screening import Screener
+from cds.clinical.screening import Screener, ScreenResult
+from cds.clinical.situation import Situation
 from cds.config import Settings
 from cds.errors import CdsError, FhirError
 from cds.fhir.client import FhirClient
@@ -167,13 +169,13 @@ class WorklistBuilder:
         try:
             token = self.tokens.token()
             name = self._name(patient_id, token)
-            findings = self._screen(group, token)
+            result = self._screen(group, token)
         except CdsError as exc:
             return Row(patient_id, None, tuple(group), False, _reason(exc))
         except Exception as exc:  # never drop a patient, whatever went wrong
             log.error("worklist: screening one patient failed: %s", type(exc).__name__)  # no message: data
             return Row(patient_id, None, tuple(group), False, f"internal error ({type(exc).__name__})")
-        return self._classify(patient_id, name, group, findings)
+        return self._classify(patient_id, name, group, result)
 
     def _name(self, patient_id: str, token: str) -> str | None:
         client = FhirClient(
@@ -188,7 +190,7 @@ class WorklistBuilder:
             raise FhirError("the patient's record was not found on the FHIR server")
         return patient_name(patient)
 
-    def _screen(self, group: Sequence[Session], token: str) -> list[Finding]:
+    def _screen(self, group: Sequence[Session], token: str) -> ScreenResult:
         first = group[0]
         products = frozenset().union(*(s.products for s in group))
         service = next(s for s in self.knowledge.services.values() if s.hook == "order-select")
@@ -209,10 +211,10 @@ class WorklistBuilder:
             },
         }
         screener = Screener(self.knowledge, self.settings, self.http, self.clock)
-        return screener.screen(service, body).findings
+        return screener.screen(service, body)
 
     def _classify(
-        self, patient_id: str, name: str | None, group: Sequence[Session], findings: Sequence[Finding]
+        self, patient_id: str, name: str | None, group: Sequence[Session], result: ScreenResult
     ) -> Row:
         policy = self.knowledge.policy
         critical: list[Critical] = []
@@ -220,8 +222,8 @@ class WorklistBuilder:
         instructions: list[str] = []
         review: list[str] = []
         unreadable: list[str] = []
-        for finding in findings:
-            summary = " ".join(finding.band.summary.safe_substitute(finding.values).split())
+        for finding in result.findings:
+            summary = self._summary(finding, result.situation)
             rule = finding.rule
             if finding.indicator == "critical":
                 critical.append(Critical(summary, _eligible_from(finding, policy.value)))
@@ -260,6 +262,20 @@ class WorklistBuilder:
             review=tuple(review),
             unreadable=tuple(unreadable),
         )
+
+    def _summary(self, finding: Finding, situation: Situation) -> str:
+        """The card's own summary line for the finding, worded by the card layer when it supplies the
+        dates a summary states (a hold is then worded per session hour by the worklist's own lines, so its
+        summary says the hold in hours, not the card's single date)."""
+        values: Mapping[str, str] = finding.values
+        card_values = getattr(cards, "card_values", None)
+        if card_values is not None:
+            if _offers_hold(finding):
+                situation = replace(situation, reference_from_order=False)
+            values = card_values(
+                self.knowledge.card_text, self.knowledge.engine_context(), finding, situation
+            )
+        return " ".join(finding.band.summary.safe_substitute(values).split())
 
 
 # ---------------------------------------------------------------------- helpers
