@@ -240,7 +240,7 @@ def test_recent_infarction_is_critical_with_the_date_it_ends(bearer_list: Workli
     assert row.screened
     assert len(row.critical) == 1
     assert row.critical[0].eligible_from == date(2027, 4, 2)
-    assert "infarction" in row.critical[0].summary.lower()
+    assert any(word in row.critical[0].summary.lower() for word in ("infarction", "heart attack"))
     assert bearer_list.critical_count == 1
 
 
@@ -444,9 +444,21 @@ def test_endpoint_serves_the_same_list(
     assert response.headers["Cache-Control"] == "no-store"
     served = response.get_json()["patients"]
     expected = worklist_to_dict(bearer_list)["patients"]
-    assert [(p["patientId"], p["sessions"], p["holds"], p["critical"]) for p in served] == [
-        (p["patientId"], p["sessions"], p["holds"], p["critical"]) for p in expected
-    ]
+
+    def decisions(patients: list[dict[str, Any]]) -> list[Any]:
+        # the wording may count months from each call's own today; the decisions and dates may not differ
+        return [
+            (
+                p["patientId"],
+                p["sessions"],
+                [(h["medicine"], h["lastDoseBy"], h["resumeFrom"]) for h in p["holds"]],
+                [c["eligibleFrom"] for c in p["critical"]],
+                p["notScreenedReason"],
+            )
+            for p in patients
+        ]
+
+    assert decisions(served) == decisions(expected)
     csv_text = client.get("/worklist?from=2026-12-02&days=3&format=csv")
     assert csv_text.content_type.startswith("text/csv")
     assert csv_text.get_data(as_text=True).startswith(",".join(CSV_COLUMNS))
