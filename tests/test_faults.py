@@ -22,6 +22,7 @@ import sqlalchemy as sa
 from flask import Flask
 from prometheus_client.parser import text_string_to_metric_families
 
+from cds.storage.outbox import OutboxFull
 from cds.storage.store import Store, audit_table, feedback_table, issued_card_table
 from tests.support.builders import (
     RXNORM,
@@ -284,3 +285,27 @@ def test_analytics_access_is_audited(
     assert runtime.flush()
     with runtime.store.engine.connect() as conn:
         assert list(conn.scalars(sa.select(audit_table.c.service_id))) == ["analytics"]
+
+
+def test_feedback_that_cannot_be_kept_anywhere_is_503_not_500(
+    make_app: Callable[..., Flask],
+    proxied_database: tuple[str, FaultyProxy],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Database down and the local disk refusing the outbox (full): the caller is told to retry."""
+    database_url, proxy = proxied_database
+    app = make_app(**_settings(database_url))
+    runtime = app.extensions["ketamine_cds"]
+
+    def disk_full(*_args: Any, **_kwargs: Any) -> None:
+        raise OutboxFull("OperationalError")
+
+    proxy.refuse()
+    monkeypatch.setattr(runtime.outbox, "append", disk_full)
+    entry = {
+        "card": "00000000-0000-0000-0000-00000000abcd",
+        "outcome": "accepted",
+        "outcomeTimestamp": "2026-11-22T12:00:00Z",
+    }
+    _outcome_503(app.test_client().post(f"{SELECT}/feedback", json={"feedback": [entry]}))
+    proxy.heal()
