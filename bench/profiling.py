@@ -46,7 +46,7 @@ STAGES: tuple[tuple[str, str, frozenset[str]], ...] = (
         "cds/fhir/conformance.py",
         frozenset({"annotate"}),
     ),
-    ("  render cards", "cds/clinical/cards.py", frozenset({"render_cards"})),
+    ("  render cards", "cds/clinical/cards.py", frozenset({"render"})),
     ("repeat suppression", "cds/web/runtime.py", frozenset({"suppress_repeats"})),
     ("record cards (queue)", "cds/web/runtime.py", frozenset({"record_cards"})),
     ("audit line + metrics", "cds/web/runtime.py", frozenset({"audit"})),

@@ -26,6 +26,7 @@ from cds.web.cors import CorsPolicy
 from cds.web.logs import configure
 from cds.web.metrics import Metrics
 from cds.web.runtime import Runtime
+from cds.web.screens import pages
 from cds.web.worklist import EXTENSION as WORKLIST
 from cds.web.worklist import bp as worklist_bp
 from cds.worklist.config import load_worklist_config
@@ -115,6 +116,7 @@ def create_app(
     if settings.worklist_config:  # read and checked now: a broken worklist file stops the start-up
         app.extensions[WORKLIST] = load_worklist_config(Path(settings.worklist_config))
         app.register_blueprint(worklist_bp)
+    app.register_blueprint(pages)
     return app
 
 

@@ -43,6 +43,9 @@ class TrustedIssuer:
 class Settings:
     dev_mode: bool = False
     public_base_url: str | None = None  # e.g. https://cds.example.org ; the JWT `aud` is computed from it
+    smart_app_registered: bool = (
+        False  # the EHR registered this service as a SMART app: page links are `smart`
+    )
     # request limits
     max_body_bytes: int = 16 * 1024 * 1024
     max_json_depth: int = 64

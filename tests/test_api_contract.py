@@ -26,6 +26,7 @@ from tests.support.builders import (
     med_request,
     med_statement,
 )
+from tests.support.cards import findings_shown
 
 HOOK_TOKENS = {
     "patient-view": {"context.userId", "context.patientId", "context.encounterId"},
@@ -44,7 +45,13 @@ KETAMINE_ALLERGY = allergy(concept(text="ketamine"))
 
 
 def rules_of(payload: dict[str, Any]) -> dict[str, str]:
-    return {c["source"]["topic"]["code"]: c["indicator"] for c in payload["cards"]}
+    return findings_shown(payload["cards"])
+
+
+def in_course(**kwargs: Any) -> dict[str, Any]:
+    """A patient-view of a patient in a ketamine course (patient-view is silent outside one by default)."""
+    course = med_statement(concept(coding(RXNORM, "6130", "ketamine")), rid="ketamine-course")
+    return hook_request("patient-view", statements=[course, *kwargs.pop("statements", [])], **kwargs)
 
 
 # ------------------------------------------------------------------------------------------- discovery
@@ -198,7 +205,7 @@ def test_order_sign_screens_every_draft(call: Callable[..., Any]) -> None:
 
 
 def test_patient_view_never_offers_to_delete_orders(call: Callable[..., Any]) -> None:
-    payload = call(hook_request("patient-view", allergies=[KETAMINE_ALLERGY]))
+    payload = call(in_course(allergies=[KETAMINE_ALLERGY]))
     assert rules_of(payload)["ketamine-hypersensitivity"] == "critical"
     assert all("suggestions" not in card for card in payload["cards"])
 
@@ -217,7 +224,15 @@ def test_windows_run_from_the_planned_start_on_the_order(call: Callable[..., Any
     payload = call(body)
     assert rules_of(payload)["recent-myocardial-infarction"] == "critical"
     card = next(c for c in payload["cards"] if c["source"]["topic"]["code"] == "recent-myocardial-infarction")
-    assert "planned start on the order, 2027-01-10" in card["detail"]
+    assert "counted to the planned start, 10 Jan" in card["detail"]
+    # the date the window ends, on the card and as a suggestion that moves the draft order's start
+    assert "eligible from 16 Feb" in card["summary"]
+    move = next(s for s in card["suggestions"] if s["label"] == "Move the planned start to 16 Feb")
+    moved = move["actions"][0]["resource"]
+    assert move["actions"][0]["type"] == "update"
+    assert moved["id"] == "draft-ketamine"
+    assert moved["dosageInstruction"][0]["timing"]["repeat"]["boundsPeriod"]["start"] == "2027-02-16"
+    assert moved["dosageInstruction"][0]["timing"]["event"] == ["2027-02-16"]
     # Planned far enough out, the same infarction is outside the 6-month window.
     later = hook_request(
         "order-select",
@@ -288,7 +303,7 @@ def test_unreachable_fhir_server_for_missing_prefetch_is_412(client: FlaskClient
 
 def test_feedback_is_stored_and_answered_200(app: Flask, client: FlaskClient) -> None:
     payload = client.post(
-        "/cds-services/ketamine-patient-view", json=hook_request("patient-view", allergies=[KETAMINE_ALLERGY])
+        "/cds-services/ketamine-patient-view", json=in_course(allergies=[KETAMINE_ALLERGY])
     ).get_json()
     card = payload["cards"][0]["uuid"]
     feedback = {

@@ -37,6 +37,7 @@ from tests.support.builders import (
     med_request,
     med_statement,
 )
+from tests.support.cards import screen_views
 from tests.support.fhir_server import FhirServerHandle
 
 LOCAL = "urn:oid:2.16.840.1.113883.19.5.99"  # a hospital's own problem-list code system
@@ -690,22 +691,22 @@ CASES: list[Case] = [
 
 
 @pytest.fixture(scope="module")
-def screen(knowledge: Knowledge) -> Iterator[Callable[[dict[str, Any]], list[dict[str, Any]]]]:
+def screen(knowledge: Knowledge) -> Iterator[Callable[[dict[str, Any]], dict[str, dict[str, Any]]]]:
+    """Rule id -> the finding as its screening page shows it (records, codes, notes)."""
     settings = load_settings(environ={}, overrides={"dev_mode": True})
     with requests.Session() as http:
         screener = Screener(knowledge, settings, http, lambda: NOW)
 
-        def run(body: dict[str, Any]) -> list[dict[str, Any]]:
+        def run(body: dict[str, Any]) -> dict[str, dict[str, Any]]:
             service = next(s for s in knowledge.services.values() if s.hook == body["hook"])
-            return list(screener.screen(service, body).cards)
+            return screen_views(knowledge, screener.screen(service, body), NOW)
 
         yield run
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
-def test_case(case: Case, screen: Callable[[dict[str, Any]], list[dict[str, Any]]]) -> None:
-    cards = screen(case.chart())
-    by_rule = {card["source"]["topic"]["code"]: card for card in cards}
+def test_case(case: Case, screen: Callable[[dict[str, Any]], dict[str, dict[str, Any]]]) -> None:
+    by_rule = screen(case.chart())
     for rule_id, indicator in case.fires.items():
         shown = by_rule.get(rule_id, {}).get("indicator")
         assert shown == indicator, f"{rule_id}: expected {indicator}, got {shown}"

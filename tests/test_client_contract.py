@@ -26,6 +26,7 @@ from cds.clinical.knowledge import Knowledge
 from cds.config import TrustedIssuer
 from cds.storage.analytics import override_report
 from cds.storage.store import FeedbackItem
+from tests.support.cards import every_chart_policy, findings_carried
 from tests.support.ehr_client import EhrClient, serving
 from tests.support.fhir_server import FhirServerHandle, running_fhir_server
 from tests.support.responses import assert_valid_response
@@ -74,6 +75,7 @@ def prod(make_app: Callable[..., Flask], tmp_path: Path) -> Iterator[Live]:
         public_base_url=PUBLIC_BASE,
         trusted_issuers=(TrustedIssuer(iss=ehr.iss, jwks_file=str(ehr.jwks_file)),),
         cors_origins=(EHR_ORIGIN,),
+        policy_file=every_chart_policy(tmp_path),  # the Synthea patients are in no ketamine course
     )
     with serving(app) as base:
         ehr.service_url = base
@@ -188,13 +190,16 @@ def hook_request(patient: SyntheaPatient, prefetch: dict[str, Any], **extra: Any
 
 
 def summaries(response: requests.Response) -> list[str]:
+    """Each card's summary, and each finding a consolidated card carries (its summary counts them)."""
     assert response.status_code == 200, response.text[:2000]
-    return sorted(card["summary"] for card in response.json()["cards"])
+    cards = response.json()["cards"]
+    return sorted([card["summary"] for card in cards] + [f"{r}: {i}" for r, i in findings_carried(cards)])
 
 
 def rules_with_cards(response: requests.Response) -> set[str]:
+    """The rules that answered, on cards of their own or inside a consolidated card."""
     assert response.status_code == 200, response.text[:2000]
-    return {card["source"]["topic"]["code"] for card in response.json()["cards"]}
+    return {rule for rule, _ in findings_carried(response.json()["cards"])}
 
 
 @pytest.fixture
@@ -212,6 +217,7 @@ def prod_open(
         open_fhir_servers=(open_fhir.base_url,),
         fhir_server_allowlist=(open_fhir.base_url,),
         private_network_allowlist=("127.0.0.1/32",),  # the test's FHIR server is on loopback
+        policy_file=every_chart_policy(tmp_path),  # the Synthea patients are in no ketamine course
     )
     with serving(app) as base:
         ehr.service_url = base

@@ -34,6 +34,7 @@ from flask.testing import FlaskClient
 
 from cds.clinical.knowledge import Knowledge
 from tests.support.builders import ketamine_order
+from tests.support.cards import findings_carried, page_text, screen_link, views_from_record
 from tests.support.constants import NOW
 from tests.support.fhir_server import DATA_DIR, FhirServerHandle
 from tests.support.logs import SENSITIVE
@@ -460,9 +461,14 @@ def cited(card: dict[str, Any]) -> frozenset[str]:
 
 
 def by_rule(payload: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    cards = {card["source"]["topic"]["code"]: card for card in payload["cards"]}
-    assert len(cards) == len(payload["cards"]), "one card per problem"
-    return cards
+    """Every finding of the response, read from its screening page (the cards carry the decision; the
+    records behind each finding are on the page): rule id -> indicator, summary and an evidence trail
+    with one "- Type/id: ..." line per record."""
+    carried = findings_carried(payload["cards"])
+    assert len(carried) == len(dict(carried)), "one card per problem"
+    found = views_from_record(payload.get("screen", {}))
+    assert {rule: f["indicator"] for rule, f in found.items()} == dict(carried)
+    return found
 
 
 def summary_matches(template: str, summary: str) -> bool:
@@ -494,12 +500,18 @@ def assert_cards(payload: dict[str, Any], expected: dict[str, Expected], where: 
 
 
 def findings(payload: dict[str, Any]) -> list[tuple[str, str]]:
-    return sorted((card["source"]["topic"]["code"], card["indicator"]) for card in payload["cards"])
+    return sorted(findings_carried(payload["cards"]))
 
 
 def without_uuids(value: Any) -> Any:
+    """The response without what differs on every call: card and suggestion uuids, the screening page's
+    own address (a fresh id and token per call) and its note of which data was fetched."""
     if isinstance(value, dict):
-        return {k: without_uuids(v) for k, v in value.items() if k != "uuid"}
+        return {
+            k: "(screening page)" if k == "url" and "/screens/" in str(v) else without_uuids(v)
+            for k, v in value.items()
+            if k not in {"uuid", "completeness"}
+        }
     if isinstance(value, list):
         return [without_uuids(v) for v in value]
     return value
@@ -544,17 +556,30 @@ class Api:
         (audit,) = [
             r for r in self.caplog.records if r.name == "cds.audit" and r.fields["event"] == "service-call"
         ]
+        if expect == 200 and payload["cards"]:
+            payload["screen"] = self.screen(payload["cards"])
         return payload, tuple(audit.fields["fetched"])
+
+    def screen(self, cards: list[dict[str, Any]]) -> dict[str, Any]:
+        """The stored screen behind the cards (what their screening page shows), after the page answered."""
+        page_text(self.client, cards)
+        page_id = screen_link(cards[0]).split("/screens/")[1].split("?")[0]
+        stored = self.client.application.extensions["ketamine_cds"].store.screen_page(page_id, NOW)
+        assert stored is not None
+        return dict(stored.payload)
 
 
 @pytest.fixture
 def make_api(
-    make_app: Callable[..., Any], knowledge: Knowledge, caplog: pytest.LogCaptureFixture
+    make_app: Callable[..., Any], knowledge: Knowledge, caplog: pytest.LogCaptureFixture, tmp_path: Path
 ) -> Iterator[Callable[..., Api]]:
     made: list[tuple[Any, RecordingSession]] = []
+    # The Synthea patients are in no ketamine course: screen every chart, as a dedicated clinic would.
+    every_chart = tmp_path / "every-chart.yaml"
+    every_chart.write_text("patient_view_scope: all\n", encoding="utf-8")
 
     def factory(**overrides: Any) -> Api:
-        app = make_app(**overrides)
+        app = make_app(**{"policy_file": str(every_chart), **overrides})
         fhir = RecordingSession()
         app.extensions["ketamine_cds"]._local.session = fhir  # the request thread's FHIR session
         made.append((app, fhir))
@@ -801,18 +826,23 @@ def test_myocardial_infarction_and_stroke_bands_run_from_the_planned_start(
     assert set(fetched) == set(SCREEN_KEYS)
     expected = expected_cards(c, start, {"ketamine"}, order)
     assert_cards(payload, expected, f"{name} from {start}")
-    cards = by_rule(payload)
+    cards = {c["source"]["topic"]["code"]: c for c in payload["cards"]}
     for rule_id in ("recent-myocardial-infarction", "recent-stroke"):
         if rule_id not in expected:
             continue
-        card = cards[rule_id]
-        assert start.isoformat() in card["detail"]  # the window's reference date, said in the card
+        card = cards[rule_id]  # warning and critical findings have cards of their own
+        # the window's reference date, said in the card as a calendar date
+        assert f"counted to the planned start, {start.strftime('%d %b %Y').lstrip('0')}" in card["detail"]
         if expected[rule_id].band == "within-contraindication-window":
             assert card["indicator"] == "critical"
-            assert f"{whole_months(onset_of(name, anchor), start)} months" in card["summary"]
-            # the one safe suggestion: remove the ketamine draft order
-            (suggestion,) = card["suggestions"]
-            assert [a["resourceId"] for a in suggestion["actions"]] == [ref(order)]
+            months = whole_months(onset_of(name, anchor), start)
+            assert f"{months} months before the planned start" in card["detail"]
+            assert "eligible from" in card["summary"]
+            # move the start past the window, or remove the ketamine draft order
+            move, remove = card["suggestions"]
+            assert move["label"].startswith("Move the planned start to ")
+            assert [a["type"] for a in move["actions"]] == ["update"]
+            assert [a["resourceId"] for a in remove["actions"]] == [ref(order)]
         else:
             assert "suggestions" not in card
 
@@ -1052,11 +1082,11 @@ def test_benzodiazepine_total_in_diazepam_equivalents_from_server_records(
         assert response.status_code in {200, 201}, response.text[:500]
 
     # By hand, Ashton's table (10 mg diazepam = 0.5 mg clonazepam = 10 mg diazepam):
-    #   clonazePAM 0.25 mg x 2 a day = 0.5 mg/day = 0.5 x 10 / 0.5 = 10 mg/day diazepam-equivalent;
+    #   clonazePAM 0.25 mg x 2 a day = 0.5 mg/day = 0.5 x 10 / 0.5 = 10 mg/day diazepam-eq;
     #     the three renewals are one therapy (counted once), the derived statement is the same therapy;
-    #   diazepam 5 mg x 3 a day = 15 mg/day = 15 mg/day diazepam-equivalent; the stopped order and the
+    #   diazepam 5 mg x 3 a day = 15 mg/day = 15 mg/day diazepam-eq; the stopped order and the
     #     completed statement do not count;
-    #   total 25 mg/day diazepam-equivalent, over the default threshold of 8: the warning band.
+    #   total 25 mg/day diazepam-eq, over the default threshold of 8: the warning band.
     threshold = default("benzodiazepine-response", "threshold")
     assert threshold == 8
     context = {"userId": USER, "patientId": E2E_PATIENT}
@@ -1071,11 +1101,12 @@ def test_benzodiazepine_total_in_diazepam_equivalents_from_server_records(
     assert set(fetched) == set(SCREEN_KEYS)
     card = by_rule(payload)["benzodiazepine-response"]
     assert card["indicator"] == "warning"
-    assert card["summary"].startswith("Benzodiazepines 25 mg/day diazepam-equivalent (over 8)")
-    assert "**25 mg/day diazepam-equivalent**" in card["detail"]
+    assert card["summary"].startswith("Benzodiazepines 25 mg/day diazepam-eq (over 8 mg/day diazepam-eq)")
+    (shown,) = [c for c in payload["cards"] if c["source"]["topic"]["code"] == "benzodiazepine-response"]
+    assert "**25 mg/day diazepam-eq**" in shown["detail"]
     lines = {line.split(":", 1)[0][2:]: line for line in card["detail"].splitlines() if CITED.match(line)}
-    assert "= 10 mg/day diazepam-equivalent" in lines["MedicationRequest/ketcds-test-e2e-clz-1"]
-    assert "= 15 mg/day diazepam-equivalent" in lines["MedicationRequest/ketcds-test-e2e-dzp-1"]
+    assert "= 10 mg/day diazepam-eq" in lines["MedicationRequest/ketcds-test-e2e-clz-1"]
+    assert "= 15 mg/day diazepam-eq" in lines["MedicationRequest/ketcds-test-e2e-dzp-1"]
     assert "counted once" in lines["MedicationRequest/ketcds-test-e2e-clz-2"]
     assert "counted once" in lines["MedicationRequest/ketcds-test-e2e-clz-3"]
     assert not {
@@ -1084,7 +1115,8 @@ def test_benzodiazepine_total_in_diazepam_equivalents_from_server_records(
     } & set(lines)
     # the statement derived from the renewals is the same therapy: listed, and said to be counted once
     assert "counted once" in lines["MedicationStatement/ketcds-test-e2e-ms-clz"]
-    assert "suggestions" not in card  # never a suggestion to stop a benzodiazepine
+    # patient-view: nothing to act on in an order, and never a suggestion to stop a benzodiazepine
+    assert "suggestions" not in shown
 
 
 # ---------------------------------------------------------------------- how long the fallback takes

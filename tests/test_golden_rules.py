@@ -31,6 +31,7 @@ from tests.support.builders import (
     med_request,
     med_statement,
 )
+from tests.support.cards import INTERNAL_VOCABULARY, findings_carried, findings_shown
 
 
 @dataclass(frozen=True)
@@ -703,12 +704,18 @@ SCENARIOS = [
 @pytest.mark.parametrize("scenario", SCENARIOS, ids=[s.name for s in SCENARIOS])
 def test_scenario(scenario: Scenario, screen: Callable[[dict[str, Any]], list[dict[str, Any]]]) -> None:
     cards = screen(scenario.build())
-    shown = {card["source"]["topic"]["code"]: card["indicator"] for card in cards}
+    shown = findings_shown(cards)
     for rule_id, indicator in scenario.fires.items():
         assert shown.get(rule_id) == indicator, f"{rule_id}: expected {indicator}, got {shown.get(rule_id)}"
     for rule_id in scenario.silent:
         assert rule_id not in shown, f"{rule_id} fired: {shown[rule_id]}"
-    assert len(shown) == len(cards), "one card per rule"
+    assert len(shown) == len(findings_carried(cards)), "one card per problem: no rule on two cards"
+    for card in cards:
+        assert len(card["summary"]) < 140, card["summary"]
+        assert len(card["detail"]) <= 900, card["detail"]
+        text = (card["summary"] + " " + card["detail"]).lower()
+        assert not [w for w in INTERNAL_VOCABULARY if w in text], text
+        assert "](" not in card["detail"], "citations are card links, not markdown links"
 
 
 def test_every_rule_has_firing_and_silent_scenarios(knowledge: Any) -> None:

@@ -49,6 +49,7 @@ from cds.fhir.prefetch import gather
 from cds.outbound import AddressPolicy, address_kind, outbound_session
 from cds.web.auth import ClientAuthenticator
 from tests.support.builders import hook_request
+from tests.support.cards import every_chart_policy
 from tests.support.ehr_client import EhrClient
 from tests.support.fhir_server import FhirServerHandle, Reply, ScriptedServer
 from tests.support.listener import CountingListener
@@ -67,7 +68,9 @@ def ehr(tmp_path: Path) -> EhrClient:
 
 
 @pytest.fixture
-def prod(make_app: Callable[..., Flask], ehr: EhrClient) -> Iterator[Callable[..., FlaskClient]]:
+def prod(
+    make_app: Callable[..., Flask], ehr: EhrClient, tmp_path: Path
+) -> Iterator[Callable[..., FlaskClient]]:
     """A production app factory: the EHR's issuer (pinned keys) lists `fhir_servers`."""
     made: list[Flask] = []
 
@@ -77,6 +80,7 @@ def prod(make_app: Callable[..., Flask], ehr: EhrClient) -> Iterator[Callable[..
             "dev_mode": False,
             "public_base_url": PUBLIC_BASE,
             "trusted_issuers": (issuer,),
+            "policy_file": every_chart_policy(tmp_path),  # the Synthea patients are in no ketamine course
         }
         values.update(overrides)
         app = make_app(**values)

@@ -77,7 +77,7 @@ def test_without_a_site_file_every_value_is_the_evidence_default(tmp_path: Path)
     assert policy.param("benzo", "threshold").origin == DEFAULT_ORIGIN
     assert policy.value("mi", "window") == 6
     assert policy.treatments == frozenset({"ketamine", "esketamine"})
-    assert policy.patient_view_scope == "all"
+    assert policy.patient_view_scope == "ketamine-course"
     assert policy.disabled_rules == frozenset()
 
 

@@ -38,6 +38,7 @@ from tests.support.builders import (
     ketamine_order,
     med_statement,
 )
+from tests.support.cards import findings_shown
 from tests.support.responses import assert_valid_response
 
 CLONAZEPAM = concept(coding(RXNORM, "204892", "clonazePAM 0.25 MG Oral Tablet"))
@@ -115,7 +116,7 @@ def post_cards(knowledge: Knowledge) -> Callable[[Flask, dict[str, Any]], dict[s
         assert response.status_code == 200, response.get_data(as_text=True)[:2000]
         payload = response.get_json()
         assert_valid_response(knowledge, payload)
-        return {c["source"]["topic"]["code"]: c for c in payload["cards"]}
+        return findings_shown(payload["cards"])
 
     return do
 
@@ -204,14 +205,15 @@ def test_a_new_condition_fires_again_at_sign(new_app: AppFactory, post: Any, pos
 def test_another_encounter_is_not_suppressed(new_app: AppFactory, post: Any) -> None:
     app = new_app()
     post(app, benzo_request("order-select", encounter="enc-1"))
-    assert post(app, benzo_request("order-sign", encounter="enc-2")) == {BENZO: "warning", ORDERING: "info"}
+    # at sign the pharmacist's review carries the benzodiazepine; the patient instructions stay off
+    assert post(app, benzo_request("order-sign", encounter="enc-2")) == {BENZO: "warning"}
     assert post(app, benzo_request("order-sign", encounter="enc-1")) == {}
 
 
 def test_a_zero_window_disables_suppression(new_app: AppFactory, post: Any) -> None:
     app = new_app(repeat_suppression_s=0)
     assert post(app, benzo_request("order-select")) == {BENZO: "warning", ORDERING: "info"}
-    assert post(app, benzo_request("order-sign")) == {BENZO: "warning", ORDERING: "info"}
+    assert post(app, benzo_request("order-sign")) == {BENZO: "warning"}
 
 
 def test_order_select_called_twice_shows_the_cards_both_times(new_app: AppFactory, post: Any) -> None:
@@ -232,7 +234,7 @@ def test_two_instances_share_what_was_shown(
     replica_a, replica_b = new_app(), new_app()
     assert post(replica_a, benzo_request("order-select")) == {BENZO: "warning", ORDERING: "info"}
     at_sign = post(replica_b, benzo_request("order-sign"))
-    assert at_sign == ({} if shared else {BENZO: "warning", ORDERING: "info"})
+    assert at_sign == ({} if shared else {BENZO: "warning"})
     if shared:
         assert post(replica_b, benzo_request("order-sign", dose=4)) == {BENZO: "warning"}
 
@@ -254,7 +256,7 @@ def test_two_app_instances_sharing_redis_suppress_a_repeat(
             assert post(replica_b, benzo_request("order-sign")) == {}
             assert post(replica_b, benzo_request("order-sign", dose=4)) == {BENZO: "warning"}
             other_encounter = post(replica_b, benzo_request("order-sign", encounter="enc-2"))
-            assert other_encounter == {BENZO: "warning", ORDERING: "info"}
+            assert other_encounter == {BENZO: "warning"}
         finally:
             _close(replica_a)
             _close(replica_b)

@@ -1,4 +1,5 @@
-"""Site policy changes thresholds and tiers, and the card always says which value applied."""
+"""Site policy changes thresholds and tiers; the card says so in plain words when a site value differs
+from the default, and the screening page always says which value applied and where it came from."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from tests.support.builders import (
     med_request,
     med_statement,
 )
+from tests.support.cards import findings_shown, page_text
 from tests.support.responses import assert_valid_response
 
 CLONAZEPAM_1 = concept(coding(RXNORM, "197528", "clonazepam 1 MG Oral Tablet"))
@@ -40,8 +42,16 @@ def cards_by_rule(client: Any, body: dict[str, Any]) -> dict[str, dict[str, Any]
     return {c["source"]["topic"]["code"]: c for c in response.get_json()["cards"]}
 
 
+def screened(client: Any, body: dict[str, Any]) -> tuple[dict[str, str], list[dict[str, Any]], str]:
+    """(rule -> indicator, the cards, the screening page's HTML) for an order-select call."""
+    response = client.post("/cds-services/ketamine-order-select", json=body)
+    assert response.status_code == 200, response.get_data(as_text=True)
+    cards = response.get_json()["cards"]
+    return findings_shown(cards), cards, page_text(client, cards)
+
+
 def benzo_request() -> dict[str, Any]:
-    # clonazepam 1 mg twice daily: 2 mg/day, 40 mg/day diazepam-equivalent (Ashton)
+    # clonazepam 1 mg twice daily: 2 mg/day, 40 mg/day diazepam-eq (Ashton)
     return hook_request(
         "order-select",
         drafts=[ketamine_order()],
@@ -50,25 +60,31 @@ def benzo_request() -> dict[str, Any]:
 
 
 def test_evidence_default_says_so_and_offers_the_faq_value(make_app: Callable[..., Flask]) -> None:
-    card = cards_by_rule(make_app().test_client(), benzo_request())["benzodiazepine-response"]
+    client = make_app().test_client()
+    card = cards_by_rule(client, benzo_request())["benzodiazepine-response"]
     assert card["indicator"] == "warning"
-    assert "40 mg/day diazepam-equivalent" in card["detail"]
-    assert "1 unit x 2/day x 1 mg/unit = 2 mg/day = 40 mg/day diazepam-equivalent" in card["detail"]
-    assert "default, from Andrashko 2020" in card["detail"]
-    assert "clinic FAQ value, 100 mg/day, is available" in card["detail"]
-    assert "stop" not in card.get("suggestions", [{}])[0].get("label", "").lower()
+    assert "40 mg/day diazepam-eq" in card["detail"]
+    assert "1 unit x 2/day x 1 mg/unit = 2 mg/day = 40 mg/day diazepam-eq" in card["detail"]
+    # The default applied: the card does not say so (plain words only when a site differs); the
+    # screening page names the value, its source and the clinic FAQ alternative.
+    assert "Clinic setting" not in card["detail"]
+    assert "default" not in card["detail"]
+    page = page_text(client, [card])
+    assert "default, from Andrashko 2020" in page
+    assert "the clinic FAQ value, 100 mg/day, is available" in page
+    assert all("stop" not in s["label"].lower() for s in card.get("suggestions", []))
 
 
 def test_clinic_faq_preset_applies_the_faq_rule_and_says_so(
     make_app: Callable[..., Flask], tmp_path: Path
 ) -> None:
     client = policy_app(make_app, tmp_path, "preset: clinic_faq\n")
-    cards = cards_by_rule(client, benzo_request())
-    card = cards["benzodiazepine-response"]
+    shown, cards, page = screened(client, benzo_request())
     # 2 mg/day of clonazepam is far below the FAQ's 100 mg/day: information, not a warning
-    assert card["indicator"] == "info"
-    assert "2 mg/day" in card["summary"]
-    assert "clinic FAQ preset" in card["detail"]
+    assert shown["benzodiazepine-response"] == "info"
+    also_noted = next(c for c in cards if c["source"]["topic"]["code"] == "also-noted")
+    assert "Benzodiazepine 2 mg/day (at most 100 mg/day)" in also_noted["detail"]
+    assert "site setting (clinic FAQ values); the default is 8 mg/day" in page
 
 
 def test_faq_preset_raises_lamotrigine_and_antipsychotic_tiers(
@@ -82,28 +98,29 @@ def test_faq_preset_raises_lamotrigine_and_antipsychotic_tiers(
             med_statement(RISPERIDONE),
         ],
     )
-    default = cards_by_rule(make_app().test_client(), body)
-    assert default["lamotrigine-response"]["indicator"] == "info"
-    assert default["risperidone-olanzapine-response"]["indicator"] == "info"
-    faq = cards_by_rule(policy_app(make_app, tmp_path, "preset: clinic_faq\n"), body)
-    assert faq["lamotrigine-response"]["indicator"] == "warning"
-    assert faq["risperidone-olanzapine-response"]["indicator"] == "warning"
+    default, _, _ = screened(make_app().test_client(), body)
+    assert default["lamotrigine-response"] == "info"
+    assert default["risperidone-olanzapine-response"] == "info"
+    faq, _, _ = screened(policy_app(make_app, tmp_path, "preset: clinic_faq\n"), body)
+    assert faq["lamotrigine-response"] == "warning"
+    assert faq["risperidone-olanzapine-response"] == "warning"
 
 
 def test_single_parameter_override_is_reported_as_site_policy(
     make_app: Callable[..., Flask], tmp_path: Path
 ) -> None:
     client = policy_app(make_app, tmp_path, "parameters:\n  benzodiazepine-response:\n    threshold: 50\n")
-    card = cards_by_rule(client, benzo_request())["benzodiazepine-response"]
-    assert card["indicator"] == "info"  # 40 is not above 50
-    assert "site policy; the default is 8" in card["detail"]
+    shown, _, page = screened(client, benzo_request())
+    assert shown["benzodiazepine-response"] == "info"  # 40 is not above 50
+    assert "site setting; the default is 8 mg/day" in page
 
 
 def test_instructions_card_can_be_switched_off(make_app: Callable[..., Flask], tmp_path: Path) -> None:
     client = policy_app(make_app, tmp_path, "parameters:\n  ordering-instructions:\n    enabled: false\n")
-    assert "ordering-instructions" not in cards_by_rule(
-        client, hook_request("order-select", drafts=[ketamine_order()])
+    response = client.post(
+        "/cds-services/ketamine-order-select", json=hook_request("order-select", drafts=[ketamine_order()])
     )
+    assert "ordering-instructions" not in findings_shown(response.get_json()["cards"])
 
 
 @pytest.mark.parametrize(
@@ -124,10 +141,14 @@ def test_invalid_site_policy_stops_start_up(tmp_path: Path, text: str) -> None:
         load_knowledge(str(path))
 
 
+@pytest.mark.parametrize(
+    "policy", ["treatments: [ketamine, esketamine]\n", "patient_view_scope: ketamine-course\n"]
+)
 def test_patient_view_scope_ketamine_course(
-    make_app: Callable[..., Flask], tmp_path: Path, knowledge: Any
+    make_app: Callable[..., Flask], tmp_path: Path, knowledge: Any, policy: str
 ) -> None:
-    client = policy_app(make_app, tmp_path, "patient_view_scope: ketamine-course\n")
+    """The default: a GP opening any chart with a benzodiazepine is not told about ketamine."""
+    client = policy_app(make_app, tmp_path, policy)
     benzo = med_statement(CLONAZEPAM_1, dosages=[dosage(dose=1, frequency=2)])
     no_course = client.post(
         "/cds-services/ketamine-patient-view", json=hook_request("patient-view", statements=[benzo])
@@ -138,7 +159,16 @@ def test_patient_view_scope_ketamine_course(
         "/cds-services/ketamine-patient-view", json=hook_request("patient-view", statements=[benzo, course])
     ).get_json()
     assert_valid_response(knowledge, in_course)
-    assert {c["source"]["topic"]["code"] for c in in_course["cards"]} == {"benzodiazepine-response"}
+    assert set(findings_shown(in_course["cards"])) == {"benzodiazepine-response"}
+
+
+def test_patient_view_scope_all_screens_every_chart(make_app: Callable[..., Flask], tmp_path: Path) -> None:
+    client = policy_app(make_app, tmp_path, "patient_view_scope: all\n")
+    benzo = med_statement(CLONAZEPAM_1, dosages=[dosage(dose=1, frequency=2)])
+    response = client.post(
+        "/cds-services/ketamine-patient-view", json=hook_request("patient-view", statements=[benzo])
+    )
+    assert findings_shown(response.get_json()["cards"]) == {"benzodiazepine-response": "warning"}
 
 
 def test_order_and_the_statement_derived_from_it_count_once(call: Callable[..., Any]) -> None:
@@ -148,7 +178,7 @@ def test_order_and_the_statement_derived_from_it_count_once(call: Callable[..., 
     )
     body = hook_request("order-select", drafts=[ketamine_order()], requests=[order], statements=[statement])
     card = next(c for c in call(body)["cards"] if c["source"]["topic"]["code"] == "benzodiazepine-response")
-    assert "40 mg/day diazepam-equivalent" in card["summary"]  # not 80
+    assert "40 mg/day diazepam-eq" in card["summary"]  # not 80
 
 
 def test_two_products_of_one_ingredient_are_summed(call: Callable[..., Any]) -> None:
@@ -162,7 +192,7 @@ def test_two_products_of_one_ingredient_are_summed(call: Callable[..., Any]) -> 
         ],
     )
     card = next(c for c in call(body)["cards"] if c["source"]["topic"]["code"] == "benzodiazepine-response")
-    assert "30 mg/day diazepam-equivalent" in card["summary"]
+    assert "30 mg/day diazepam-eq" in card["summary"]
 
 
 def test_an_old_active_record_is_flagged_as_possibly_stale(call: Callable[..., Any]) -> None:

@@ -97,7 +97,7 @@ def test_migrate_is_idempotent_and_matches_the_model(store: Store) -> None:
         diffs = compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}), metadata)
         version = conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar_one()
     assert diffs == []
-    assert version == "0002"  # r0002: outbox keys, marker values, stored pseudonym key
+    assert version == "0003"  # r0003: screen pages
 
 
 def test_concurrent_migrations_do_not_collide(database_url: str) -> None:

@@ -537,7 +537,7 @@ def _future_reading(bp: BloodPressureFact, today: date) -> bool:
     return bp.taken is not None and bp.taken.date() > today
 
 
-def _latest_bp(facts: Sequence[BloodPressureFact], today: date) -> BloodPressureFact | None:
+def latest_blood_pressure(facts: Sequence[BloodPressureFact], today: date) -> BloodPressureFact | None:
     """The latest plausible reading. One dated after today is a data error: it must not hide a real
     reading, so it is left out here and reported by the data-quality rule instead."""
     dated = [
@@ -699,7 +699,7 @@ def _collect_medications(inp: _BandInput, result: _BandResult) -> bool:
 
 
 def _collect_blood_pressure(inp: _BandInput, result: _BandResult) -> bool:
-    latest = _latest_bp(inp.facts.blood_pressures, inp.situation.clock_date)
+    latest = latest_blood_pressure(inp.facts.blood_pressures, inp.situation.clock_date)
     if latest is None or not _bp_band_holds(inp.ctx, inp.rule, inp.band, latest, inp.situation):
         return False
     systolic = fmt_number(latest.systolic) if latest.systolic else "?"

@@ -23,6 +23,7 @@ from cds.clinical.dosing import DosingVocabulary
 from cds.clinical.engine import EngineContext
 from cds.clinical.policy import SitePolicy, load_policy
 from cds.clinical.rules import Rule, load_rules
+from cds.clinical.screen_record import PageText
 from cds.clinical.statuses import StatusSemantics
 from cds.clinical.terminology import Terminology
 from cds.errors import ConfigError
@@ -30,24 +31,22 @@ from cds.fhir.facts import BloodPressureSpec, RelevanceFilter
 from cds.paths import knowledge_root
 
 # Values each fact kind can put into a band's text, besides the rule's own parameters.
+# Values every card can quote (cds.clinical.cards.card_values adds the dates), then those by fact kind.
+_COMMON = frozenset({"product", "reference_date", "start", "counted_from", "stale_after_days"})
+_DATED = frozenset({"onset", "months_ago", "months_ago_today", "eligible_from"})
+_HOLD = frozenset(
+    {"hold_plan", "hold_short", "last_dose_by", "resume_from", "session", "hold_hours", "resume_hours"}
+)
 PLACEHOLDERS: Mapping[str, frozenset[str]] = {
-    "condition": frozenset({"product", "reference_date", "condition", "onset", "months_ago"}),
-    "allergy": frozenset({"product", "reference_date", "substance", "reaction"}),
-    "medication": frozenset(
-        {
-            "product",
-            "reference_date",
-            "medication",
-            "total",
-            "basis_unit",
-            "evidence_total",
-            "evidence_unit",
-            "indication",
-        }
-    ),
-    "blood-pressure": frozenset({"product", "reference_date", "systolic", "diastolic", "reading_date"}),
-    "order": frozenset({"product", "reference_date"}),
-    "unreadable": frozenset({"product", "reference_date", "count", "categories"}),
+    "condition": _COMMON | _DATED | {"condition"},
+    "allergy": _COMMON | _DATED | {"substance", "reaction"},
+    "medication": _COMMON
+    | _DATED
+    | _HOLD
+    | {"medication", "total", "basis_unit", "evidence_total", "evidence_unit", "indication"},
+    "blood-pressure": _COMMON | {"systolic", "diastolic", "reading_date"},
+    "order": _COMMON,
+    "unreadable": _COMMON | {"count", "categories"},
 }
 
 
@@ -69,6 +68,7 @@ class Knowledge:
     dosing: DosingVocabulary
     statuses: StatusSemantics
     card_text: CardText
+    page_text: PageText
     override_reasons: Mapping[str, OverrideReason]
     treatments: Mapping[str, str]  # product -> value set URL
     interaction_valuesets: tuple[str, ...]
@@ -231,6 +231,7 @@ def load_knowledge(policy_file: str | None = None, root: Path | None = None) -> 
         dosing=dosing,
         statuses=_statuses(profiles / "tables" / "status-semantics.json"),
         card_text=card_text,
+        page_text=PageText(yaml.safe_load((root / "rules" / "page-text.yaml").read_text(encoding="utf-8"))),
         override_reasons=override_reasons,
         treatments=treatments,
         interaction_valuesets=interaction_valuesets,

@@ -38,6 +38,8 @@ class SitePolicy:
     treatments: frozenset[str]
     stale_after_days: int
     session_time: time  # usual session start, for orders that give only a day
+    order_sign_instructions: bool  # show the patient-instructions card at order-sign too
+    screen_link_hours: int  # how long a card's link to the screening page stays valid
     disabled_rules: frozenset[str]
     parameters: Mapping[str, Mapping[str, ResolvedParameter]]
 
@@ -111,6 +113,8 @@ def load_policy(
             treatments=frozenset(merged["treatments"]),
             stale_after_days=int(merged["stale_after_days"]),
             session_time=parse_time_of_day(str(merged["session_time"])),
+            order_sign_instructions=bool(merged["order_sign_instructions"]),
+            screen_link_hours=int(merged["screen_link_hours"]),
             disabled_rules=disabled,
             parameters=resolved,
         )

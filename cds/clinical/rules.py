@@ -339,11 +339,11 @@ def load_rules(
     override_reason_known: Callable[[str], bool],
     products: tuple[str, ...],
 ) -> tuple[Rule, ...]:
-    """Every `rules/*.yaml` except files starting with `_` or named `site-policy*`; sorted by id."""
+    """Every `rules/*.yaml` except `_*`, `site-policy*` and the wording files; sorted by id."""
     validator = _load_schema(schema_path)
     rules: list[Rule] = []
     for path in sorted(rules_dir.glob("*.yaml")):
-        if path.name.startswith(("_", "site-policy", "card-text")):
+        if path.name.startswith(("_", "site-policy", "card-text", "page-text")):
             continue
         where = f"rules/{path.name}"
         text = path.read_text(encoding="utf-8")

@@ -9,14 +9,14 @@ cannot be obtained ends the call with 412 (raised by cds.fhir.prefetch), never w
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
 import requests
 
-from cds.clinical.cards import render_cards
+from cds.clinical.cards import CardInputs, CardLinks, RenderedCard, render
 from cds.clinical.engine import Finding, evaluate
 from cds.clinical.knowledge import Knowledge, ServiceDefinition
 from cds.clinical.situation import FULL, INTERACTION, Situation, decide
@@ -40,6 +40,9 @@ class ScreenResult:
     situation: Situation
     fetched: tuple[str, ...]
     patient_ref: str | None
+    rendered: tuple[RenderedCard, ...] = ()  # cards[i] and the findings it carries
+    facts: PatientFacts | None = None
+    checked: Mapping[str, int] = field(default_factory=dict)  # resource type -> records read
 
 
 def _needs_patient(gathered: Gathered, service: ServiceDefinition) -> bool:
@@ -89,7 +92,9 @@ class Screener:
             relevant=self.knowledge.relevance,
         )
 
-    def screen(self, service: ServiceDefinition, body: Mapping[str, Any]) -> ScreenResult:
+    def screen(
+        self, service: ServiceDefinition, body: Mapping[str, Any], links: CardLinks | None = None
+    ) -> ScreenResult:
         knowledge = self.knowledge
         budget = min(self.settings.fhir_time_budget_s, self.settings.request_time_budget_s)
         deadline = time.monotonic() + budget
@@ -144,17 +149,49 @@ class Screener:
             if situation.mode in {FULL, INTERACTION}
             else []
         )
+        drafts = draft_order_resources(context) if isinstance(context, dict) else []
         if findings:
-            drafts = draft_order_resources(context) if isinstance(context, dict) else []
             resources = cited_resources(findings, [*gathered.resources.values(), drafts])
             findings = annotate(findings, resources, self.settings.max_json_depth)
         extra = {"new_uuid": self.new_uuid} if self.new_uuid else {}
-        cards = render_cards(
+        inputs = CardInputs(
+            situation=situation,
+            facts=facts,
+            draft_orders=[d for d in drafts if isinstance(d, dict)],
+            resources=_by_reference(gathered.resources.values()),
+            links=links or CardLinks(),
+        )
+        rendered = render(
             findings,
-            situation,
+            inputs,
             ctx=knowledge.engine_context(),
             text=knowledge.card_text,
             override_catalogue=knowledge.override_reasons,
+            order_sign_instructions=knowledge.policy.order_sign_instructions,
             **extra,
         )
-        return ScreenResult(cards, findings, situation, fetched, patient_ref)
+        checked: dict[str, int] = {}
+        for group in gathered.resources.values():
+            for resource in group:
+                kind = str(resource.get("resourceType"))
+                checked[kind] = checked.get(kind, 0) + 1
+        return ScreenResult(
+            [r.card for r in rendered],
+            findings,
+            situation,
+            fetched,
+            patient_ref,
+            tuple(rendered),
+            facts,
+            checked,
+        )
+
+
+def _by_reference(groups: Iterable[tuple[dict[str, Any], ...]]) -> dict[str, Mapping[str, Any]]:
+    """ "Type/id" -> resource over the fetched resources (a suggestion may address a record's author)."""
+    return {
+        f"{resource.get('resourceType')}/{resource['id']}": resource
+        for group in groups
+        for resource in group
+        if isinstance(resource.get("id"), str)
+    }

@@ -41,7 +41,7 @@ import secrets
 import sqlite3
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -60,6 +60,7 @@ __all__ = [
     "AuditRecord",
     "FeedbackItem",
     "IssuedCard",
+    "ScreenPage",
     "Store",
     "StoredFeedback",
     "audit_table",
@@ -282,6 +283,26 @@ service_secret_table = sa.Table(
 # --------------------------------------------------------------------------------------------------
 # The store
 # --------------------------------------------------------------------------------------------------
+
+
+screen_page_table = sa.Table(
+    "screen_page",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("created_at", UtcDateTime(), nullable=False),
+    sa.Column("expires_at", UtcDateTime(), nullable=False, index=True),
+    sa.Column("payload", sa.JSON(), nullable=False),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ScreenPage:
+    """The whole screen behind one response's cards, kept until its link expires."""
+
+    id: str
+    created_at: datetime
+    expires_at: datetime
+    payload: Mapping[str, Any]
 
 
 def _normalise_url(database_url: str) -> URL:
@@ -589,8 +610,8 @@ class Store:
             return set(conn.scalars(query.distinct()))
 
     def purge(self, older_than_days: int, now: datetime | None = None) -> int:
-        """Delete audit records, issued cards and feedback older than the retention period, and expired
-        shared markers. Returns the number of rows deleted."""
+        """Delete audit records, issued cards, feedback and screen pages older than the retention period,
+        and expired shared markers and screen pages. Returns the number of rows deleted."""
         if older_than_days < 0:
             raise ValueError("older_than_days must not be negative")
         now = now or utc_now()
@@ -602,9 +623,35 @@ class Store:
                 feedback_table.delete().where(feedback_table.c.received_at < cutoff),
                 issued_card_table.delete().where(issued_card_table.c.issued_at < cutoff),
                 shared_marker_table.delete().where(shared_marker_table.c.expires_at <= now),
+                screen_page_table.delete().where(
+                    sa.or_(screen_page_table.c.expires_at <= now, screen_page_table.c.created_at < cutoff)
+                ),
             ):
                 deleted += max(conn.execute(statement).rowcount, 0)
         return deleted
+
+    def record_screen_pages(self, pages: Sequence[ScreenPage]) -> None:
+        """Store screening pages; re-recording the same id is a no-op."""
+        if not pages:
+            return
+        rows = [
+            {"id": p.id, "created_at": p.created_at, "expires_at": p.expires_at, "payload": dict(p.payload)}
+            for p in pages
+        ]
+        with self._write() as conn:
+            conn.execute(self._insert(screen_page_table).on_conflict_do_nothing(index_elements=["id"]), rows)
+
+    def screen_page(self, page_id: str, now: datetime | None = None) -> ScreenPage | None:
+        """The page with this id while it has not expired, else None (expired and unknown look alike)."""
+        now = now or utc_now()
+        query = sa.select(screen_page_table).where(
+            screen_page_table.c.id == page_id, screen_page_table.c.expires_at > now
+        )
+        with self.engine.connect() as conn:
+            row = conn.execute(query).mappings().first()
+        if row is None:
+            return None
+        return ScreenPage(row["id"], row["created_at"], row["expires_at"], row["payload"])
 
     # -- reading ----------------------------------------------------------------------------------
 

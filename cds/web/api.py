@@ -34,6 +34,7 @@ from cds.errors import (
 from cds.report import render_report
 from cds.storage.analytics import override_report
 from cds.storage.store import FeedbackItem
+from cds.web import screens
 from cds.web.runtime import CallRecord, Runtime
 from cds.web.validation import check_hook_call, read_json_object
 
@@ -99,7 +100,10 @@ def call_service(service_id: str) -> Response:
     body = _read_json(rt.knowledge.request_validator)
     check_hook_call(service, body, rt.settings)
     call.hook_instance = body["hookInstance"]
-    result = rt.screener(call.client).screen(service, body)
+    page = screens.issue(rt, rt.settings.public_base_url or request.host_url)
+    result = rt.screener(call.client).screen(service, body, page.links)
+    if result.cards:
+        screens.keep(rt, page, result)
     cards = rt.suppress_repeats(service, body, result)
     call.screened(result, cards)
     rt.record_cards(call, service, body, result, cards)

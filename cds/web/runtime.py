@@ -23,6 +23,7 @@ import requests
 import sqlalchemy as sa
 from flask import Request
 
+from cds.clinical.cards import PRE_SESSION_REVIEW
 from cds.clinical.knowledge import Knowledge, ServiceDefinition
 from cds.clinical.screening import Screener, ScreenResult
 from cds.config import Settings
@@ -31,7 +32,7 @@ from cds.outbound import address_policy, outbound_session
 from cds.storage.guard import Guard
 from cds.storage.outbox import Outbox, OutboxFull, PendingFeedback, database_id
 from cds.storage.shared_state import ReplayCache, SeenFindings
-from cds.storage.store import AuditRecord, FeedbackItem, IssuedCard, Store, patient_hash
+from cds.storage.store import AuditRecord, FeedbackItem, IssuedCard, ScreenPage, Store, patient_hash
 from cds.web.auth import ClientAuthenticator, VerifiedClient, expected_audience
 from cds.web.cors import CorsPolicy
 from cds.web.logs import SAFE_EXTRA
@@ -162,22 +163,33 @@ class Runtime:
         if not isinstance(encounter, str) or not encounter or not isinstance(user, str) or not user:
             return result.cards
         scope = f"{self.hash(result.patient_ref)}|{self.hash(encounter)}|{self.hash(user)}"
-        keys = [(f"select|{scope}|{finding.rule.id}", finding.fingerprint) for finding in result.findings]
+        keys = {id(f): (f"select|{scope}|{f.rule.id}", f.fingerprint) for f in result.findings}
         if service.hook == "order-select":
-            shown = [(key, fp, card["uuid"]) for (key, fp), card in zip(keys, result.cards, strict=True)]
+            # each finding with the card that carried it (a consolidated card carries several)
+            shown = [(*keys[id(f)], r.card["uuid"]) for r in result.rendered for f in r.findings]
             self.seen.record_shown(shown, window)  # one round trip for all of this call's findings
             return result.cards
-        earlier = [self.seen.shown_card(key, fingerprint, window) for key, fingerprint in keys]
-        critical = [
-            card
-            for finding, card in zip(result.findings, earlier, strict=True)
-            if card and finding.indicator == _CRITICAL
-        ]
-        answered = self._answered(critical)
+        carried = [f for r in result.rendered for f in r.findings]
+        earlier = {id(f): self.seen.shown_card(*keys[id(f)], window) for f in carried}
+        answered = self._answered(
+            [card for f in carried if (card := earlier[id(f)]) and f.indicator == _CRITICAL]
+        )
+        repeat = {
+            id(f): earlier[id(f)] is not None
+            and not (f.indicator == _CRITICAL and earlier[id(f)] not in answered)
+            for f in carried
+        }
+        # A card is a repeat when every finding it carries is; the pre-session review when every finding
+        # of the response is (a clean chart's review, which carries nothing, is always shown).
+        everything = bool(repeat) and all(repeat.values())
         return [
-            card
-            for finding, card, shown in zip(result.findings, result.cards, earlier, strict=True)
-            if shown is None or (finding.indicator == _CRITICAL and shown not in answered)
+            r.card
+            for r in result.rendered
+            if not (
+                everything
+                if r.topic == PRE_SESSION_REVIEW
+                else r.findings and all(repeat[id(f)] for f in r.findings)
+            )
         ]
 
     def _answered(self, card_uuids: list[str]) -> set[str]:
@@ -209,26 +221,37 @@ class Runtime:
         context = body.get("context", {})
         encounter = context.get("encounterId") if isinstance(context.get("encounterId"), str) else None
         issued = call.issued
-        for finding, card in zip(result.findings, result.cards, strict=True):
+        for rendered in result.rendered:
+            card = rendered.card
             if card["uuid"] not in shown:
                 continue  # suppressed as a repeat: not returned, so neither counted nor recorded
-            self.metrics.count_cards(finding.rule.id, finding.indicator)
+            for finding in rendered.findings:
+                self.metrics.count_cards(finding.rule.id, finding.indicator)
             issued.append(
                 IssuedCard(
                     uuid=card["uuid"],
                     service_id=service.id,
-                    rule_id=finding.rule.id,
-                    rule_version=finding.rule.version,
+                    rule_id=rendered.topic,
+                    rule_version=rendered.version,
                     hook_instance=str(body.get("hookInstance")),
                     patient_hash=self.hash(result.patient_ref) or "-",
                     encounter_hash=self.hash(encounter),
-                    indicator=finding.indicator,
-                    fingerprint=finding.fingerprint,
+                    indicator=card["indicator"],
+                    fingerprint=rendered.fingerprint,
                     issued_at=now,
                 )
             )
         for key in result.fetched:
             self.metrics.count_fetch(key)
+
+    def keep_screen_page(self, page: ScreenPage) -> None:
+        """Stored before the cards leave, so the link works when clicked. With the database down the
+        cards are still answered; their page then says it is not available."""
+        try:
+            self.db_guard.call(lambda: self.store.record_screen_pages([page]))
+        except (ServiceUnavailable, sa.exc.SQLAlchemyError) as exc:
+            self.metrics.count_storage_error("database")
+            log.warning("screening page not stored: database unavailable (%s)", type(exc).__name__)
 
     def record_feedback(self, service_id: str, items: list[FeedbackItem]) -> None:
         """Committed to the database, or (database down) to the local outbox with a disk sync; either way
