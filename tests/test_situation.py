@@ -70,17 +70,26 @@ def test_patient_view_screens_the_treatments_in_the_chart(decide_for: Any) -> No
     assert (found.mode, found.products, found.reference_date) == (FULL, frozenset({"esketamine"}), TODAY)
 
 
+def test_patient_view_without_either_treatment_is_silent_by_default(decide_for: Any) -> None:
+    found = decide_for("patient-view", on_chart(SERTRALINE))
+    assert found is not None
+    assert found.mode == NONE
+
+
 def test_patient_view_without_either_treatment_screens_for_what_the_site_offers(
     decide_for: Any, knowledge: Knowledge
 ) -> None:
-    found = decide_for("patient-view", on_chart(SERTRALINE))
+    every_chart = replace(knowledge.policy, patient_view_scope="all")
+    found = decide_for("patient-view", on_chart(SERTRALINE), policy=every_chart)
     assert found is not None
     assert found.mode == FULL
     assert found.products == knowledge.policy.treatments
 
 
 def test_a_stopped_treatment_does_not_count(decide_for: Any, knowledge: Knowledge) -> None:
-    found = decide_for("patient-view", on_chart(ESKETAMINE, status="stopped"))
+    assert decide_for("patient-view", on_chart(ESKETAMINE, status="stopped")).mode == NONE
+    every_chart = replace(knowledge.policy, patient_view_scope="all")
+    found = decide_for("patient-view", on_chart(ESKETAMINE, status="stopped"), policy=every_chart)
     assert found is not None
     assert found.products == knowledge.policy.treatments
 
