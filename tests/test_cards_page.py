@@ -230,3 +230,16 @@ def test_an_accepted_suggestion_reaches_the_feedback_store(client: FlaskClient) 
     (stored,) = runtime.store.feedback_for(mi["uuid"])
     assert stored.known_card  # the card was recorded as issued
     assert stored.item.accepted_suggestions == (move["uuid"],)
+
+
+def test_no_hold_suggestion_for_an_antiepileptic_benzodiazepine(client: FlaskClient) -> None:
+    body = complex_chart("order-select")
+    seizure = {"coding": [{"system": "http://snomed.info/sct", "code": "84757009", "display": "Epilepsy"}]}
+    body["prefetch"]["conditions"]["entry"].append(
+        {"resource": {**body["prefetch"]["conditions"]["entry"][0]["resource"], "id": "epi", "code": seizure}}
+    )
+    cards = post(client, body)
+    benzo = next(c for c in cards if c["source"]["topic"]["code"] == "benzodiazepine-response")
+    assert "do not hold it" in benzo["summary"]
+    assert "last dose by" not in benzo["summary"] + benzo["detail"]
+    assert not [s for s in benzo.get("suggestions", []) if "hold" in s["label"]]

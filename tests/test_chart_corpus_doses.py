@@ -38,13 +38,15 @@ from tests.support.builders import (
     med_request,
     med_statement,
 )
+from tests.support.cards import page_text, screen_link, views_from_record
+from tests.support.constants import NOW
 
 BENZO = "benzodiazepine-response"
 LAMOTRIGINE = "lamotrigine-response"
-DZE = "mg/day diazepam-equivalent"
+DZE = "mg/day diazepam-eq"
 UCUM = "http://unitsofmeasure.org"
 DRUG_FORM = "http://terminology.hl7.org/CodeSystem/v3-orderableDrugForm"
-HOLD_ADVICE = "skip the dose"  # the clinic hold protocol's wording in the above-threshold band
+HOLD_ADVICE = "If the prescriber agrees to a hold"  # the hold plan in the above-threshold band
 FAQ = "preset: clinic_faq\n"
 
 
@@ -640,7 +642,7 @@ CASES = [
         "clinic FAQ: oxazepam 120 mg/day is over the FAQ threshold: warning",
         chart(requests=[order(OXAZEPAM_30, give(1, per_day=4))]),
         "warning",
-        summary_has=("120 mg/day (over 100)",),
+        summary_has=("120 mg/day (over 100 mg/day)",),
         policy=FAQ,
     ),
     Case(
@@ -659,7 +661,7 @@ CASES = [
         chart(requests=[order(LAMOTRIGINE_100, give(1))]),
         "info",
         rule=LAMOTRIGINE,
-        summary_has=("100 mg/day (over 50)",),
+        summary_has=("100 mg/day (over 50 mg/day)",),
         detail_has=("site threshold of 50 mg/day", "above 100 mg/day"),
         lacks=("weaker response above 50",),
         policy="parameters:\n  lamotrigine-response:\n    threshold: 50\n",
@@ -705,12 +707,22 @@ def screen(
         path.write_text(case.policy, encoding="utf-8")
         overrides["policy_file"] = str(path)
     app = make_app(**overrides)
-    response = app.test_client().post("/cds-services/ketamine-order-select", json=case.build())
+    client = app.test_client()
+    response = client.post("/cds-services/ketamine-order-select", json=case.build())
     assert response.status_code == 200, response.get_data(as_text=True)[:2000]
     payload = response.get_json()
     assert_valid_response(knowledge, payload)
     cards: list[dict[str, Any]] = payload["cards"]
-    return cards
+    if not cards:
+        return []
+    # Each finding as its screening page shows it (an info finding shares the "Also noted" card; the
+    # records, the arithmetic and the notes behind a total are on the page).
+    page_text(client, cards)
+    page_id = screen_link(cards[0]).split("/screens/")[1].split("?")[0]
+    stored = app.extensions["ketamine_cds"].store.screen_page(page_id, NOW)
+    assert stored is not None
+    views = views_from_record(dict(stored.payload))
+    return [{"source": {"topic": {"code": rule}}, **view} for rule, view in views.items()]
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])

@@ -83,7 +83,7 @@ def test_clinic_faq_preset_applies_the_faq_rule_and_says_so(
     # 2 mg/day of clonazepam is far below the FAQ's 100 mg/day: information, not a warning
     assert shown["benzodiazepine-response"] == "info"
     also_noted = next(c for c in cards if c["source"]["topic"]["code"] == "also-noted")
-    assert "Benzodiazepine 2 mg/day (at most 100 mg/day)" in also_noted["detail"]
+    assert "Benzodiazepine 2 mg/day (40 mg/day diazepam-eq)" in also_noted["detail"]
     assert "site setting (clinic FAQ values); the default is 8 mg/day" in page
 
 

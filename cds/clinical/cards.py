@@ -374,7 +374,9 @@ def _confirm_hold(
     text: CardText, finding: Finding, values: Mapping[str, str], inputs: CardInputs, uuid: Callable[[], str]
 ) -> list[Any]:
     """Ask the benzodiazepine's prescriber to confirm the hold plan: a draft CommunicationRequest."""
-    if "hold_plan" not in values or finding.indicator == "info":
+    # Only where the band itself advises a timed hold (never for an antiepileptic benzodiazepine).
+    wording = {*finding.band.summary.get_identifiers(), *finding.band.detail.get_identifiers()}
+    if not wording & {"hold_plan", "hold_short"} or finding.indicator == "info":
         return []
     situation = inputs.situation
     medicines = [h.source.reference() for h in finding.hits if h.source.id]
