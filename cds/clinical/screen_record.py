@@ -224,7 +224,7 @@ def build_record(
             date=fmt_date(card_text, situation.reference_date, today),
             today=fmt_date(card_text, today, today),
         ),
-        "screened_at": now.isoformat(timespec="minutes"),
+        "screened_at": now.strftime(page.t("moment_format")),
         "cards": [
             {"summary": c["summary"], "indicator": c["indicator"], "detail": c.get("detail", "")}
             for c in cards

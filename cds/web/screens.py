@@ -102,7 +102,7 @@ def keep(rt: Any, page: IssuedPage, result: ScreenResult) -> None:
     payload["generated"] = text.fill(
         text.t("generated"),
         when=payload["screened_at"],
-        expires=page.expires.isoformat(timespec="minutes"),
+        expires=page.expires.strftime(text.t("moment_format")),
     )
     rt.keep_screen_page(ScreenPage(page.id, rt.clock(), page.expires, payload))
 
