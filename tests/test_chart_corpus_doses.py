@@ -38,8 +38,7 @@ from tests.support.builders import (
     med_request,
     med_statement,
 )
-from tests.support.cards import page_text, screen_link, views_from_record
-from tests.support.constants import NOW
+from tests.support.cards import findings_on_page
 
 BENZO = "benzodiazepine-response"
 LAMOTRIGINE = "lamotrigine-response"
@@ -713,15 +712,9 @@ def screen(
     payload = response.get_json()
     assert_valid_response(knowledge, payload)
     cards: list[dict[str, Any]] = payload["cards"]
-    if not cards:
-        return []
     # Each finding as its screening page shows it (an info finding shares the "Also noted" card; the
     # records, the arithmetic and the notes behind a total are on the page).
-    page_text(client, cards)
-    page_id = screen_link(cards[0]).split("/screens/")[1].split("?")[0]
-    stored = app.extensions["ketamine_cds"].store.screen_page(page_id, NOW)
-    assert stored is not None
-    views = views_from_record(dict(stored.payload))
+    views = findings_on_page(client, cards)
     return [{"source": {"topic": {"code": rule}}, **view} for rule, view in views.items()]
 
 

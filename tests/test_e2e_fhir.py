@@ -34,7 +34,7 @@ from flask.testing import FlaskClient
 
 from cds.clinical.knowledge import Knowledge
 from tests.support.builders import ketamine_order
-from tests.support.cards import findings_carried, page_text, screen_link, views_from_record
+from tests.support.cards import findings_carried, stored_screen, views_from_record
 from tests.support.constants import NOW
 from tests.support.fhir_server import DATA_DIR, FhirServerHandle
 from tests.support.logs import SENSITIVE
@@ -561,12 +561,8 @@ class Api:
         return payload, tuple(audit.fields["fetched"])
 
     def screen(self, cards: list[dict[str, Any]]) -> dict[str, Any]:
-        """The stored screen behind the cards (what their screening page shows), after the page answered."""
-        page_text(self.client, cards)
-        page_id = screen_link(cards[0]).split("/screens/")[1].split("?")[0]
-        stored = self.client.application.extensions["ketamine_cds"].store.screen_page(page_id, NOW)
-        assert stored is not None
-        return dict(stored.payload)
+        """The stored screen behind the cards (what their screening page shows)."""
+        return stored_screen(self.client, cards)
 
 
 @pytest.fixture

@@ -74,6 +74,7 @@ from tests.support.builders import (
     med_request,
     med_statement,
 )
+from tests.support.cards import every_chart_policy, findings_on_page
 from tests.support.constants import CLOSED_PORT, NOW, SERVICES
 from tests.support.responses import assert_valid_response, deterministic_uuids
 from tests.support.synthea import synthea_patients, synthea_request
@@ -98,7 +99,8 @@ PREFETCH_KEYS = ("medicationStatements", "medicationRequests", "conditions", "al
 
 @pytest.fixture(scope="module")
 def fuzz_app(tmp_path_factory: pytest.TempPathFactory, knowledge: Knowledge) -> Iterator[Flask]:
-    database = tmp_path_factory.mktemp("fuzz") / "cds.sqlite3"
+    folder = tmp_path_factory.mktemp("fuzz")
+    database = folder / "cds.sqlite3"
     app_settings = load_settings(
         environ={},
         overrides={
@@ -108,11 +110,11 @@ def fuzz_app(tmp_path_factory: pytest.TempPathFactory, knowledge: Knowledge) -> 
             "max_body_bytes": MAX_BODY,
             "repeat_suppression_s": 0,  # every call screened afresh: no card hidden as "already shown"
             "log_level": "DEBUG",  # every record the service can emit reaches the log-hygiene check
+            # patient-view screens every chart, so that every fuzzed chart is screened
+            "policy_file": every_chart_policy(folder),
         },
     )
-    flask_app = create_app(
-        app_settings, knowledge=knowledge, clock=lambda: NOW, new_uuid=deterministic_uuids()
-    )
+    flask_app = create_app(app_settings, clock=lambda: NOW, new_uuid=deterministic_uuids())
     yield flask_app
     flask_app.extensions["ketamine_cds"].flush()
 
@@ -967,8 +969,9 @@ def screens_with_unreadable_records(draw: st.DrawFn) -> tuple[dict[str, Any], li
     return body, targets
 
 
-def _cards_by_rule(payload: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    return {card["source"]["topic"]["code"]: card for card in payload["cards"]}
+def _cards_by_rule(client: FlaskClient, payload: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Each finding as the screening page shows it, with the records behind it."""
+    return findings_on_page(client, payload["cards"])
 
 
 @FUZZ
@@ -980,7 +983,7 @@ def test_unreadable_records_are_never_an_all_clear(
     response = post_json(fuzz_client, f"/cds-services/{SERVICES[body['hook']]}", body)
     assert response.status_code == 200, response.get_data(as_text=True)[:500]
     payload = check(response, knowledge, hook_call=True)
-    cards = _cards_by_rule(payload)
+    cards = _cards_by_rule(fuzz_client, payload)
     assert "unreadable-records" in cards, f"all clear for unreadable {targets}: {sorted(cards)}"
     card = cards["unreadable-records"]
     for reference in targets:
@@ -1063,7 +1066,7 @@ def test_relevant_record_with_garbage_dose_or_date_still_gets_its_rule(
     body, rule, reference = case
     response = post_json(fuzz_client, f"/cds-services/{SERVICES[body['hook']]}", body)
     assert response.status_code == 200, response.get_data(as_text=True)[:500]
-    cards = _cards_by_rule(check(response, knowledge, hook_call=True))
+    cards = _cards_by_rule(fuzz_client, check(response, knowledge, hook_call=True))
     assert rule in cards, f"all clear for {reference}: {sorted(cards)}"
     assert reference in cards[rule]["detail"]
 
@@ -1092,7 +1095,7 @@ def test_regression_a_coding_with_no_code_or_name_is_unreadable(
     response = post_json(
         fuzz_client, "/cds-services/ketamine-patient-view", _patient_view_with("medicationStatements", record)
     )
-    cards = _cards_by_rule(check(response, knowledge, hook_call=True))
+    cards = _cards_by_rule(fuzz_client, check(response, knowledge, hook_call=True))
     assert "MedicationStatement/nameless" in cards["unreadable-records"]["detail"]
     nameless_condition = condition({"coding": [{"system": SNOMED}]}, rid="nameless")
     response = post_json(
@@ -1100,7 +1103,7 @@ def test_regression_a_coding_with_no_code_or_name_is_unreadable(
         "/cds-services/ketamine-patient-view",
         _patient_view_with("conditions", nameless_condition),
     )
-    cards = _cards_by_rule(check(response, knowledge, hook_call=True))
+    cards = _cards_by_rule(fuzz_client, check(response, knowledge, hook_call=True))
     assert "Condition/nameless" in cards["unreadable-records"]["detail"]
 
 
@@ -1112,7 +1115,8 @@ def test_regression_a_five_digit_year_is_not_a_date(fuzz_client: FlaskClient, kn
     odd["effectiveDateTime"] = "99999-01-01"
     body = hook_request("patient-view", observations=[high, odd])
     cards = _cards_by_rule(
-        check(post_json(fuzz_client, "/cds-services/ketamine-patient-view", body), knowledge, hook_call=True)
+        fuzz_client,
+        check(post_json(fuzz_client, "/cds-services/ketamine-patient-view", body), knowledge, hook_call=True),
     )
     assert "Observation/odd" in cards["unreadable-records"]["detail"]
     assert "Observation/high" in cards["elevated-blood-pressure"]["detail"]

@@ -96,3 +96,19 @@ def every_chart_policy(folder: Any) -> str:
     path = folder / "every-chart-policy.yaml"
     path.write_text("patient_view_scope: all\n", encoding="utf-8")
     return str(path)
+
+
+def stored_screen(client: Any, cards: list[dict[str, Any]]) -> dict[str, Any]:
+    """The stored screen behind the cards (what their page shows), after the page answered 200."""
+    from tests.support.constants import NOW
+
+    page_text(client, cards)
+    page_id = screen_link(cards[0]).split("/screens/")[1].split("?")[0]
+    stored = client.application.extensions["ketamine_cds"].store.screen_page(page_id, NOW)
+    assert stored is not None
+    return dict(stored.payload)
+
+
+def findings_on_page(client: Any, cards: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """views_from_record of the screen behind `cards` (empty when there is no card)."""
+    return views_from_record(stored_screen(client, cards)) if cards else {}
