@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import requests
 
-from cds.clinical.cards import CardText, _note, _truncate
+from cds.clinical.cards import CardText, _truncate, note_text
 from cds.clinical.engine import months_before, months_between
 from cds.clinical.knowledge import Knowledge, load_knowledge
 from cds.clinical.screening import Screener, ScreenResult
@@ -587,11 +587,11 @@ def test_note_codes_become_sentences() -> None:
         {"notes": {"stale": "not updated for over $stale_after_days days", "dose:": "dose: $detail"}}
     )
     values = {"stale_after_days": "365"}
-    assert _note(text, "stale", values) == "not updated for over 365 days"
+    assert note_text(text, "stale", values) == "not updated for over 365 days"
     # a prefixed code without a sentence of its own takes its prefix's, with the rest as the detail
-    assert _note(text, "dose:no-strength", values) == "dose: no-strength"
-    assert _note(text, "dose:unit:mg/mL", values) == "dose: unit:mg/mL"  # split at the first colon only
-    assert _note(text, "unknown-code", values) == "unknown-code"  # never dropped
-    assert _note(text, "other:thing", values) == "other:thing"
+    assert note_text(text, "dose:no-strength", values) == "dose: no-strength"
+    assert note_text(text, "dose:unit:mg/mL", values) == "dose: unit:mg/mL"  # split at the first colon only
+    assert note_text(text, "unknown-code", values) == "unknown-code"  # never dropped
+    assert note_text(text, "other:thing", values) == "other:thing"
     with_values = CardText({"notes": {"bp:": "$detail, over $stale_after_days"}})
-    assert _note(with_values, "bp:old", values) == "old, over 365"
+    assert note_text(with_values, "bp:old", values) == "old, over 365"
