@@ -415,7 +415,7 @@ CASES: list[Case] = [
         evidence={
             MI_RULE: (
                 "onset recorded as age 46 years: between 2026-04-02 and 2027-04-01",
-                "dates from 2026-04-02 to 2027-04-01",
+                "dates from 2 Apr 2026 to 1 Apr 2027",
             )
         },
         absent={MI_RULE: ("without an onset", "2026-11-22")},  # today is not the onset: never shown as one

@@ -145,9 +145,9 @@ def test_migrate_says_what_it_did(tmp_path: Path, capsys: pytest.CaptureFixture[
     env = server_env(DATABASE_URL=f"sqlite:///{tmp_path / 'm.sqlite3'}")
     first = _run_cli(["migrate"], env, tmp_path)
     assert first.returncode == 0, first.stderr
-    assert "schema upgraded from empty to revision 0002" in first.stdout
+    assert "schema upgraded from empty to revision 0003" in first.stdout
     again = _run_cli(["migrate"], env, tmp_path)
-    assert "already at revision 0002, nothing to do" in again.stdout
+    assert "already at revision 0003, nothing to do" in again.stdout
 
 
 def test_migrate_without_create_rights_is_one_line(

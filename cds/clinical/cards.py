@@ -148,9 +148,23 @@ def card_values(text: CardText, ctx: EngineContext, finding: Finding, situation:
     if dated:
         newest = max(dated, key=lambda h: h.date or date.min)
         assert newest.date is not None
-        values["onset"] = fmt_date(text, newest.date, today)
-        values["months_ago"] = str(months_between(newest.date, ref))
-        values["months_ago_today"] = str(months_between(newest.date, today))
+        span = newest.span or (
+            (newest.onset_age.earliest, newest.onset_age.latest)
+            if newest.onset_age is not None and newest.onset_age.earliest and newest.onset_age.latest
+            else None
+        )
+        if span is not None and span[0] != span[1]:
+            # a span (an age, a period, a month): both ends, never one invented day
+            values["onset"] = f"{fmt_date(text, span[0])} to {fmt_date(text, span[1])}"  # with years
+            values["months_ago"] = _months_range(newest.date, span[0], ref)
+            values["months_ago_today"] = _months_range(newest.date, span[0], today)
+        else:
+            values["onset"] = fmt_date(text, newest.date, today)
+            date_value = text.raw.get("date_values", {}).get(newest.date_basis or "")
+            if date_value:  # e.g. an onset known only as an age: "22 Nov at the latest"
+                values["onset"] = text.fill(date_value, date=values["onset"])
+            values["months_ago"] = str(months_between(newest.date, ref))
+            values["months_ago_today"] = str(months_between(newest.date, today))
         if newest.label and finding.band.facts == "condition":
             values["condition"] = newest.label
         window = finding.band.when.get("onset_within_months")
@@ -163,6 +177,11 @@ def card_values(text: CardText, ctx: EngineContext, finding: Finding, situation:
     if all(name in finding.rule.parameters for name in HOLD_PARAMETERS):
         values.update(hold_values(text, ctx, finding.rule, situation))
     return values
+
+
+def _months_range(latest_day: date, earliest_day: date, reference: date) -> str:
+    latest, earliest = months_between(latest_day, reference), months_between(earliest_day, reference)
+    return str(latest) if latest == earliest else f"{latest}-{earliest}"
 
 
 def hold_values(text: CardText, ctx: EngineContext, rule: Rule, situation: Situation) -> dict[str, str]:

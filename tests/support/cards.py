@@ -112,3 +112,18 @@ def stored_screen(client: Any, cards: list[dict[str, Any]]) -> dict[str, Any]:
 def findings_on_page(client: Any, cards: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """views_from_record of the screen behind `cards` (empty when there is no card)."""
     return views_from_record(stored_screen(client, cards)) if cards else {}
+
+
+def cards_by_rule(cards: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Rule id -> the card that carries its finding (a consolidated card stands for each finding it
+    carries, with that finding's indicator)."""
+    found: dict[str, dict[str, Any]] = {}
+    for card in cards:
+        inside = card.get("extension", {}).get(FINDINGS_EXTENSION)
+        if inside is None:
+            if card["source"]["topic"]["code"] not in {"pre-session-review", "also-noted"}:
+                found[card["source"]["topic"]["code"]] = card
+            continue
+        for item in inside:
+            found[item["rule"]] = {**card, "indicator": item["indicator"]}
+    return found
