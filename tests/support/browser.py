@@ -23,7 +23,7 @@ import tempfile
 from pathlib import Path
 
 CHROMIUM = Path("/usr/bin/chromium")
-AXE_REQUIREMENT = "axe-core@4.14.1"
+NPM_PROJECT = Path(__file__).resolve().parents[1] / "browser"  # axe-core pinned by package-lock.json
 AXE_DIR = Path(__file__).resolve().parents[2] / ".cache" / "axe-core"
 AXE_TAGS = ("wcag2a", "wcag2aa", "wcag21a", "wcag21aa")
 _LOCK = Path(tempfile.gettempdir()) / "ketamine-cds-chromium-install.lock"
@@ -91,7 +91,8 @@ def print_pdf(chromium: Path, url: str, output: Path) -> Path:
 
 
 def ensure_axe() -> Path:
-    """axe-core's browser bundle, installed from the npm registry into .cache/ once (under a lock)."""
+    """axe-core's browser bundle, installed once into .cache/ with `npm ci` from the committed lock file
+    (tests/browser/package.json and package-lock.json), under a lock."""
     script = AXE_DIR / "node_modules" / "axe-core" / "axe.min.js"
     if script.exists():
         return script
@@ -102,12 +103,12 @@ def ensure_axe() -> Path:
             npm = shutil.which("npm")
             if npm is None:
                 raise RuntimeError("npm is needed to install axe-core for the accessibility check")
-            command = [npm, "install", "--prefix", str(AXE_DIR), "--no-audit", "--no-fund", AXE_REQUIREMENT]
+            for name in ("package.json", "package-lock.json"):
+                shutil.copyfile(NPM_PROJECT / name, AXE_DIR / name)
+            command = [npm, "ci", "--prefix", str(AXE_DIR), "--no-audit", "--no-fund"]
             result = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
             if result.returncode != 0 or not script.exists():
-                raise RuntimeError(
-                    f"npm install {AXE_REQUIREMENT} failed:\n{(result.stdout + result.stderr)[-2000:]}"
-                )
+                raise RuntimeError(f"npm ci (axe-core) failed:\n{(result.stdout + result.stderr)[-2000:]}")
     return script
 
 
