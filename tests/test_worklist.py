@@ -381,7 +381,7 @@ def test_html_page_in_headless_chromium(bearer_list: Worklist, tmp_path: Path) -
     assert "Thu 3 Dec 15:00" in dom
     assert "Eligible from <strong>Friday 2 April 2027</strong>" in dom
     assert "Also in session this day, listed on an earlier day: Tamsin Twice (Fri 4 Dec 10:00)" in dom
-    assert "NOT SCREENED" in dom
+    assert "Not screened" in dom
     assert "Dentist" not in dom
     assert "Lena" not in dom
     assert dom.count('<th scope="row">') == len(bearer_list.rows)

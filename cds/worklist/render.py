@@ -21,6 +21,7 @@ import io
 import json
 from collections.abc import Iterable
 from datetime import date, datetime
+from pathlib import Path
 from typing import Any
 
 from cds.report import _safe_cell
@@ -153,30 +154,22 @@ def _day(value: date | None) -> str:
 
 # ---------------------------------------------------------------------- HTML
 
-_CSS = """
-body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 1.5rem auto; max-width: 62rem;
-       color: #1b1b1b; line-height: 1.4; padding: 0 1rem; }
-h1 { font-size: 1.5rem; margin: 0 0 .2rem; } h2 { font-size: 1.2rem; margin: 1.6rem 0 .4rem; }
-.meta { color: #4a4a4a; margin: 0 0 .8rem; }
-table { border-collapse: collapse; width: 100%; font-size: .9rem; }
-caption { text-align: left; font-weight: 600; padding: .3rem 0; }
-th, td { border-bottom: 1px solid #c8c8c8; padding: .35rem .5rem; text-align: left; vertical-align: top; }
-thead th { border-bottom: 2px solid #6b6b6b; }
-td ul { margin: 0; padding-left: 1.1rem; }
-.critical { color: #8a0000; font-weight: 600; }
-.tag { display: inline-block; font-size: .78rem; font-weight: 700; padding: 0 .35rem; border-radius: .2rem;
-       margin-right: .3rem; }
-.tag-defer { background: #8a0000; color: #fff; } .tag-hold { background: #6b4a00; color: #fff; }
-.tag-note { background: #e8e8e8; color: #1b1b1b; } .tag-missing { background: #1b1b1b; color: #fff; }
-.clear { color: #2d5a27; margin: 0; }
+_SHARED_STYLE = Path(__file__).resolve().parents[1] / "web" / "templates" / "_style.html"
+_OWN_CSS = """
+main { padding-top: 1rem; } .critical { color: var(--critical); font-weight: 600; }
 .sub { display: block; margin: .1rem 0 0 .2rem; } .missing { margin: 0; }
-td.when { white-space: nowrap; } .also { font-size: .9rem; color: #333; }
-col.when { width: 9.5rem; } col.who { width: 11rem; }
+.clear { color: var(--clear); margin: 0; } .also { font-size: .9rem; color: var(--muted); }
+td.when { white-space: nowrap; } col.when { width: 9.5rem; } col.who { width: 11rem; }
+ul.cards li { margin: .2rem 0; padding: .25rem .45rem; }
 .day { break-before: page; page-break-before: always; }
 .day:first-of-type { break-before: auto; page-break-before: auto; }
-@media print { body { margin: 0; max-width: none; font-size: 10pt; } .day { break-inside: auto; }
-  tr { break-inside: avoid; } }
+@media print { tr { break-inside: avoid; } }
 """
+
+
+def _style() -> str:
+    """The screening page's shared style (one look for the service's pages) and the worklist's layout."""
+    return _SHARED_STYLE.read_text(encoding="utf-8") + f"<style>{_OWN_CSS}</style>"
 
 
 _PASSED = " <em>(the full hold's last dose time has already passed: call today)</em>"
@@ -198,9 +191,14 @@ def _long_day(value: date) -> str:
     return f"{value:%A} {value.day} {value:%B %Y}"
 
 
-def _list(items: Iterable[str]) -> str:
-    entries = [f"<li>{item}</li>" for item in items]
-    return f"<ul>{''.join(entries)}</ul>" if entries else ""
+def _list(items: Iterable[tuple[str, str]]) -> str:
+    """(status, html) items as the shared style's bordered list (status: critical, warning, info, na)."""
+    entries = [f"<li class='s-{status}'>{item}</li>" for status, item in items]
+    return f"<ul class='cards'>{''.join(entries)}</ul>" if entries else ""
+
+
+def _badge(status: str, label: str) -> str:
+    return f"<span class='badge b-{status}'>{label}</span>"
 
 
 def _row_html(row: Row, generated: datetime) -> str:
@@ -208,11 +206,11 @@ def _row_html(row: Row, generated: datetime) -> str:
     name = _e(row.name) if row.name else "<em>name not available</em>"
     if not row.screened:
         actions = (
-            f"<p class='missing'><span class='tag tag-missing'>NOT SCREENED</span>"
+            f"<p class='missing'>{_badge('not-applicable', 'Not screened')}"
             f"{_e(row.not_screened_reason or '')}. Screen this chart by hand.</p>"
         )
         return f"<tr><td class='when'>{sessions}</td><th scope='row'>{name}</th><td>{actions}</td></tr>"
-    parts: list[str] = []
+    parts: list[tuple[str, str]] = []
     for critical in row.critical:
         until = (
             f"<span class='sub'>Eligible from <strong>{_e(_long_day(critical.eligible_from))}</strong>."
@@ -221,8 +219,10 @@ def _row_html(row: Row, generated: datetime) -> str:
             else ""
         )
         parts.append(
-            f"<span class='tag tag-defer'>DEFER</span>"
-            f"<span class='critical'>{_e(critical.summary)}</span>{until}"
+            (
+                "critical",
+                f"{_badge('critical', 'Defer')}<span class='critical'>{_e(critical.summary)}</span>{until}",
+            )
         )
     for summary in dict.fromkeys(hold.summary for hold in row.holds):
         lines = "".join(
@@ -233,10 +233,12 @@ def _row_html(row: Row, generated: datetime) -> str:
             for hold in row.holds
             if hold.summary == summary
         )
-        parts.append(f"<span class='tag tag-hold'>HOLD</span>{_e(summary)}{lines}")
-    parts += [f"<span class='tag tag-note'>REVIEW</span>{_e(text)}" for text in row.review]
-    parts += [f"<span class='tag tag-note'>TELL</span>{_e(text)}" for text in row.instructions]
-    parts += [f"<span class='tag tag-missing'>UNREADABLE</span>{_e(text)}" for text in row.unreadable]
+        parts.append(("warning", f"{_badge('warning', 'Hold')}{_e(summary)}{lines}"))
+    parts += [("warning", f"{_badge('warning', 'Review')}{_e(text)}") for text in row.review]
+    parts += [("info", f"{_badge('info', 'Tell')}{_e(text)}") for text in row.instructions]
+    parts += [
+        ("not-applicable", f"{_badge('not-applicable', 'Unreadable')}{_e(text)}") for text in row.unreadable
+    ]
     body = _list(parts) or "<p class='clear'>Screened: nothing to act on.</p>"
     return f"<tr><td class='when'>{sessions}</td><th scope='row'>{name}</th><td>{body}</td></tr>"
 
@@ -259,7 +261,7 @@ def _html(worklist: Worklist) -> str:
         "<!DOCTYPE html>",
         "<html lang='en'><head><meta charset='utf-8'>",
         "<meta name='viewport' content='width=device-width, initial-scale=1'>",
-        f"<title>{_e(title)}</title><style>{_CSS}</style></head><body><main>",
+        f"<title>{_e(title)}</title>{_style()}</head><body><main>",
         f"<h1>{_e(title)}</h1>",
         f"<p class='meta'>{_e(worklist.summary_line())}. Generated {_e(generated)}. "
         "Every patient was screened as for their first session in this list; hold times are in clinic time."
