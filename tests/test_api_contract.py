@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -34,11 +35,13 @@ HOOK_TOKENS = {
     "order-sign": {"context.userId", "context.patientId", "context.encounterId"},
 }
 USER_TOKENS = {"userPractitionerId", "userPractitionerRoleId", "userPatientId", "userRelatedPersonId"}
-# Production mode with an issuer whose keys are a file: preflights need no token, so no key is ever read.
+# Production mode with an issuer whose keys are a file (a public key only, read at start-up; preflights
+# need no token, so no call here is ever verified against it).
+PINNED_JWKS = Path(__file__).resolve().parent / "data" / "pinned-jwks.json"
 PRODUCTION = {
     "dev_mode": False,
     "public_base_url": "https://cds.example.org",
-    "trusted_issuers": (TrustedIssuer(iss="https://ehr.example.org", jwks_file="/nonexistent/jwks.json"),),
+    "trusted_issuers": (TrustedIssuer(iss="https://ehr.example.org", jwks_file=str(PINNED_JWKS)),),
 }
 CLONAZEPAM = concept(coding(RXNORM, "204892", "clonazePAM 0.25 MG Oral Tablet"))
 KETAMINE_ALLERGY = allergy(concept(text="ketamine"))

@@ -673,11 +673,13 @@ def test_stale_keys_used_when_refresh_fails(
     assert server.count("/jwks.json") == 2
 
 
-def test_plain_http_jwks_refused_outside_dev_and_loopback() -> None:
+def test_plain_http_jwks_refused_outside_dev_and_loopback(keys: Keys, tmp_path: Path) -> None:
     replay = MemoryReplay()
+    pinned = tmp_path / "ehr-jwks.json"
+    pinned.write_text(json.dumps(keys.jwks()), encoding="utf-8")
     for issuer in (
         TrustedIssuer(iss=ISS, jwks_url="http://ehr.example.org/jwks.json"),
-        TrustedIssuer(iss=ISS, jwks_file="/x.json", jku_allowlist=("http://ehr.example.org/jwks",)),
+        TrustedIssuer(iss=ISS, jwks_file=str(pinned), jku_allowlist=("http://ehr.example.org/jwks",)),
     ):
         with pytest.raises(ConfigError, match="https"):
             ClientAuthenticator(make_settings(issuer), replay_cache=replay)
@@ -1157,3 +1159,28 @@ def test_fuzzed_near_valid_tokens_judged_as_the_spec_says(
     else:
         assert isinstance(result, Unauthorized), (token.header, token.payload)
         assert str(result) == "unauthorized"
+
+
+@pytest.mark.parametrize(
+    ("content", "reason"),
+    [
+        (None, "cannot read"),
+        ("not json", "not JSON"),
+        ('{"keys": []}', "no usable signing keys"),
+        ('{"kty": "EC"}', "not a JWK Set"),
+    ],
+)
+def test_pinned_key_file_is_read_at_start_up(content: str | None, reason: str, tmp_path: Path) -> None:
+    """A missing or broken jwks_file stops start-up with one line naming the issuer, the key and the
+    problem, instead of a service that starts healthy and then refuses every call."""
+    path = tmp_path / "ehr-jwks.json"
+    if content is not None:
+        path.write_text(content, encoding="utf-8")
+    issuer = TrustedIssuer(iss=ISS, jwks_file=str(path))
+    with pytest.raises(ConfigError) as excinfo:
+        ClientAuthenticator(make_settings(issuer), replay_cache=MemoryReplay())
+    message = str(excinfo.value)
+    assert ISS in message
+    assert "'jwks_file'" in message
+    assert reason in message
+    assert "\n" not in message

@@ -392,11 +392,16 @@ def test_unreadable_or_oversized_jwks_file_refuses_every_token(
     caplog: pytest.LogCaptureFixture,
     content: bytes | None,
 ) -> None:
+    """The file was good at start-up (it is checked then) and went missing or grew past the limit later."""
     jwks = tmp_path / "jwks.json"
-    if content is not None:
+    jwks.write_text(json.dumps({"keys": [_jwk(ec_key, "ec")]}), encoding="utf-8")
+    auth = _auth_with(jwks, _Replay())
+    if content is None:
+        jwks.unlink()
+    else:
         jwks.write_bytes(content)
     with caplog.at_level("WARNING", logger="cds.web.auth"):
-        assert not _accepted(_auth_with(jwks, _Replay()), _token(ec_key, "ec"))
+        assert not _accepted(auth, _token(ec_key, "ec"))
     assert [r[0] for r in _reasons(caplog)] == ["jwks_unavailable"]
 
 

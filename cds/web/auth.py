@@ -297,6 +297,17 @@ class ClientAuthenticator:
         self._owns_session = session is None
         self._session = session if session is not None else outbound_session(address_policy(settings))
         self._jwks = _JwksCache(self._load, settings.jwks_cache_s, clock)
+        for issuer in settings.trusted_issuers:
+            if issuer.jwks_file:
+                self._check_pinned_keys(issuer.iss, issuer.jwks_file)
+
+    def _check_pinned_keys(self, iss: str, path: str) -> None:
+        """A pinned key file is read and parsed at start-up: a missing or broken file stops the service
+        with one line, instead of starting 'healthy' and refusing every call."""
+        try:
+            _parse_jwks(self._read_file(path), self._clock())
+        except _JwksError as exc:
+            raise ConfigError(f"trusted issuer {iss!r}: key 'jwks_file' {path!r}: {exc}") from None
 
     def close(self) -> None:
         """Release the HTTP session, if we created it."""
