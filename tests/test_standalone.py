@@ -37,6 +37,7 @@ SKIPPED_DIRS = {
     ".mypy_cache",
     ".ruff_cache",
     ".pytest_cache",
+    "mutants",  # `make mutation`'s working copy (ignored by git)
 }
 FORBIDDEN = {
     "a path to a folder beside the repository": re.compile(
