@@ -82,12 +82,13 @@ def test_heart_attack_card_says_when_from_today_and_when_eligible(client: FlaskC
     mi = next(c for c in cards if c["source"]["topic"]["code"] == "recent-myocardial-infarction")
     # 20 Sep: two months ago today; the 6-month window from the planned start ends after 20 Mar
     assert (
-        mi["summary"] == "Heart attack 2 months ago (20 Sep): defer ketamine infusion; eligible from 21 Mar"
+        mi["summary"]
+        == "Heart attack 2 months ago (20 Sep): defer ketamine infusion; eligible from 21 Mar 2027"
     )
     assert "2 months ago today and 2 months before the planned start" in mi["detail"]
     assert "Windows are counted to the planned start, 2 Dec." in mi["detail"]
     move, remove = mi["suggestions"]
-    assert move["label"] == "Move the planned start to 21 Mar"
+    assert move["label"] == "Move the planned start to 21 Mar 2027"  # a date in next year says its year
     (update,) = move["actions"]
     assert update["type"] == "update"
     assert update["resource"]["dosageInstruction"][0]["timing"]["event"] == ["2027-03-21"]
@@ -243,3 +244,37 @@ def test_no_hold_suggestion_for_an_antiepileptic_benzodiazepine(client: FlaskCli
     assert "do not hold it" in benzo["summary"]
     assert "last dose by" not in benzo["summary"] + benzo["detail"]
     assert not [s for s in benzo.get("suggestions", []) if "hold" in s["label"]]
+
+
+def _benzo_card_with_session_on(client: FlaskClient, start: str) -> dict[str, Any]:
+    body = complex_chart("order-select")
+    order = next(
+        r for r in body["context"]["draftOrders"]["entry"] if r["resource"]["id"] == "draft-ketamine"
+    )
+    order["resource"]["dosageInstruction"][0]["timing"]["event"] = [start]
+    cards = post(client, body)
+    return next(c for c in cards if c["source"]["topic"]["code"] == "benzodiazepine-response")
+
+
+def test_a_hold_already_past_is_called_too_late_not_given_as_an_instruction(client: FlaskClient) -> None:
+    # clock 22 Nov; session 09:00 on 23 Nov: the 48 h hold would have needed the last dose on 21 Nov
+    benzo = _benzo_card_with_session_on(client, "2026-11-23")
+    assert "too late for a 48 h hold before 23 Nov: discuss with the prescriber" in benzo["summary"]
+    assert "21 Nov" not in benzo["summary"] + benzo["detail"]
+    assert "A 24 h hold needs the last dose by 09:00 today" in benzo["detail"]
+    assert_house_style(benzo)
+    (ask,) = benzo["suggestions"]
+    request = ask["actions"][0]["resource"]["payload"][0]["contentString"]
+    assert "no longer possible" in request and "21 Nov" not in request
+
+
+def test_a_hold_starting_today_says_today(client: FlaskClient) -> None:
+    benzo = _benzo_card_with_session_on(client, "2026-11-24")
+    assert "last dose by 09:00 today" in benzo["summary"]
+    assert "too late" not in benzo["summary"]
+
+
+def test_a_session_today_with_no_hold_possible_says_so(client: FlaskClient) -> None:
+    benzo = _benzo_card_with_session_on(client, "2026-11-22")
+    assert "too late for a 48 h hold before 22 Nov" in benzo["summary"]
+    assert "last dose by" not in benzo["summary"] + benzo["detail"]

@@ -102,14 +102,15 @@ def _truncate(text: str, limit: int = SUMMARY_LIMIT) -> str:
 
 
 def fmt_date(text: CardText, day: date, today: date | None = None) -> str:
-    """ "1 Oct" within the current year (or the next few months), "1 Oct 2025" otherwise."""
-    short = today is not None and abs((day - today).days) < 300
+    """ "1 Oct" in the clock's year, "11 Jul 2027" in any other year (a bare day and month across a new
+    year reads as the wrong year)."""
+    short = today is not None and day.year == today.year
     return day.strftime(text.t("date_format", "short" if short else "long")).lstrip("0")
 
 
 def fmt_datetime(text: CardText, moment: datetime, today: date | None = None) -> str:
     return text.fill(
-        text.t("date_format", "moment"),
+        text.t("date_format", "moment_today" if moment.date() == today else "moment"),
         time=moment.strftime("%H:%M"),
         date=fmt_date(text, moment.date(), today),
     )
@@ -198,6 +199,13 @@ def hold_values(text: CardText, ctx: EngineContext, rule: Rule, situation: Situa
         "resume_from": fmt_datetime(text, window.resume_from, today),
     }
     key = "dated" if situation.reference_from_order else "undated"
+    if situation.reference_from_order and window.last_dose_by.date() < today:
+        # the full hold can no longer be kept: never print a last-dose time already gone
+        key = "late" if window.last_dose_latest.date() >= today else "too_late"
+        values["shortest_hours"] = _hours(window.shortest_hold_hours)
+        values["last_dose_latest"] = fmt_datetime(text, window.last_dose_latest, today)
+        values["session_day"] = fmt_date(text, window.session.date(), today)
+    values["hold_state"] = key
     values["hold_plan"] = text.fill(text.t("hold_plan", key), **values)
     values["hold_short"] = text.fill(text.t("hold_short", key), **values)
     return values
@@ -409,7 +417,13 @@ def _confirm_hold(
         "resourceType": "CommunicationRequest",
         "status": "draft",
         "priority": "routine",
-        "payload": [{"contentString": text.fill(text.t("hold_request_text"), **values)}],
+        "payload": [
+            {
+                "contentString": text.fill(
+                    text.t("hold_request_text", values.get("hold_state", "dated")), **values
+                )
+            }
+        ],
         "about": [{"reference": ref} for ref in medicines][:10],
     }
     if inputs.facts is not None and inputs.facts.patient_ref:
