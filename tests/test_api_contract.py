@@ -227,10 +227,10 @@ def test_windows_run_from_the_planned_start_on_the_order(call: Callable[..., Any
     payload = call(body)
     assert rules_of(payload)["recent-myocardial-infarction"] == "critical"
     card = next(c for c in payload["cards"] if c["source"]["topic"]["code"] == "recent-myocardial-infarction")
-    assert "counted to the planned start, 10 Jan" in card["detail"]
+    assert "counted to the planned start, 10 Jan 2027" in card["detail"]
     # the date the window ends, on the card and as a suggestion that moves the draft order's start
-    assert "eligible from 16 Feb" in card["summary"]
-    move = next(s for s in card["suggestions"] if s["label"] == "Move the planned start to 16 Feb")
+    assert "eligible from 16 Feb 2027" in card["summary"]  # next year: with its year
+    move = next(s for s in card["suggestions"] if s["label"] == "Move the planned start to 16 Feb 2027")
     moved = move["actions"][0]["resource"]
     assert move["actions"][0]["type"] == "update"
     assert moved["id"] == "draft-ketamine"
