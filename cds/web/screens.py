@@ -73,7 +73,7 @@ def issue(rt: Any, base_url: str) -> IssuedPage:
     expires = now + timedelta(hours=rt.knowledge.policy.screen_link_hours)
     page_id = secrets.token_urlsafe(18)
     base = base_url.rstrip("/")
-    url = f"{base}/screens/{page_id}?token={sign(rt.settings.audit_hash_key, page_id, expires)}"
+    url = f"{base}/screens/{page_id}?token={sign(rt.hash_key, page_id, expires)}"
     links = CardLinks(
         screen_url=url,
         rules_url=f"{base}/rules",
@@ -121,9 +121,7 @@ def _not_found(rt: Any) -> Response:
 def screen_page(page_id: str) -> Response:
     rt = current_app.extensions["ketamine_cds"]
     now = rt.clock()
-    if len(page_id) > 64 or not token_valid(
-        rt.settings.audit_hash_key, page_id, request.args.get("token"), now
-    ):
+    if len(page_id) > 64 or not token_valid(rt.hash_key, page_id, request.args.get("token"), now):
         return _not_found(rt)
     page = rt.store.screen_page(page_id, now)
     if page is None:
