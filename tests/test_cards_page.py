@@ -279,3 +279,10 @@ def test_a_session_today_with_no_hold_possible_says_so(client: FlaskClient) -> N
     benzo = _benzo_card_with_session_on(client, "2026-11-22")
     assert "too late for a 48 h hold before 22 Nov" in benzo["summary"]
     assert "last dose by" not in benzo["summary"] + benzo["detail"]
+
+
+def test_also_noted_names_the_medicine_found_not_its_class(client: FlaskClient) -> None:
+    cards = post(client, complex_chart("order-select"))
+    text = "\n".join(c["summary"] + "\n" + c["detail"] for c in cards)
+    assert "risperidone" in text.lower()
+    assert "Risperidone or olanzapine in use" not in text
