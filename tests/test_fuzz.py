@@ -25,7 +25,7 @@ For a larger campaign, raise the budget per property and let Hypothesis pick fre
 (`KETAMINE_CDS_FUZZ_RANDOM=1` turns derandomisation off, so every run explores new inputs; Hypothesis
 prints the failing example, which then belongs in a regression test below.)
 
-Besides, 10,000 mutated requests (section 7) go through the edge's own steps without Flask, from a
+Besides, 10,000 mutated requests (the last section) go through the edge's own steps without Flask, from a
 recorded seed, and must give no 5xx: about 47 % are screened, the rest refused with 400 or 412
 (`KETAMINE_CDS_FUZZ_SEED` and `KETAMINE_CDS_FUZZ_REQUESTS` change the campaign).
 
