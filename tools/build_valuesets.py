@@ -666,13 +666,13 @@ def build_valueset(
             if set(owners) & ingredients:
                 set_brands.add(brand)
 
-    if not codes:
+    if not codes and not recipe.names:  # a names-only condition set is allowed: no code was verified
         raise BuildError(f"{recipe.id}: empty expansion")
     for key in codes:
         if key[0] == ICD10CM and not re.fullmatch(r"[A-Z][0-9][0-9A-Z](\.[0-9A-Z]{1,4})?", key[1]):
             raise BuildError(f"{recipe.id}: odd ICD-10-CM code {key[1]}")
 
-    timestamp = max(stamps, key=_instant)
+    timestamp = max(stamps, key=_instant) if stamps else catalogue.curated_as_of
     ordered = sorted(codes.items(), key=lambda item: (item[0][0], _code_sort(item[0][1])))
 
     # compose: hand-listed concepts per system, then one is-a filter per ICD-10-CM root
@@ -706,8 +706,10 @@ def build_valueset(
             "publisher": PUBLISHER,
             "description": description,
             "purpose": recipe.purpose,
-            "copyright": " ".join(_unique(licences)),
-            "compose": {"include": includes},
+            "copyright": " ".join(_unique(licences))
+            or "No third-party codes; the names are the project's own.",
+            # compose needs at least one include: a names-only set (no code verified) has none
+            **({"compose": {"include": includes}} if includes else {}),
             "expansion": {
                 "timestamp": timestamp,
                 "total": len(ordered),
@@ -785,6 +787,8 @@ def _description(
         lines.append("")
     if used:
         lines.append("Sources (built by tools/build_valuesets.py from the project's research tables):")
+    elif not extras_text and not roots:
+        lines.append("Sources: none; the set lists no code and matches by the names below only.")
     for name in sorted(used):
         lines.append(_describe_source(sources, name, used[name]))
     if roots:

@@ -677,7 +677,7 @@ def _load_valueset(data: Any, where: str, systems: _Systems) -> tuple[_ValueSet,
     expansion = _obj(resource.get("expansion"), f"{where}: expansion")
     _text(expansion.get("timestamp"), f"{where}: expansion.timestamp")
     contains = _list(expansion.get("contains"), f"{where}: expansion.contains")
-    if not contains:
+    if not contains and not matching["condition_names"]:  # a names-only condition set may list no code
         raise ConfigError(f"{where}: expansion.contains is empty")
     members: dict[_Key, str] = {}
     for i, raw in enumerate(contains):
