@@ -287,6 +287,7 @@ class _DoseSummary:
     as_needed: list[Hit] = field(default_factory=list)
     unknown: list[Hit] = field(default_factory=list)
     excluded: list[Hit] = field(default_factory=list)  # rescue / procedural forms
+    with_session: list[Hit] = field(default_factory=list)  # procedural forms given with the session: listed
     merged: list[Hit] = field(default_factory=list)  # further records of a counted therapy: listed only
     ended: list[Hit] = field(default_factory=list)  # not current on the reference date: listed only
     indication: list[Hit] = field(default_factory=list)  # conditions behind the rule's dose indication
@@ -298,7 +299,15 @@ class _DoseSummary:
         return bool(self.regular or self.unknown or self.as_needed or self.excluded)
 
     def records(self) -> list[Hit]:
-        return [*self.regular, *self.unknown, *self.as_needed, *self.excluded, *self.merged, *self.ended]
+        return [
+            *self.regular,
+            *self.unknown,
+            *self.as_needed,
+            *self.excluded,
+            *self.with_session,
+            *self.merged,
+            *self.ended,
+        ]
 
 
 @dataclass(frozen=True, slots=True)
@@ -399,8 +408,12 @@ class _DoseCollector:
             summary.ended.append(replace(base, notes=(*notes, f"ended:{ended}")))
             return
         if _first_match(ctx, self.spec.exclude, (med.concept,)) is not None:
-            summary.excluded.append(replace(base, notes=(*notes, "rescue-or-procedural")))
-            self.seen_ingredients.update(ctx.terminology.ingredients(med.concept))
+            excluded_ingredients = set(ctx.terminology.ingredients(med.concept))
+            self.seen_ingredients.update(excluded_ingredients)
+            if excluded_ingredients and excluded_ingredients <= self.spec.given_with_session:
+                summary.with_session.append(replace(base, notes=(*notes, "given-with-session")))
+            else:
+                summary.excluded.append(replace(base, notes=(*notes, "rescue-or-procedural")))
             return
         ingredients = [i for i in ctx.terminology.ingredients(med.concept) if i in self.class_ingredients]
         self.seen_ingredients.update(ingredients)

@@ -103,6 +103,8 @@ class DoseSpec:
     evidence_basis: str | None = None  # the fixed basis the cited evidence states its figures in
     indication_conditions: tuple[str, ...] = ()  # condition value sets: the class is used for this
     indication_ingredients: frozenset[str] = frozenset()  # ingredients used almost only for it
+    # ingredients whose excluded (procedural) forms belong to the session itself: listed, no advice
+    given_with_session: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -300,6 +302,7 @@ def _parse_rule(
             evidence_basis=spec.get("evidence_basis"),
             indication_conditions=tuple(indication.get("conditions", ())),
             indication_ingredients=frozenset(i.lower() for i in indication.get("ingredients", ())),
+            given_with_session=frozenset(i.lower() for i in spec.get("given_with_session", ())),
         )
     if any(DOSE_WHEN_KEYS & set(band.when) for band in bands) and dose is None:
         raise ConfigError(f"{where}: dose bands need a `dose` block")
