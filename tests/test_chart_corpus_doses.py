@@ -46,6 +46,7 @@ DZE = "mg/day diazepam-eq"
 UCUM = "http://unitsofmeasure.org"
 DRUG_FORM = "http://terminology.hl7.org/CodeSystem/v3-orderableDrugForm"
 HOLD_ADVICE = "If the prescriber agrees to a hold"  # the hold plan in the above-threshold band
+LONG_ACTING = "h hold does not clear"  # a long half-life: the hold protocol is not offered
 FAQ = "preset: clinic_faq\n"
 
 
@@ -577,21 +578,30 @@ CASES = [
         lacks=(HOLD_ADVICE,),
     ),
     Case(
-        "the same clonazepam without a seizure disorder: 40 with the clinic hold protocol",
+        # clonazepam's half-life reaches 50 h: the clinic's 24-48 h hold does not clear it (review finding)
+        "the same clonazepam without a seizure disorder: 40, and a short hold does not clear it",
         chart(requests=[order(CLONAZEPAM_1, give(1, per_day=2))]),
         "warning",
         summary_has=(f"40 {DZE}",),
-        detail_has=(HOLD_ADVICE,),
-        lacks=("neurologist",),
+        detail_has=(LONG_ACTING,),
+        lacks=("neurologist", HOLD_ADVICE),
     ),
     Case(
-        "the same clonazepam with epilepsy refuted: the hold protocol applies",
+        "alprazolam 1 mg twice daily (40): short-acting, so the clinic hold protocol is offered",
+        chart(requests=[order(ALPRAZOLAM_1, give(1, per_day=2))]),
+        "warning",
+        summary_has=(f"40 {DZE}",),
+        detail_has=(HOLD_ADVICE,),
+        lacks=("neurologist", LONG_ACTING),
+    ),
+    Case(
+        "the same clonazepam with epilepsy refuted: the advice for a regular benzodiazepine applies",
         chart(
             requests=[order(CLONAZEPAM_1, give(1, per_day=2))],
             conditions=[condition(EPILEPSY, onset="2015-03-01", verification="refuted")],
         ),
         "warning",
-        detail_has=(HOLD_ADVICE,),
+        detail_has=(LONG_ACTING,),
         lacks=("neurologist",),
     ),
     Case(

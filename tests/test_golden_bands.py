@@ -129,7 +129,7 @@ EXPECTED: dict[str, dict[str, tuple[str, dict[str, str]]]] = {
         "elevated-blood-pressure": ("hypertensive-crisis", UNDATED)
     },
     "benzo: clonazepam 0.25 mg x2 twice daily = 20 mg/day DZ-eq is a warning": {
-        "benzodiazepine-response": ("above-threshold", {"total": "20"})
+        "benzodiazepine-response": ("above-threshold-long-acting", {"total": "20"})
     },
     "benzo: alprazolam 0.25 mg once daily = 5 mg/day DZ-eq is information": {
         "benzodiazepine-response": ("regular-below-threshold", {"total": "5"})
@@ -142,7 +142,7 @@ EXPECTED: dict[str, dict[str, tuple[str, dict[str, str]]]] = {
     },
     "benzo: as-needed only is information": {"benzodiazepine-response": ("as-needed-only", {"total": "0"})},
     "benzo: brand name and strength in free text are computed (Klonopin 1 mg = 20 mg/day DZ-eq)": {
-        "benzodiazepine-response": ("above-threshold", {"total": "20"})
+        "benzodiazepine-response": ("above-threshold-long-acting", {"total": "20"})
     },
     "benzo: brand name in free text without a strength is recognised; its dose is not guessed": {
         "benzodiazepine-response": ("dose-not-computable", {"total": "0"})
@@ -162,7 +162,7 @@ EXPECTED: dict[str, dict[str, tuple[str, dict[str, str]]]] = {
         "seizure-disorder": ("on-record", {"onset": "2012-01-01", "months_ago": "178"}),
     },
     "benzo: generic name and strength in free text are computed": {
-        "benzodiazepine-response": ("above-threshold", {"total": "20"})
+        "benzodiazepine-response": ("above-threshold-long-acting", {"total": "20"})
     },
     "lamotrigine: 100 mg twice daily = 200 mg/day is information": {
         "lamotrigine-response": ("above-threshold", {"total": "200"})

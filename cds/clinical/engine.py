@@ -292,6 +292,7 @@ class _DoseSummary:
     ended: list[Hit] = field(default_factory=list)  # not current on the reference date: listed only
     indication: list[Hit] = field(default_factory=list)  # conditions behind the rule's dose indication
     indication_label: str | None = None
+    regular_ingredients: set[str] = field(default_factory=set)  # ingredients in the regular total
     unit: str = "mg/day"
     evidence_unit: str = "mg/day"
 
@@ -369,8 +370,9 @@ def _dose_summary(
     for med, found in matched:
         collector.add(med, found, present)
     summary = collector.summary
-    for records in collector.counted.values():
+    for ingredient, records in collector.counted.items():
         _count_therapy(summary, records)
+        summary.regular_ingredients.add(ingredient)
     if spec.indication_conditions or spec.indication_ingredients:
         _find_indication(ctx, rule, spec.indication_conditions, index, summary)
         if not summary.indication_label:
@@ -698,6 +700,13 @@ def _collect_medications(inp: _BandInput, result: _BandResult) -> bool:
             evidence_unit=summary.evidence_unit,
             indication=summary.indication_label or "?",
         )
+        if "half_life_hours_at_least" in inp.band.when:
+            hours = float(_param(inp.ctx, inp.rule, inp.band.when["half_life_hours_at_least"]))
+            long_acting = _long_acting(inp.ctx, summary, hours)
+            result.values.update(
+                long_acting=", ".join(long_acting) or "?",
+                half_life_hours=fmt_number(max(long_acting.values(), default=0.0)),
+            )
     else:
         kept = _dedupe(meds)
         for med in kept:
@@ -789,6 +798,10 @@ def _dose_band_holds(ctx: EngineContext, rule: Rule, band: Band, summary: _DoseS
         return False
     if "indication" in when and not summary.indication_label:
         return False
+    if "half_life_hours_at_least" in when and not _long_acting(
+        ctx, summary, float(_param(ctx, rule, when["half_life_hours_at_least"]))
+    ):
+        return False
     if "regular_use" in when and not summary.regular:
         return False
     if "dose_unknown" in when and not summary.unknown:
@@ -798,6 +811,12 @@ def _dose_band_holds(ctx: EngineContext, rule: Rule, band: Band, summary: _DoseS
     ):
         return False
     return summary.in_use()
+
+
+def _long_acting(ctx: EngineContext, summary: _DoseSummary, hours: float) -> dict[str, float]:
+    """Regularly taken ingredients whose longest half-life (active metabolites included) reaches `hours`."""
+    found = {i: ctx.terminology.longest_half_life_hours(i) for i in sorted(summary.regular_ingredients)}
+    return {i: h for i, h in found.items() if h is not None and h >= hours}
 
 
 def _bp_band_holds(

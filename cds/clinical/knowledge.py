@@ -43,7 +43,16 @@ PLACEHOLDERS: Mapping[str, frozenset[str]] = {
     "medication": _COMMON
     | _DATED
     | _HOLD
-    | {"medication", "total", "basis_unit", "evidence_total", "evidence_unit", "indication"},
+    | {
+        "medication",
+        "total",
+        "basis_unit",
+        "evidence_total",
+        "evidence_unit",
+        "indication",
+        "long_acting",
+        "half_life_hours",
+    },
     "blood-pressure": _COMMON | {"systolic", "diastolic", "reading_date"},
     "order": _COMMON,
     "unreadable": _COMMON | {"count", "categories"},

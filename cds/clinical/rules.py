@@ -40,6 +40,7 @@ WHEN_KEYS: Mapping[str, Mapping[str, str]] = {
         "indication": FLAG,
         "evidence_total_above": NUMBER,
         "evidence_total_at_most": NUMBER,
+        "half_life_hours_at_least": NUMBER,
     },
     "blood-pressure": {
         "systolic_at_least": NUMBER,

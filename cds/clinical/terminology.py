@@ -208,6 +208,7 @@ class Terminology:
         equivalence_default_source: str,
         blood_pressure: BloodPressureCodes,
         cue_table: Any,
+        half_lives: Mapping[str, float] | None = None,
     ) -> None:
         self._systems = systems
         self._sets = dict(sets)
@@ -220,6 +221,7 @@ class Terminology:
         self._equivalence_sources = equivalence_sources
         self._equivalence_reference_mg = equivalence_reference_mg
         self._equivalence_default_source = equivalence_default_source
+        self._half_lives: dict[str, float] = dict(half_lives or {})
         self._blood_pressure = blood_pressure
         self._names_re = _names_pattern(self._name_ingredients)
         alone: dict[str, set[str]] = {}
@@ -266,9 +268,9 @@ class Terminology:
         tables = profiles_dir / "tables"
         systems = _Systems(_read(tables / _TABLE_SYSTEMS), _TABLE_SYSTEMS)
         rx_system, ingredients, brands = _load_ingredients(_read(tables / _TABLE_INGREDIENTS), systems)
-        equivalence, sources, reference_mg, default_source = _load_equivalence(
-            _read(tables / _TABLE_EQUIVALENCE)
-        )
+        equivalence_data = _read(tables / _TABLE_EQUIVALENCE)
+        equivalence, sources, reference_mg, default_source = _load_equivalence(equivalence_data)
+        half_lives = _load_half_lives(equivalence_data)
         blood_pressure = _load_blood_pressure(_read(tables / _TABLE_BLOOD_PRESSURE), systems)
 
         files = sorted((profiles_dir / "valuesets").glob("*.json"))
@@ -316,6 +318,7 @@ class Terminology:
             equivalence_default_source=default_source,
             blood_pressure=blood_pressure,
             cue_table=_read(tables / _TABLE_CUES),
+            half_lives=half_lives,
         )
 
     # ---------------------------------------------------------------------------- questions
@@ -487,6 +490,11 @@ class Terminology:
             )
         return self._equivalence.get(ingredient.strip().lower(), {}).get(source)
 
+    def longest_half_life_hours(self, ingredient: str) -> float | None:
+        """The longest elimination half-life the equivalence table gives for `ingredient`, its active
+        metabolites included (hours), or None when the table gives none."""
+        return self._half_lives.get(ingredient.strip().lower())
+
     def diazepam_reference_mg(self) -> float:
         """The diazepam dose the equivalence table is written against (mg of oral diazepam)."""
         return self._equivalence_reference_mg
@@ -594,6 +602,17 @@ def _load_equivalence(data: Any) -> tuple[dict[str, dict[str, float]], frozenset
     if default_source not in sources:
         raise ConfigError(f"{where}: default_source {default_source!r} is not one of the sources")
     return table, sources, reference_mg, default_source
+
+
+def _load_half_lives(data: Any) -> dict[str, float]:
+    """half_life_h ("20-100 [36-200]": the parent drug, then its active metabolite) -> the longest, hours."""
+    longest: dict[str, float] = {}
+    for name, entry in _obj(data, f"tables/{_TABLE_EQUIVALENCE}").get("ingredients", {}).items():
+        text = entry.get("half_life_h") if isinstance(entry, dict) else None
+        hours = [float(n) for n in re.findall(r"\d+(?:\.\d+)?", text)] if isinstance(text, str) else []
+        if hours:
+            longest[name.lower()] = max(hours)
+    return longest
 
 
 def _load_blood_pressure(data: Any, systems: _Systems) -> BloodPressureCodes:
