@@ -181,7 +181,7 @@ class ValueSetContent:
 def valueset(name: str) -> ValueSetContent:
     data = read_json(VALUESETS / f"{name}.json")
     codes = {(c["system"], c["code"]) for c in data.get("expansion", {}).get("contains", [])}
-    for include in data["compose"]["include"]:
+    for include in data.get("compose", {}).get("include", []):  # a names-only set has no compose
         codes |= {(include["system"], c["code"]) for c in include.get("concept", [])}
     names = tuple(
         ext["valueString"].lower()
