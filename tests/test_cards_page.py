@@ -17,6 +17,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from cds.storage.store import utc_now
+from tests.support.builders import RXNORM
 from tests.support.cards import INTERNAL_VOCABULARY, findings_shown, page_text, screen_link
 from tests.support.charts import PRESCRIBER, complex_chart, typical_chart
 from tests.support.constants import NOW
@@ -100,8 +101,28 @@ def test_heart_attack_card_says_when_from_today_and_when_eligible(client: FlaskC
     assert all(s["uuid"] for s in mi["suggestions"])
 
 
-def test_benzodiazepine_card_gives_the_hold_as_calendar_dates(client: FlaskClient) -> None:
+def _with_alprazolam(body: dict[str, Any]) -> dict[str, Any]:
+    """The complex chart with its clonazepam replaced by the same 40 mg/day diazepam-eq of alprazolam,
+    a short-acting benzodiazepine that a timed hold does clear."""
+    for entry in body["prefetch"]["medicationRequests"]["entry"]:
+        if entry["resource"]["id"] == "clonazepam-1":
+            entry["resource"]["medicationCodeableConcept"] = {
+                "coding": [{"system": RXNORM, "code": "308047", "display": "alprazolam 0.25 MG Oral Tablet"}]
+            }
+    return body
+
+
+def test_a_long_acting_benzodiazepine_gets_no_hold_plan(client: FlaskClient) -> None:
+    """Clonazepam's half-life reaches 50 h: a 24-48 h hold does not clear it (pharmacist review)."""
     cards = post(client, complex_chart("order-select"))
+    benzo = next(c for c in cards if c["source"]["topic"]["code"] == "benzodiazepine-response")
+    assert "a short hold will not clear clonazepam" in benzo["summary"]
+    assert "last dose by" not in benzo["summary"] + benzo["detail"]
+    assert not benzo.get("suggestions")
+
+
+def test_benzodiazepine_card_gives_the_hold_as_calendar_dates(client: FlaskClient) -> None:
+    cards = post(client, _with_alprazolam(complex_chart("order-select")))
     benzo = next(c for c in cards if c["source"]["topic"]["code"] == "benzodiazepine-response")
     # session 09:00 on 2 Dec (the site's usual time), hold 48 h, resume 6 h after the start
     assert "40 mg/day diazepam-eq" in benzo["summary"]
@@ -115,7 +136,7 @@ def test_benzodiazepine_card_gives_the_hold_as_calendar_dates(client: FlaskClien
     assert request["resourceType"] == "CommunicationRequest"
     assert request["status"] == "draft"
     assert request["recipient"] == [{"reference": PRESCRIBER}]
-    assert request["about"] == [{"reference": "MedicationRequest/clonazepam-1"}]
+    assert request["about"] == [{"reference": "MedicationRequest/clonazepam-1"}]  # the record's id
     assert "09:00 on 30 Nov" in request["payload"][0]["contentString"]
     assert "15:00 on 2 Dec" in request["payload"][0]["contentString"]
 
@@ -131,7 +152,7 @@ def test_lamotrigine_refills_are_summarised_newest_first(knowledge: Any, client:
 
 
 def test_order_sign_gives_the_pharmacist_one_review_and_no_instructions(client: FlaskClient) -> None:
-    cards = post(client, complex_chart("order-sign"))
+    cards = post(client, _with_alprazolam(complex_chart("order-sign")))  # a drug a timed hold clears
     topics = [c["source"]["topic"]["code"] for c in cards]
     assert topics == ["recent-myocardial-infarction", "pre-session-review"]
     review = cards[1]
