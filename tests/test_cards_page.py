@@ -268,7 +268,7 @@ def test_no_hold_suggestion_for_an_antiepileptic_benzodiazepine(client: FlaskCli
 
 
 def _benzo_card_with_session_on(client: FlaskClient, start: str) -> dict[str, Any]:
-    body = complex_chart("order-select")
+    body = _with_alprazolam(complex_chart("order-select"))  # a hold plan is offered only for it
     order = next(
         r for r in body["context"]["draftOrders"]["entry"] if r["resource"]["id"] == "draft-ketamine"
     )
