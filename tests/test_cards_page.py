@@ -191,6 +191,9 @@ def test_every_card_links_to_the_whole_screen(client: FlaskClient) -> None:
     assert "default, from Andrashko 2020" in page
     assert "Every record the screen needed could be read." in page
     assert 'href="https://doi.org/10.3389/fpsyt.2020.00844"' in page
+    # the page is clinician text too: no evidence tiers, preset names or repository files
+    for internal in ("evidence level", "clinic_faq", "docs/evidence.md", ".yaml"):
+        assert internal not in page, internal
 
 
 def test_the_page_needs_its_token_and_reveals_nothing_else(

@@ -180,9 +180,7 @@ def build_record(
             continue
         finding = by_rule.get(rule.id)
         check: dict[str, Any] = {"rule": rule.id, "title": rule.title, "category": rule.category}
-        check["rule_line"] = page.fill(
-            page.t("rule_line"), rule_id=rule.id, version=rule.version, tier=rule.evidence_tier
-        )
+        check["rule_line"] = page.fill(page.t("rule_line"), rule_id=rule.id, version=rule.version)
         check["citations"] = [{"label": c.label, "url": c.url or ""} for c in rule.citations]
         if finding is None:
             kinds = sorted({band.facts for band in rule.bands if band.products & situation.products})
