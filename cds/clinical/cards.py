@@ -47,8 +47,8 @@ class OverrideReason:
 
 
 @dataclass(frozen=True, slots=True)
-class CardText:
-    """rules/card-text.yaml, parsed."""
+class Wording:
+    """A parsed wording file (rules/card-text.yaml, rules/page-text.yaml): look up and fill templates."""
 
     raw: Mapping[str, Any]
 
@@ -60,6 +60,11 @@ class CardText:
 
     def fill(self, template: str, **values: str) -> str:
         return string.Template(template).safe_substitute(values)
+
+
+@dataclass(frozen=True, slots=True)
+class CardText(Wording):
+    """rules/card-text.yaml, parsed."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,34 +9,26 @@ by cds/web/templates/screen.html. Pure: wording from rules/page-text.yaml and ru
 
 from __future__ import annotations
 
-import string
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from cds.clinical.cards import CardText, card_values, fmt_date, note_text, onset_age_text
+from cds.clinical.cards import CardText, Wording, card_values, fmt_date, note_text, onset_age_text
 from cds.clinical.engine import EngineContext, Finding, Hit, product_text
 from cds.clinical.policy import DEFAULT_ORIGIN, SITE_ORIGIN
 from cds.clinical.rules import Rule
 from cds.clinical.situation import FULL, INTERACTION, Situation
 from cds.fhir.model import PatientFacts
 
+if TYPE_CHECKING:
+    from cds.clinical.knowledge import Knowledge
+    from cds.clinical.screening import ScreenResult
+
 
 @dataclass(frozen=True, slots=True)
-class PageText:
+class PageText(Wording):
     """rules/page-text.yaml, parsed."""
-
-    raw: Mapping[str, Any]
-
-    def t(self, *path: str) -> str:
-        node: Any = self.raw
-        for key in path:
-            node = node[key]
-        return str(node)
-
-    def fill(self, template: str, **values: str) -> str:
-        return string.Template(template).safe_substitute(values)
 
 
 def _record(card_text: CardText, page: PageText, hit: Hit, values: Mapping[str, str]) -> dict[str, Any]:
@@ -230,3 +222,20 @@ def build_record(
         "checks": checks,
         "completeness": completeness,
     }
+
+
+def record_of(knowledge: Knowledge, result: ScreenResult, now: datetime) -> dict[str, Any]:
+    """`build_record` for one screen's result, with the wording and context the knowledge holds."""
+    return build_record(
+        findings=result.findings,
+        rules=knowledge.rules,
+        situation=result.situation,
+        facts=result.facts,
+        cards=result.cards,
+        fetched=result.fetched,
+        checked=result.checked,
+        ctx=knowledge.engine_context(),
+        card_text=knowledge.card_text,
+        page=knowledge.page_text,
+        now=now,
+    )

@@ -20,7 +20,7 @@ from typing import Any
 from flask import Blueprint, Response, current_app, render_template, request
 
 from cds.clinical.cards import CardLinks
-from cds.clinical.screen_record import build_record
+from cds.clinical.screen_record import record_of
 from cds.clinical.screening import ScreenResult
 from cds.storage.store import ScreenPage
 
@@ -84,21 +84,8 @@ def issue(rt: Any, base_url: str) -> IssuedPage:
 
 def keep(rt: Any, page: IssuedPage, result: ScreenResult) -> None:
     """Store the whole screen behind the cards (before they are answered)."""
-    knowledge = rt.knowledge
-    payload = build_record(
-        findings=result.findings,
-        rules=knowledge.rules,
-        situation=result.situation,
-        facts=result.facts,
-        cards=result.cards,
-        fetched=result.fetched,
-        checked=result.checked,
-        ctx=knowledge.engine_context(),
-        card_text=knowledge.card_text,
-        page=knowledge.page_text,
-        now=rt.clock(),
-    )
-    text = knowledge.page_text
+    payload = record_of(rt.knowledge, result, rt.clock())
+    text = rt.knowledge.page_text
     payload["generated"] = text.fill(
         text.t("generated"),
         when=payload["screened_at"],

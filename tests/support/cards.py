@@ -70,21 +70,9 @@ def views_from_record(record: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 def screen_views(knowledge: Any, result: Any, now: Any) -> dict[str, dict[str, Any]]:
     """views_from_record for a ScreenResult, without HTTP (the record the page would be built from)."""
-    from cds.clinical.screen_record import build_record
+    from cds.clinical.screen_record import record_of
 
-    record = build_record(
-        findings=result.findings,
-        rules=knowledge.rules,
-        situation=result.situation,
-        facts=result.facts,
-        cards=result.cards,
-        fetched=result.fetched,
-        checked=result.checked,
-        ctx=knowledge.engine_context(),
-        card_text=knowledge.card_text,
-        page=knowledge.page_text,
-        now=now,
-    )
+    record = record_of(knowledge, result, now)
     views = views_from_record(record)
     assert {rule: v["indicator"] for rule, v in views.items()} == findings_shown(result.cards)
     return views
