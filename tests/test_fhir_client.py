@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import replace
@@ -25,6 +24,7 @@ from cds.config import Settings, TrustedIssuer, load_settings
 from cds.errors import ConfigError, FhirError
 from cds.fhir.client import FhirAccessRefused, FhirClient, InsecureFhirServer, client_factory_for
 from cds.fhir.prefetch import render_template
+from tests.support.clocked_transport import ClockedTransport, FakeMonotonic, Timed
 from tests.support.fhir_server import DATA_DIR, FhirServerHandle, Reply, ScriptedServer
 
 TOKEN = "s3cr3t-token-value"
@@ -63,15 +63,20 @@ def client(
     *,
     token: str | None = TOKEN,
     budget_s: float = 10.0,
+    clock: Callable[[], float] | None = None,
     **overrides: Any,
 ) -> FhirClient:
+    """A client whose deadline is `budget_s` after now on `clock` (a fake one that stands still unless
+    the test moves it: no test here depends on how fast the machine is)."""
     overrides.setdefault("fhir_allow_http", True)
+    clock = clock or FakeMonotonic()
     return FhirClient(
         base_url,
         session=session,
         access_token=token,
         settings=settings(**overrides),
-        deadline=time.monotonic() + budget_s,
+        deadline=clock() + budget_s,
+        monotonic=clock,
     )
 
 
@@ -315,22 +320,94 @@ def test_paging_loop_is_detected(session: RecordingSession) -> None:
         assert len(server.requests) == 1  # the next link is the page just read
 
 
-def test_slow_answer_past_the_deadline(session: RecordingSession) -> None:
-    with ScriptedServer(lambda _t: Reply(body=bundle([]), delay_s=3)) as server:
-        started = time.monotonic()
-        with pytest.raises(FhirError, match="in time") as caught:
-            client(server.base_url, session, budget_s=0.5).search("Condition?patient=pat-123")
-        assert time.monotonic() - started < 1.5
-        assert_clean(caught.value)
+FAKE_BASE = "https://fhir.test/r4"
 
 
-def test_body_trickling_in_past_the_deadline(session: RecordingSession) -> None:
-    body = json.dumps(bundle([patient(f"p{i}") for i in range(60)])).encode()  # ~2 KB, 16 B every 50 ms
+def clocked(script: Callable[[str], Timed]) -> tuple[FakeMonotonic, ClockedTransport, requests.Session]:
+    """A session whose requests to FAKE_BASE are answered by a transport that spends fake time."""
+    clock = FakeMonotonic()
+    transport = ClockedTransport(clock, script)
+    session = requests.Session()
+    session.mount("https://fhir.test/", transport)
+    return clock, transport, session
+
+
+def test_slow_answer_past_the_deadline() -> None:
+    clock, transport, session = clocked(lambda _url: Timed(body=json.dumps(bundle([])).encode(), delay_s=3))
+    started = clock()
+    with pytest.raises(FhirError, match="did not answer a Condition search in time") as caught:
+        client(FAKE_BASE, session, budget_s=0.5, clock=clock).search("Condition?patient=pat-123")
+    assert_clean(caught.value)
+    # the connect and read timeouts (2 s and 5 s by default) were clipped to the half second left, so
+    # the client gave up when its budget ran out, not 3 s later when the answer came
+    assert [sent.timeout for sent in transport.sent] == [(0.5, 0.5)]
+    assert clock() == started + 0.5
+
+
+def test_each_request_gets_only_the_time_left() -> None:
+    page = json.dumps(bundle([patient("a")], "Patient?page=2")).encode()
+    last = json.dumps(bundle([patient("b")])).encode()
+    clock, transport, session = clocked(
+        lambda url: Timed(body=last if "page=2" in url else page, delay_s=1.5)
+    )
+    found = client(FAKE_BASE, session, budget_s=4.0, clock=clock).search("Patient")
+    assert [r["id"] for r in found] == ["a", "b"]
+    # 4 s at first: connect 2 s and read 5 s clipped to 4; 1.5 s later 2.5 s are left
+    assert [(sent.at - 1_000.0, sent.timeout) for sent in transport.sent] == [
+        (0.0, (2.0, 4.0)),
+        (1.5, (2.0, 2.5)),
+    ]
+
+
+def test_body_trickling_in_past_the_deadline() -> None:
+    body = json.dumps(bundle([patient(f"p{i}") for i in range(60)])).encode()  # ~5 KB in pieces of 16 B
+    clock, transport, session = clocked(lambda _url: Timed(body=body, drip_s=0.125))
+    c = client(FAKE_BASE, session, budget_s=0.5, fhir_read_timeout_s=5, clock=clock)
+    with pytest.raises(FhirError, match="time budget ran out before the Patient search finished"):
+        c.search("Patient")
+    # every piece comes well within the read timeout, yet the whole body would take 40 s: the budget
+    # is checked after each piece, and the fourth one (0.5 s in) spends it
+    assert transport.bodies[0].pieces_read == 4
+    assert c.bytes_read == 4 * 16
+    assert clock() == 1_000.5
+
+
+def test_body_that_stalls_longer_than_the_time_left() -> None:
+    body = json.dumps(bundle([patient("p")])).encode()
+    clock, transport, session = clocked(lambda _url: Timed(body=body, drip_s=2.0))
+    with pytest.raises(FhirError, match="did not answer a Patient search in time") as caught:
+        client(FAKE_BASE, session, budget_s=0.5, clock=clock).search("Patient?name=pat-123")
+    assert_clean(caught.value)
+    assert transport.bodies[0].pieces_read == 0
+    assert clock() == 1_000.5  # the socket's read timeout was the half second left
+
+
+class TickingClock:
+    """A fake monotonic clock that moves one second every time it is read."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.reads = 0
+
+    def __call__(self) -> float:
+        self.reads += 1
+        self.now += 1.0
+        return self.now
+
+
+def test_a_trickling_body_is_read_piece_by_piece_from_the_socket(session: RecordingSession) -> None:
+    """On a real socket: each piece is handed over as it arrives (so the budget is checked between
+    pieces), rather than after a whole 64 KiB chunk or the whole body."""
+    body = json.dumps(bundle([patient(f"p{i}") for i in range(60)])).encode()  # 16 B every 50 ms: ~16 s
     with ScriptedServer(lambda _t: Reply(body=body, drip_s=0.05)) as server:
-        started = time.monotonic()
-        with pytest.raises(FhirError, match="time"):
-            client(server.base_url, session, budget_s=0.5, fhir_read_timeout_s=5).search("Patient")
-        assert time.monotonic() - started < 1.5
+        clock = TickingClock()
+        c = client(server.base_url, session, budget_s=4.0, clock=clock)  # deadline: 1 + 4 = 5
+        with pytest.raises(FhirError, match="time budget ran out"):
+            c.search("Patient")
+    # clock reads: the deadline (5), before the request (3 s left), then after each of three pieces (2, 1,
+    # then 0 s left): had the first read waited for a whole chunk, the whole body would have come in it
+    assert clock.reads == 5
+    assert 0 < c.bytes_read < len(body)
 
 
 def test_spent_deadline_sends_nothing(session: RecordingSession) -> None:
@@ -431,6 +508,26 @@ def test_client_factory_for_requests() -> None:
             factory({"fhirServer": "http://ehr.example.org/fhir", "fhirAuthorization": auth})
 
 
+def test_client_factory_gives_its_clients_the_deadline_on_its_clock() -> None:
+    answer = json.dumps(bundle([])).encode()
+    clock, transport, session = clocked(lambda _url: Timed(body=answer, delay_s=0.5))
+    clock.advance(1e9)  # far from any real monotonic reading: the real clock would give other timeouts
+    request = {"fhirServer": FAKE_BASE, "fhirAuthorization": {"access_token": TOKEN, "token_type": "Bearer"}}
+    make = client_factory_for(
+        request, settings=settings(), session=session, deadline=clock() + 1.25, monotonic=clock
+    )
+    first, second = make(), make()
+    assert first is not None
+    assert second is not None
+    assert first.search("Condition") == []
+    assert second.search("Condition") == []  # one deadline for both: 0.75 s left
+    with pytest.raises(FhirError, match="did not answer a AllergyIntolerance search in time"):
+        first.search("AllergyIntolerance")  # 0.25 s left, the answer takes 0.5 s
+    with pytest.raises(FhirError, match="time budget ran out before the Patient read"):
+        second.read("Patient/x")  # nothing left: not sent
+    assert [sent.timeout for sent in transport.sent] == [(1.25, 1.25), (0.75, 0.75), (0.25, 0.25)]
+
+
 @pytest.mark.parametrize(
     ("server", "is_open"),
     [
@@ -523,7 +620,8 @@ def real_client(server: FhirServerHandle, session: requests.Session, **overrides
         session=session,
         access_token=overrides.pop("token", server.token),
         settings=settings(**overrides),
-        deadline=time.monotonic() + overrides.pop("budget_s", 30.0),
+        deadline=overrides.pop("budget_s", 30.0),  # on a fake clock that stands at 0
+        monotonic=lambda: 0.0,
     )
 
 
@@ -633,7 +731,8 @@ def test_real_server_refused_over_plain_http_outside_dev_mode(fhir_server: FhirS
             session=requests.Session(),
             access_token=fhir_server.token,
             settings=Settings(),
-            deadline=time.monotonic() + 5,
+            deadline=5,
+            monotonic=lambda: 0.0,
         )
 
 

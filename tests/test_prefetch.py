@@ -9,22 +9,25 @@ from __future__ import annotations
 import json
 import re
 import string
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote
+from urllib.parse import unquote, urlsplit
 
 import pytest
 import requests
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from cds.clinical.knowledge import Knowledge
+from cds.clinical.screening import Screener
 from cds.config import Settings
 from cds.errors import PreconditionFailed
 from cds.fhir.client import FhirClient, client_factory_for
 from cds.fhir.prefetch import Gathered, gather, medication_key, render_template, template_tokens
+from tests.support.clocked_transport import ClockedTransport, FakeMonotonic, Timed
+from tests.support.constants import NOW
 from tests.support.fhir_server import FhirServerHandle, Reply, ScriptedServer
 
 HOOKS = Path(__file__).resolve().parents[1] / "hooks"
@@ -225,12 +228,14 @@ def factory(
     budget = overrides.pop("budget_s", 30.0)
 
     def make() -> FhirClient:
+        clock = FakeMonotonic()  # stands still: every request gets the whole budget as its timeout
         return FhirClient(
             base_url,
             session=session,
             access_token=token,
             settings=settings(**overrides),
-            deadline=time.monotonic() + budget,
+            deadline=clock() + budget,
+            monotonic=clock,
         )
 
     return make
@@ -462,14 +467,25 @@ def test_next_link_to_another_server_is_not_followed_and_the_search_is_redone(
 def test_whole_fallback_from_the_server(
     fhir_server: FhirServerHandle, truth: dict[str, list[dict[str, Any]]], session: RecordingSession
 ) -> None:
-    started = time.monotonic()
     gathered = gather(
         TEMPLATES,
         request(None),
         KEYS,
         client_factory=factory(fhir_server.base_url, fhir_server.token, session, fhir_page_size=50),
     )
-    assert time.monotonic() - started < 5
+    # the round trips, not the seconds: the Patient read, one page for each search of up to 100 records
+    # (the templates' _count, larger than fhir_page_size, is kept) and two for the 175 conditions; the
+    # medications come in with the MedicationRequests (_include), so none is read on its own
+    assert len(session.urls) == 7
+    assert sorted(url.removeprefix(fhir_server.base_url + "/").split("?")[0] for url in session.urls) == [
+        "AllergyIntolerance",
+        "Condition",
+        "Condition",
+        "MedicationRequest",
+        "MedicationStatement",
+        "Observation",
+        f"Patient/{DEVORA}",
+    ]
     assert gathered.fetched == tuple(TEMPLATES)  # template order
     for key in KEYS:
         assert ids(gathered.resources[key]) == ids(truth[key]), key
@@ -571,7 +587,7 @@ def test_plain_http_fhir_server_outside_dev_mode_is_412() -> None:
     auth = {"access_token": "t", "token_type": "Bearer", "expires_in": 300, "scope": "s", "subject": "x"}
     body = request({}, fhirServer="http://127.0.0.1:9/fhir", fhirAuthorization=auth)
     with requests.Session() as s:
-        make = client_factory_for(body, settings=Settings(), session=s, deadline=time.monotonic() + 5)
+        make = client_factory_for(body, settings=Settings(), session=s, deadline=5, monotonic=lambda: 0.0)
         with pytest.raises(PreconditionFailed) as caught:
             gather(TEMPLATES, body, ["allergies"], client_factory=make)
     issue = caught.value.issues[0]
@@ -610,12 +626,42 @@ def test_dev_mode_sandbox_without_token_sends_no_authorization() -> None:
     with ScriptedServer(lambda _t: Reply(body={"resourceType": "Bundle", "type": "searchset"})) as server:
         body = request({}, fhirServer=server.base_url)
         with requests.Session() as s:
+            clock = FakeMonotonic()
             make = client_factory_for(
-                body, settings=settings(dev_mode=True), session=s, deadline=time.monotonic() + 5
+                body, settings=settings(dev_mode=True), session=s, deadline=clock() + 5, monotonic=clock
             )
             gathered = gather(TEMPLATES, body, ["allergies"], client_factory=make)
     assert gathered.resources == {"allergies": ()}
     assert "authorization" not in server.requests[0].headers
+
+
+def test_the_screener_runs_the_fhir_budget_on_its_own_clock(knowledge: Knowledge) -> None:
+    """The screen's deadline is read from the Screener's monotonic clock and checked against the same one;
+    the real clock, far from this one, would refuse every request or give them other timeouts."""
+    clock = FakeMonotonic(start=1e9)
+    transport = ClockedTransport(
+        clock, lambda _url: Timed(body=b'{"resourceType": "Bundle", "type": "searchset"}')
+    )
+    with requests.Session() as http:
+        http.mount("https://fhir.test/", transport)
+        screener = Screener(
+            knowledge,
+            settings(dev_mode=True, fhir_time_budget_s=0.75),
+            http,
+            clock=lambda: NOW,
+            monotonic=clock,
+        )
+        service = next(s for s in knowledge.services.values() if s.hook == "patient-view")
+        result = screener.screen(service, request(None, fhirServer="https://fhir.test/r4"))
+    assert result.cards == []  # no ketamine course in an empty chart
+    assert sorted(urlsplit(sent.url).path for sent in transport.sent) == [  # patient-view reads it all
+        "/r4/AllergyIntolerance",
+        "/r4/Condition",
+        "/r4/MedicationRequest",
+        "/r4/MedicationStatement",
+        "/r4/Observation",
+    ]
+    assert {sent.timeout for sent in transport.sent} == {(0.75, 0.75)}
 
 
 # ---------------------------------------------------------------------- medicationReference resolution

@@ -81,6 +81,7 @@ class Screener:
     clock: Callable[[], datetime]
     new_uuid: Callable[[], str] | None = None
     fhir_servers: tuple[str, ...] | None = None  # what the caller's issuer may name; None: any (dev, CLI)
+    monotonic: Callable[[], float] = time.monotonic  # the FHIR time budget runs on this clock
 
     def _facts(self, gathered: Gathered, body: Mapping[str, Any], patient_ref: str | None) -> PatientFacts:
         return build_facts(
@@ -97,9 +98,13 @@ class Screener:
     ) -> ScreenResult:
         knowledge = self.knowledge
         budget = min(self.settings.fhir_time_budget_s, self.settings.request_time_budget_s)
-        deadline = time.monotonic() + budget
         factory = client_factory_for(
-            body, settings=self.settings, session=self.http, deadline=deadline, registered=self.fhir_servers
+            body,
+            settings=self.settings,
+            session=self.http,
+            deadline=self.monotonic() + budget,
+            registered=self.fhir_servers,
+            monotonic=self.monotonic,
         )
         context = body.get("context", {})
         patient_id = context.get("patientId")

@@ -101,7 +101,9 @@ class FhirClient:
         access_token: str | None,
         settings: Settings,
         deadline: float,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
+        """`deadline` is a reading of `monotonic` (seconds): the moment the whole budget runs out."""
         self._origin, self._base_path = _split_base(base_url)
         self.base_url = f"{self._origin[0]}://{urlsplit(base_url).netloc}{self._base_path}"
         if self._origin[0] != "https" and not http_allowed(self.base_url, settings):
@@ -113,6 +115,7 @@ class FhirClient:
         self._token = access_token or None
         self._settings = settings
         self._deadline = deadline
+        self._monotonic = monotonic
         self.bytes_read = 0
         self.requests_sent = 0
         self._counting = threading.Lock()  # concurrent fetches share the byte budget
@@ -220,7 +223,7 @@ class FhirClient:
         return None
 
     def _remaining(self, what: str) -> float:
-        remaining = self._deadline - time.monotonic()
+        remaining = self._deadline - self._monotonic()
         if remaining <= 0:
             raise FhirError(f"FHIR time budget ran out before the {what} finished")
         return remaining
@@ -294,11 +297,13 @@ def client_factory_for(
     session: requests.Session,
     deadline: float,
     registered: tuple[str, ...] | None = None,
+    monotonic: Callable[[], float] = time.monotonic,
 ) -> Callable[[], FhirClient | None]:
     """A `client_factory` for `cds.fhir.prefetch.gather` built from a CDS Hooks request body.
 
     `registered` holds the FHIR base URLs the caller's issuer may name (its `fhir_servers`); None means
-    any (dev mode, the CLI). Returns None when `fhirServer` is missing. Raises, so that the caller's 412
+    any (dev mode, the CLI). `deadline` is a reading of `monotonic`, the clock the clients check it against.
+    Returns None when `fhirServer` is missing. Raises, so that the caller's 412
     says why and before any outbound request, `FhirAccessRefused` when the server is not registered for
     the issuer, or when there is no bearer `fhirAuthorization` and the server is not one the operator
     declared open (`open_fhir_servers`; dev mode reads any server without a token, as the CDS Hooks
@@ -320,7 +325,14 @@ def client_factory_for(
                 "the request carries no fhirAuthorization bearer token, and its fhirServer is not one the "
                 "operator declared open (KETAMINE_CDS_OPEN_FHIR_SERVERS)"
             )
-        return FhirClient(server, session=session, access_token=token, settings=settings, deadline=deadline)
+        return FhirClient(
+            server,
+            session=session,
+            access_token=token,
+            settings=settings,
+            deadline=deadline,
+            monotonic=monotonic,
+        )
 
     return factory
 
