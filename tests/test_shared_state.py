@@ -9,9 +9,12 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
+import redis.connection
+import redis.retry
 
 from cds.config import Settings
 from cds.errors import ConfigError
@@ -226,15 +229,40 @@ def test_implementations_satisfy_the_protocols(backend: Backend) -> None:
 # ------------------------------------------------------------------------------------------------
 
 
-def test_redis_down_shows_cards_but_refuses_tokens() -> None:
+@dataclass
+class RedisWaits:
+    """What a Redis client would wait, recorded instead of waited: the timeouts of each connection
+    attempt and the back-off between attempts (its sleeps are taken away)."""
+
+    attempts: list[tuple[float | None, float | None]]  # (connect, read) timeout of each attempt
+    sleeps: list[float]
+
+
+@pytest.fixture
+def redis_waits(monkeypatch: pytest.MonkeyPatch) -> RedisWaits:
+    waits = RedisWaits([], [])
+    monkeypatch.setattr(redis.retry, "sleep", waits.sleeps.append)
+    connect = redis.connection.Connection._connect
+
+    def counted(self: redis.connection.Connection) -> Any:
+        waits.attempts.append((self.socket_connect_timeout, self.socket_timeout))
+        return connect(self)
+
+    monkeypatch.setattr(redis.connection.Connection, "_connect", counted)
+    return waits
+
+
+def test_redis_down_shows_cards_but_refuses_tokens(redis_waits: RedisWaits) -> None:
     dead = redis_client("redis://127.0.0.1:1/0")  # the production client settings
-    started = time.monotonic()
     assert RedisSeenFindings(dead).first_showing("k", "fp", 60) is True
     assert RedisSeenFindings(dead).was_shown("k", "fp", 60) is False
     with pytest.raises(SharedStateUnavailable):
         RedisReplayCache(dead).add_if_new("iss|jti", 60)
-    assert time.monotonic() - started < 2  # no long back-off inside a CDS call
     dead.close()
+    # no long back-off inside a CDS call: each call tries twice, each try bounded by 1 s timeouts, with
+    # one pause of 0.1 s between them (base 0.05 s doubled once)
+    assert redis_waits.attempts == [(1.0, 1.0)] * 6
+    assert redis_waits.sleeps == [0.1] * 3
 
 
 def test_database_down_shows_cards_but_refuses_tokens(tmp_path: Path) -> None:
@@ -261,12 +289,14 @@ def test_factory_uses_redis_when_configured() -> None:
     assert replay.fallback is None
 
 
-def test_factory_fails_fast_when_redis_is_unreachable() -> None:
-    started = time.monotonic()
+def test_factory_fails_fast_when_redis_is_unreachable(redis_waits: RedisWaits) -> None:
+    settings = Settings(dev_mode=True, redis_url="redis://:s3cret@127.0.0.1:1/0", redis_timeout_s=0.25)
     with pytest.raises(ConfigError, match="REDIS_URL") as excinfo:
-        make_shared_state(Settings(dev_mode=True, redis_url="redis://:s3cret@127.0.0.1:1/0"))
-    assert time.monotonic() - started < 5
+        make_shared_state(settings)
     assert "s3cret" not in str(excinfo.value)
+    # start-up gives up after one retry, each try bounded by the configured timeout
+    assert redis_waits.attempts == [(0.25, 0.25)] * 2
+    assert redis_waits.sleeps == [0.1]
 
 
 def test_factory_defaults(tmp_path: Path) -> None:
