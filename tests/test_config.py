@@ -8,7 +8,6 @@ key, `migrate` without the rights to create tables.
 from __future__ import annotations
 
 import subprocess
-import time
 import uuid
 from pathlib import Path
 
@@ -124,21 +123,21 @@ def test_serve_stops_within_its_limit_when_the_database_is_unreachable(tmp_path:
     assert "cannot migrate database" in result.stderr
 
 
-def test_serve_stops_within_its_limit_when_the_database_never_answers(tmp_path: Path) -> None:
-    """A database that accepts connections and then says nothing (a hung server, a stalled proxy)."""
+def test_serve_stops_on_its_connect_timeout_when_the_database_never_answers(tmp_path: Path) -> None:
+    """A database that accepts connections and then says nothing (a hung server, a stalled proxy): the
+    start-up gives up when the connect timeout expires (the CLI run's own timeout only guards the test
+    against a hang)."""
     with proxied_postgres() as (url, proxy):
         proxy.hang()
-        started = time.monotonic()
         result = _run_cli(
             ["serve", "--dev", "--port", "1"],
             server_env(DATABASE_URL=url, DB_CONNECT_TIMEOUT_S="2"),
             tmp_path,
         )
-        elapsed = time.monotonic() - started
     assert result.returncode == 2
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert "cannot migrate database" in result.stderr
-    assert elapsed < 15
+    assert "connection timeout expired" in result.stderr
 
 
 def test_migrate_says_what_it_did(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -45,7 +45,9 @@ CLONAZEPAM = concept(coding(RXNORM, "204892", "clonazePAM 0.25 MG Oral Tablet"))
 CLIENT_THREADS = 8
 POSTS_PER_THREAD = 50  # at most 400 requests in all
 KILL_AFTER_ACKS = 120
-BUDGET_S = 20  # per backend: start-up, cards, burst, kill and check
+# Only stops a wait from hanging forever (the test then fails saying what it waited for); how long the
+# run takes is not under test.
+HANG_GUARD_S = 180
 SERVICE = "ketamine-order-select"
 
 
@@ -144,8 +146,7 @@ def test_acknowledged_feedback_survives_sigkill(database_url: str, tmp_path: Pat
         "--workers",
         "2",
     ]
-    started = time.monotonic()
-    deadline = started + BUDGET_S
+    deadline = time.monotonic() + HANG_GUARD_S
     with log.open("wb") as log_file:
         server = subprocess.Popen(
             command,
@@ -157,6 +158,7 @@ def test_acknowledged_feedback_survives_sigkill(database_url: str, tmp_path: Pat
         )
     acked: dict[str, str] = {}  # comment -> card uuid, for every feedback answered 200
     failed: list[str] = []
+    interrupted: list[str] = []  # sent, and no answer came: the server died with it in flight
     try:
         _wait_until_up(base, server, log, deadline)
         cards = _real_cards(base, calls=4)
@@ -192,6 +194,7 @@ def test_acknowledged_feedback_survives_sigkill(database_url: str, tmp_path: Pat
                     except requests.RequestException:
                         with lock:
                             failed.append(comment)
+                            interrupted.append(comment)
                         return  # the server is gone
                     with lock:
                         if response.status_code == 200:
@@ -234,8 +237,7 @@ def test_acknowledged_feedback_survives_sigkill(database_url: str, tmp_path: Pat
             versions = list(conn.scalars(sa.text("SELECT version_num FROM alembic_version")))
     finally:
         reopened.close()
-    elapsed = time.monotonic() - started
-    print(f"acknowledged {len(acked)}, failed {len(failed)}, stored {len(stored)} in {elapsed:.1f} s")
+    print(f"acknowledged {len(acked)}, failed {len(failed)}, stored {len(stored)}")
 
     # the server migrated the fresh database once, to the newest revision, with two workers starting
     assert versions == [ScriptDirectory(str(MIGRATIONS_DIR)).get_current_head()]
@@ -245,6 +247,12 @@ def test_acknowledged_feedback_survives_sigkill(database_url: str, tmp_path: Pat
         row = stored[comment]
         assert (row.card_uuid, row.outcome, row.service_id) == (card_uuid, "overridden", SERVICE)
         assert row.known_card, "feedback on a card the server issued is attributed to it"
-    # anything stored but not acknowledged was in flight when the server died; never more than that
-    assert len(set(stored) - set(acked)) <= CLIENT_THREADS
-    assert elapsed < BUDGET_S
+    # anything stored but not acknowledged was in flight when the server died (at most one per client)
+    assert set(stored) - set(acked) <= set(interrupted)
+    assert len(interrupted) <= CLIENT_THREADS
+    # each client posts in turn: what it got acknowledged is its first posts, without a gap
+    for n in range(CLIENT_THREADS):
+        mine = sorted(
+            int(comment.rsplit("-", 1)[1]) for comment in acked if comment.startswith(f"{run}-{n}-")
+        )
+        assert mine == list(range(len(mine))), f"client {n}: acknowledged out of turn"

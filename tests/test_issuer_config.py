@@ -12,7 +12,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -149,7 +148,6 @@ def test_serve_with_a_misspelt_issuer_key_exits_with_one_line(tmp_path: Path) ->
         KETAMINE_CDS_TRUSTED_ISSUERS=json.dumps([issuer(fhir_server=["https://fhir.example.org/r4"])]),
         KETAMINE_CDS_DATABASE_URL=f"sqlite:///{tmp_path / 'cds.sqlite3'}",
     )
-    started = time.monotonic()
     result = subprocess.run(
         [str(KETAMINE_CDS), "serve", "--host", "127.0.0.1", "--port", "0"],
         env=env,
@@ -165,4 +163,3 @@ def test_serve_with_a_misspelt_issuer_key_exits_with_one_line(tmp_path: Path) ->
     assert "Traceback" not in result.stderr
     assert "unknown key 'fhir_server'" in lines[0]
     assert "did you mean 'fhir_servers'" in lines[0]
-    assert time.monotonic() - started < 30

@@ -21,7 +21,6 @@ import re
 import socket
 import ssl
 import threading
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
@@ -50,6 +49,7 @@ from cds.outbound import AddressPolicy, address_kind, outbound_session
 from cds.web.auth import ClientAuthenticator
 from tests.support.builders import hook_request
 from tests.support.cards import every_chart_policy
+from tests.support.constants import NOW
 from tests.support.ehr_client import EhrClient
 from tests.support.fhir_server import FhirServerHandle, Reply, ScriptedServer
 from tests.support.listener import CountingListener
@@ -92,11 +92,9 @@ def prod(
         app.extensions["ketamine_cds"].flush()
 
 
-def call(client: FlaskClient, ehr: EhrClient, body: dict[str, Any]) -> tuple[int, dict[str, Any], float]:
-    started = time.perf_counter()
+def call(client: FlaskClient, ehr: EhrClient, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
     response = client.post(SERVICE, json=body, headers=ehr.headers(SERVICE))
-    elapsed_ms = (time.perf_counter() - started) * 1000
-    return response.status_code, response.get_json(), elapsed_ms
+    return response.status_code, response.get_json()
 
 
 def missing_conditions(fhir_server: str, **extra: Any) -> dict[str, Any]:
@@ -118,8 +116,8 @@ def test_a_server_outside_the_issuers_list_gets_no_connection_and_the_412_says_w
     client = prod(fhir_server_allowlist=("http://127.0.0.1",), fhir_allow_http=True)
     with CountingListener() as listener:
         target = f"http://127.0.0.1:{listener.port}/fhir"
-        status, outcome, elapsed_ms = call(client, ehr, missing_conditions(target))
-        assert listener.connections == 0
+        status, outcome = call(client, ehr, missing_conditions(target))
+        assert listener.connections == 0  # refused before any connection: nothing to wait for
     assert status == 412
     text = diagnostics(outcome)
     assert "registered for this client's issuer" in text
@@ -129,7 +127,6 @@ def test_a_server_outside_the_issuers_list_gets_no_connection_and_the_412_says_w
     assert LISTED not in body
     assert "fhir.hospital.example" not in body
     assert AUTH["access_token"] not in body
-    assert elapsed_ms < 1000  # measured: a few ms (no connection is attempted)
 
 
 def test_a_server_outside_the_list_is_not_needed_when_the_prefetch_is_complete(
@@ -139,7 +136,7 @@ def test_a_server_outside_the_list_is_not_needed_when_the_prefetch_is_complete(
     with CountingListener() as listener:
         body = hook_request("patient-view")
         body.update(fhirServer=f"https://127.0.0.1:{listener.port}/fhir", fhirAuthorization=AUTH)
-        status, payload, _ = call(client, ehr, body)
+        status, payload = call(client, ehr, body)
         assert listener.connections == 0
     assert status == 200
     assert payload == {"cards": []}
@@ -160,7 +157,7 @@ def test_a_server_outside_the_list_is_not_needed_when_the_prefetch_is_complete(
 def test_near_misses_of_a_listed_prefix_are_refused(
     prod: Callable[..., FlaskClient], ehr: EhrClient, named: str
 ) -> None:
-    status, outcome, _ = call(prod(fhir_allow_http=True), ehr, missing_conditions(named))
+    status, outcome = call(prod(fhir_allow_http=True), ehr, missing_conditions(named))
     assert status == 412
     assert "registered for this client's issuer" in diagnostics(outcome)
 
@@ -171,7 +168,7 @@ def test_an_issuer_without_fhir_servers_is_screened_from_its_prefetch_only(
     with caplog.at_level("WARNING", logger="cds.app"):
         client = prod(fhir_servers=())
     assert any("lists no fhir_servers" in r.getMessage() for r in caplog.records)
-    status, outcome, _ = call(client, ehr, missing_conditions(LISTED))
+    status, outcome = call(client, ehr, missing_conditions(LISTED))
     assert status == 412
     assert "registered for this client's issuer" in diagnostics(outcome)
 
@@ -184,7 +181,7 @@ def test_the_open_server_setting_is_checked_against_the_issuers_list_too(
         client = prod(open_fhir_servers=(target,), fhir_server_allowlist=(target,))
         body = missing_conditions(target)
         del body["fhirAuthorization"]
-        status, outcome, _ = call(client, ehr, body)
+        status, outcome = call(client, ehr, body)
         assert listener.connections == 0
     assert status == 412
     assert "registered for this client's issuer" in diagnostics(outcome)
@@ -205,7 +202,7 @@ def test_one_issuers_servers_cannot_be_named_by_another(
             ),
         ),
     )
-    status, outcome, _ = call(app.test_client(), other, missing_conditions(LISTED))
+    status, outcome = call(app.test_client(), other, missing_conditions(LISTED))
     assert status == 412
     assert "registered for this client's issuer" in diagnostics(outcome)
 
@@ -227,9 +224,9 @@ def test_a_listed_server_is_read_as_before(
         "fhirServer": fhir_server.base_url,
         "fhirAuthorization": {**AUTH, "access_token": fhir_server.token},
     }
-    status, payload, _ = call(client, ehr, body)
+    status, payload = call(client, ehr, body)
     assert status == 200, payload
-    status, complete, _ = call(client, ehr, synthea_request(patient))  # the whole record as prefetch
+    status, complete = call(client, ehr, synthea_request(patient))  # the whole record as prefetch
     assert sorted(c["summary"] for c in payload["cards"]) == sorted(c["summary"] for c in complete["cards"])
     assert payload["cards"]
 
@@ -359,15 +356,15 @@ REFUSED_TARGETS: dict[str, tuple[str, dict[str, list[str]], bool]] = {
 
 
 @pytest.mark.parametrize("case", list(REFUSED_TARGETS))
-def test_refused_targets_get_no_connection_and_a_fast_412(
+def test_refused_targets_get_a_412_without_a_lookup_or_connection(
     prod: Callable[..., FlaskClient], ehr: EhrClient, network: Network, case: str
 ) -> None:
     template, names, listed = REFUSED_TARGETS[case]
     target = template.format(port=network.listener.port)
     network.names.update(names)
     client = prod(fhir_servers=(target,) if listed else (LISTED,))
-    status, outcome, elapsed_ms = call(client, ehr, missing_conditions(target))
-    assert network.listener.connections == 0
+    status, outcome = call(client, ehr, missing_conditions(target))
+    assert network.listener.connections == 0  # no connection and no timeout to wait out
     assert network.attempts == []
     assert status == 412
     text = diagnostics(outcome)
@@ -379,7 +376,6 @@ def test_refused_targets_get_no_connection_and_a_fast_412(
     for answers in names.values():  # the addresses a name resolved to are not disclosed
         for answer in answers:
             assert answer not in json.dumps(outcome)
-    assert elapsed_ms < 1000  # no connection, no timeout: a few milliseconds
 
 
 def test_a_listed_private_network_is_connected_to(
@@ -389,7 +385,7 @@ def test_a_listed_private_network_is_connected_to(
     target = "https://fhir.internal.example/r4"
     network.names["fhir.internal.example"] = ["10.9.8.7"]
     client = prod(fhir_servers=(target,), private_network_allowlist=("10.0.0.0/8",))
-    status, outcome, _ = call(client, ehr, missing_conditions(target))
+    status, outcome = call(client, ehr, missing_conditions(target))
     assert network.attempts == ["10.9.8.7"]
     assert network.listener.connections == 1
     assert status == 412  # the listener is no FHIR server
@@ -436,7 +432,7 @@ def test_jwks_from_a_private_address_is_refused_without_a_fetch(
     jwks_url = jwks_url.format(port=network.listener.port)
     issuer = TrustedIssuer(iss=ehr.iss, jwks_url=jwks_url, jku_allowlist=(jku,) if jku else ())
     settings = Settings(public_base_url=PUBLIC_BASE, trusted_issuers=(issuer,))
-    authenticator = ClientAuthenticator(settings, replay_cache=_Replay())
+    authenticator = ClientAuthenticator(settings, replay_cache=_Replay(), clock=NOW.timestamp)
     ehr.jku = jku
     with caplog.at_level("WARNING"), pytest.raises(Unauthorized):
         authenticator.verify(f"Bearer {ehr.token(SERVICE)}", PUBLIC_BASE + SERVICE)
@@ -454,7 +450,7 @@ def test_jwks_from_a_listed_private_network_is_fetched(ehr: EhrClient, network: 
     settings = Settings(
         public_base_url=PUBLIC_BASE, trusted_issuers=(issuer,), private_network_allowlist=("10.0.0.0/8",)
     )
-    authenticator = ClientAuthenticator(settings, replay_cache=_Replay())
+    authenticator = ClientAuthenticator(settings, replay_cache=_Replay(), clock=NOW.timestamp)
     ehr.jku = None
     with pytest.raises(Unauthorized):  # the listener speaks no TLS: the fetch fails, after connecting
         authenticator.verify(f"Bearer {ehr.token(SERVICE)}", PUBLIC_BASE + SERVICE)
@@ -658,7 +654,9 @@ def test_the_fhir_token_is_sent_only_under_fhir_server(data: st.DataObject) -> N
         }
         check = replace(Settings(), dev_mode=True)
         with requests.Session() as session:
-            factory = client_factory_for(body, settings=check, session=session, deadline=time.monotonic() + 5)
+            factory = client_factory_for(
+                body, settings=check, session=session, deadline=5, monotonic=lambda: 0.0
+            )
             # a refused link or a loop may end the screen with 412: the point is where requests went
             with contextlib.suppress(PreconditionFailed):
                 gather(TOKEN_TEMPLATES, body, list(TOKEN_TEMPLATES), client_factory=factory)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import re
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -76,7 +75,8 @@ def factory(server: ScriptedServer, session: requests.Session, **overrides: Any)
         session=session,
         access_token="tok",
         settings=settings,
-        deadline=time.monotonic() + 30,
+        deadline=30,  # on a clock that stands at 0: every request may take the whole budget
+        monotonic=lambda: 0.0,
     )
 
 
