@@ -74,7 +74,12 @@ def create_app(
     seen, replay_cache = make_shared_state(
         settings, store, guard=db_guard, check=maintenance, on_error=metrics.count_replay_error
     )
-    authenticator = None if settings.dev_mode else ClientAuthenticator(settings, replay_cache=replay_cache)
+    authenticator = (
+        None
+        if settings.dev_mode
+        # the tokens' exp, iat and nbf are judged on the app's clock, like everything else it dates
+        else ClientAuthenticator(settings, replay_cache=replay_cache, clock=lambda: clock().timestamp())
+    )
     if settings.dev_mode:
         log.warning(
             "DEVELOPMENT MODE: client authentication is OFF, browser clients from any origin are "

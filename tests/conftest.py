@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import shutil
 from collections.abc import Callable, Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -100,7 +101,8 @@ def make_app(tmp_path: Path, knowledge: Knowledge, migrated_database: Path) -> I
     test (a shipper left running would retry against a database the test has dropped)."""
     made: list[Flask] = []
 
-    def factory(**overrides: Any) -> Flask:
+    def factory(*, clock: Callable[[], datetime] = lambda: NOW, **overrides: Any) -> Flask:
+        """An app on `clock` (the suite's pinned instant unless given) with these settings."""
         values: dict[str, Any] = {
             "dev_mode": True,
             "audit_hash_key": TEST_HASH_KEY,
@@ -119,7 +121,7 @@ def make_app(tmp_path: Path, knowledge: Knowledge, migrated_database: Path) -> I
         flask_app = create_app(
             settings,
             knowledge=policy_knowledge,
-            clock=lambda: NOW,
+            clock=clock,
             new_uuid=deterministic_uuids(),
             maintenance=not fresh_copy,  # a copy of the migrated file: nothing to migrate or purge
         )

@@ -16,10 +16,10 @@ import hashlib
 import json
 import logging
 import os
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +37,7 @@ from cds.errors import ConfigError
 from cds.storage.analytics import override_report
 from cds.storage.shared_state import DEFAULT_PREFIX
 from tests.support.backends import redis_url_or_skip
+from tests.support.constants import NOW
 from tests.support.logs import SENSITIVE
 from tests.support.responses import assert_valid_response
 from tests.support.synthea import synthea_patients, synthea_request
@@ -62,9 +63,10 @@ class Issuer:
     key: ec.EllipticCurvePrivateKey
     jwks_file: Path
 
-    def token(self, aud: str | list[str], **overrides: Any) -> str:
-        """A signed ES384 client JWT (registered as sensitive before anything can log it)."""
-        now = int(time.time())
+    def token(self, aud: str | list[str], *, at: datetime = NOW, **overrides: Any) -> str:
+        """A signed ES384 client JWT issued `at` (the clock the test apps run on), registered as sensitive
+        before anything can log it."""
+        now = int(at.timestamp())
         claims: dict[str, Any] = {
             "iss": ISS,
             "sub": "ehr-client-id",
@@ -292,12 +294,54 @@ def test_replayed_jti_is_a_bare_401(
 def test_expired_token_is_a_bare_401(
     prod: FlaskClient, issuer: Issuer, path: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    now = int(time.time())
+    now = int(NOW.timestamp())
     token = issuer.token(url(path), iat=now - 900, exp=now - 600)
     with caplog.at_level(logging.WARNING, logger="cds.web.auth"):
         assert_bare_401(send(prod, path, headers=bearer(token)), token)
     assert auth_reasons(caplog) == ["expired"]
     assert_token_not_logged(caplog, token)
+
+
+APP_CLOCK = datetime(2031, 3, 14, 15, 9, 26, tzinfo=UTC)  # years from the real date, either way
+
+
+def test_tokens_are_judged_on_the_apps_clock_not_the_real_one(
+    make_prod_app: Callable[..., Flask], issuer: Issuer, caplog: pytest.LogCaptureFixture
+) -> None:
+    client = make_prod_app(clock=lambda: APP_CLOCK).test_client()
+    assert send(client, CALL, headers=bearer(issuer.token(url(CALL), at=APP_CLOCK))).status_code == 200
+    real_time = issuer.token(url(CALL), at=datetime.now(UTC))  # 5 minutes' life, years off the app's now
+    with caplog.at_level(logging.WARNING, logger="cds.web.auth"):
+        assert_bare_401(send(client, CALL, headers=bearer(real_time)), real_time)
+    assert auth_reasons(caplog) in (["expired"], ["iat_in_future"])  # before 2031: expired
+
+
+@pytest.mark.parametrize(
+    ("exp_before_now", "refused_for"),
+    [
+        (29, None),  # a second inside the leeway
+        (30, None),  # exp + leeway == now: refused only once now is past exp + leeway (PyJWT refuses here)
+        (31, "expired"),  # a second past it
+    ],
+)
+def test_expiry_at_the_leeway_on_the_apps_clock(
+    make_prod_app: Callable[..., Flask],
+    issuer: Issuer,
+    caplog: pytest.LogCaptureFixture,
+    exp_before_now: int,
+    refused_for: str | None,
+) -> None:
+    client = make_prod_app(clock=lambda: APP_CLOCK, jwt_leeway_s=30).test_client()
+    now = int(APP_CLOCK.timestamp())
+    token = issuer.token(url(CALL), at=APP_CLOCK, iat=now - 300, exp=now - exp_before_now)
+    with caplog.at_level(logging.WARNING, logger="cds.web.auth"):
+        response = send(client, CALL, headers=bearer(token))
+    if refused_for is None:
+        assert response.status_code == 200, response.get_data(as_text=True)[:500]
+        assert auth_reasons(caplog) == []
+    else:
+        assert_bare_401(response, token)
+        assert auth_reasons(caplog) == [refused_for]
 
 
 def test_rejected_service_call_is_audited_without_token_or_patient(

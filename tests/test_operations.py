@@ -15,6 +15,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -239,7 +240,8 @@ def test_redis_killed_mid_load_is_503_never_401(
             def calls(phase: str, n: int = 4) -> Counter[int]:
                 counts: Counter[int] = Counter()
                 for _ in range(n):
-                    token = issuer.token(f"{BASE}{SELECT}")
+                    # a server process of its own, on the real clock: the token is dated by it too
+                    token = issuer.token(f"{BASE}{SELECT}", at=datetime.now(UTC))
                     headers = {"Authorization": f"Bearer {token}"}
                     response = session.post(
                         f"{server.base}{SELECT}", json=_call(), headers=headers, timeout=10

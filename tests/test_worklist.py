@@ -17,7 +17,6 @@ import json
 import re
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -37,6 +36,7 @@ from cds.worklist.config import load_worklist_config
 from cds.worklist.render import CSV_COLUMNS, render_worklist, worklist_to_dict
 from tests.conftest import SENSITIVE
 from tests.support import worklist_data as wd
+from tests.support.constants import NOW as APP_NOW
 from tests.support.fhir_server import FhirServerHandle, running_fhir_server
 
 pytestmark = pytest.mark.integration
@@ -503,7 +503,7 @@ def test_endpoint_needs_client_authentication_in_production(
         worklist_config=str(worklist_file),
     ).test_client()
     assert prod.get("/worklist?from=2026-12-02&days=3").status_code == 401
-    now = int(time.time())
+    now = int(APP_NOW.timestamp())  # the app judges the token on the clock make_app gives it
     claims = {
         "iss": iss,
         "sub": "ehr",

@@ -14,10 +14,10 @@ from __future__ import annotations
 import contextlib
 import json
 import threading
-import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from flask import Flask
 from werkzeug.serving import make_server
 
+from tests.support.constants import NOW
 from tests.support.logs import SENSITIVE
 
 EHR_ISSUER = "https://ehr.example.org/cds-client"
@@ -50,7 +51,8 @@ def serving(app: Flask) -> Iterator[str]:
 
 @dataclass
 class EhrClient:
-    """Signs like an EHR; `audience_base` is the service's public base URL (the `aud` prefix)."""
+    """Signs like an EHR; `audience_base` is the service's public base URL (the `aud` prefix). Its tokens
+    are issued at `clock()`: the suite's pinned instant, the one the test apps judge them by."""
 
     key: ec.EllipticCurvePrivateKey
     kid: str
@@ -59,6 +61,7 @@ class EhrClient:
     audience_base: str
     iss: str = EHR_ISSUER
     jku: str | None = EHR_JKU
+    clock: Callable[[], datetime] = lambda: NOW
 
     @classmethod
     def new(cls, folder: Path, service_url: str, audience_base: str | None = None) -> EhrClient:
@@ -71,7 +74,7 @@ class EhrClient:
         return cls(key, kid, path, service_url, audience_base or service_url)
 
     def token(self, path: str) -> str:
-        now = int(time.time())
+        now = int(self.clock().timestamp())
         claims = {
             "iss": self.iss,
             "sub": "ehr-client",
