@@ -110,7 +110,9 @@ def _accepted(auth: ClientAuthenticator, header: str) -> bool:
 @pytest.mark.parametrize(
     ("claims", "accepted"),
     [
-        # expired: rejected only once now is MORE than the leeway past exp
+        # expired: rejected only once now is MORE than the leeway past exp. On the edge (exp + leeway ==
+        # now) the token passes, one second later than PyJWT's own check (exp <= now - leeway) would allow
+        ({"iat": NOW - 400, "exp": NOW - LEEWAY + 1}, True),
         ({"iat": NOW - 400, "exp": NOW - LEEWAY}, True),
         ({"iat": NOW - 400, "exp": NOW - LEEWAY - 1}, False),
         # issued in the future: tolerated up to the leeway, not a second beyond
