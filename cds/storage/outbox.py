@@ -1,5 +1,5 @@
-"""The durable outbox: issued-card and audit records (and feedback while the database is down) are written
-to a local SQLite file first, then shipped to the database with retry and back-off.
+"""The durable outbox: issued-card and audit records, screening pages (and feedback while the database is
+down) are written to a local SQLite file first, then shipped to the database with retry and back-off.
 
 Why: a batch that failed to reach the database used to be dropped, so a short PostgreSQL outage lost
 hundreds of issued-card records and the override report under-counted. Now a record is committed to a
@@ -38,7 +38,7 @@ from typing import Any, Protocol
 
 import sqlalchemy as sa
 
-from cds.storage.store import AuditRecord, FeedbackItem, IssuedCard
+from cds.storage.store import AuditRecord, FeedbackItem, IssuedCard, ScreenPage
 
 __all__ = ["Outbox", "OutboxFull", "OutboxMetrics", "PendingFeedback", "database_id"]
 
@@ -71,7 +71,7 @@ class PendingFeedback:
     item: FeedbackItem
 
 
-Record = IssuedCard | AuditRecord | PendingFeedback
+Record = IssuedCard | AuditRecord | PendingFeedback | ScreenPage
 Ship = Callable[[str, list[Any]], None]  # kind, records of that kind -> stored (raises on failure)
 
 
@@ -90,6 +90,9 @@ def _encode(record: Record) -> tuple[str, str]:
     if isinstance(record, AuditRecord):
         fields = {name: getattr(record, name) for name in AuditRecord.__dataclass_fields__}
         return "audit", json.dumps(fields, default=_iso)
+    if isinstance(record, ScreenPage):
+        fields = {name: getattr(record, name) for name in ScreenPage.__dataclass_fields__}
+        return "page", json.dumps(fields, default=_iso)
     item = {name: getattr(record.item, name) for name in FeedbackItem.__dataclass_fields__}
     return "feedback", json.dumps({"service_id": record.service_id, "item": item}, default=_iso)
 
@@ -111,6 +114,12 @@ def _decode(kind: str, payload: str) -> Record:
             card_uuids=tuple(data["card_uuids"]),
         )
         return AuditRecord(**data)
+    if kind == "page":
+        data.update(
+            created_at=datetime.fromisoformat(data["created_at"]),
+            expires_at=datetime.fromisoformat(data["expires_at"]),
+        )
+        return ScreenPage(**data)
     item = data["item"]
     item.update(
         accepted_suggestions=tuple(item["accepted_suggestions"]),

@@ -103,7 +103,7 @@ def call_service(service_id: str) -> Response:
     page = screens.issue(rt, rt.settings.public_base_url or request.host_url)
     result = rt.screener(call.client).screen(service, body, page.links)
     if result.cards:
-        screens.keep(rt, page, result)
+        screens.keep(rt, call, page, result)
     cards = rt.suppress_repeats(service, body, result)
     call.screened(result, cards)
     rt.record_cards(call, service, body, result, cards)

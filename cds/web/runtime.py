@@ -1,10 +1,10 @@
 """Everything one app instance holds: settings, knowledge, store, shared state, auth, metrics, clock.
 
 Built once by `create_app`; request handlers reach it through `current_app.extensions` and hand it the
-call's :class:`CallRecord` explicitly. Issued-card and audit records go through the durable outbox
-(``cds.storage.outbox``): committed to a local file before the response leaves, shipped to the database
-by a background thread. Feedback, which the caller must be able to trust, is committed to the database
-before the response, or, while the database is down, to the outbox with a sync of its own.
+call's :class:`CallRecord` explicitly. Issued-card, screening-page and audit records go through the
+durable outbox (``cds.storage.outbox``): committed to a local file before the response leaves, shipped to
+the database by a background thread. Feedback, which the caller must be able to trust, is committed to the
+database before the response, or, while the database is down, to the outbox with a sync of its own.
 """
 
 from __future__ import annotations
@@ -64,6 +64,7 @@ class CallRecord:
     fetched: list[str] = field(default_factory=list)
     feedback_items: int = 0
     issued: list[IssuedCard] = field(default_factory=list)  # written with the audit record, in one commit
+    pages: list[ScreenPage] = field(default_factory=list)  # likewise
 
     def screened(self, result: ScreenResult, cards: list[dict[str, Any]]) -> None:
         self.rule_ids = [f.rule.id for f in result.findings]
@@ -244,14 +245,11 @@ class Runtime:
         for key in result.fetched:
             self.metrics.count_fetch(key)
 
-    def keep_screen_page(self, page: ScreenPage) -> None:
-        """Stored before the cards leave, so the link works when clicked. With the database down the
-        cards are still answered; their page then says it is not available."""
-        try:
-            self.db_guard.call(lambda: self.store.record_screen_pages([page]))
-        except (ServiceUnavailable, sa.exc.SQLAlchemyError) as exc:
-            self.metrics.count_storage_error("database")
-            log.warning("screening page not stored: database unavailable (%s)", type(exc).__name__)
+    def keep_screen_page(self, call: CallRecord, page: ScreenPage) -> None:
+        """Committed to the local outbox with the call's other records before the cards leave (a database
+        round trip the answer does not depend on stays off the request path), shipped to the database
+        within `outbox_interval_s`; while the database is down it waits in the outbox like the cards."""
+        call.pages.append(page)
 
     def record_feedback(self, service_id: str, items: list[FeedbackItem]) -> None:
         """Committed to the database, or (database down) to the local outbox with a disk sync; either way
@@ -291,6 +289,7 @@ class Runtime:
         self._queue(
             [
                 *call.issued,
+                *call.pages,
                 AuditRecord(
                     hook_instance=str(call.hook_instance or "-"),
                     service_id=call.service if call.event != "analytics" else "analytics",
@@ -306,7 +305,7 @@ class Runtime:
             ]
         )
 
-    def _queue(self, records: list[IssuedCard | AuditRecord]) -> None:
+    def _queue(self, records: list[IssuedCard | AuditRecord | ScreenPage]) -> None:
         with contextlib.suppress(OutboxFull):  # counted as dropped and logged by the outbox; the call
             self.outbox.append(records)  # itself is still answered
 
@@ -315,6 +314,8 @@ class Runtime:
             self.store.record_cards(records)
         elif kind == "audit":
             self.store.record_audits(records)
+        elif kind == "page":
+            self.store.record_screen_pages(records)
         else:
             by_service: dict[str, list[FeedbackItem]] = {}
             for pending in records:

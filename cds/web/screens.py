@@ -3,8 +3,8 @@
 A page is addressed by an opaque random id plus a signed, expiring token: no patient data in the URL.
 The token is an HMAC over the id and its expiry time, keyed from the service's audit key, so any instance
 of one deployment can check it. A wrong, missing or expired token and an unknown id get the same 404, so
-nothing reveals whether an id exists. Pages are stored in the service's database (table screen_page)
-and purged with the other records by the retention rules.
+nothing reveals whether an id exists. Pages are stored in the service's database (table screen_page),
+through the local outbox like the card records, and purged with the other records by the retention rules.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import base64
 import hashlib
 import hmac
 import secrets
+import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -25,6 +26,11 @@ from cds.clinical.screening import ScreenResult
 from cds.storage.store import ScreenPage
 
 pages = Blueprint("pages", __name__, template_folder="templates")
+
+# A page still on its way from another worker's outbox (shipped every `outbox_interval_s`, 0.2 s by
+# default) is waited for this long before the link is answered "not available".
+ARRIVAL_WAIT_S = 1.0
+ARRIVAL_POLL_S = 0.05
 
 _HEADERS = {
     "Cache-Control": "no-store",
@@ -82,7 +88,7 @@ def issue(rt: Any, base_url: str) -> IssuedPage:
     return IssuedPage(page_id, expires, links)
 
 
-def keep(rt: Any, page: IssuedPage, result: ScreenResult) -> None:
+def keep(rt: Any, call: Any, page: IssuedPage, result: ScreenResult) -> None:
     """Store the whole screen behind the cards (before they are answered)."""
     payload = record_of(rt.knowledge, result, rt.clock())
     text = rt.knowledge.page_text
@@ -91,7 +97,25 @@ def keep(rt: Any, page: IssuedPage, result: ScreenResult) -> None:
         when=payload["screened_at"],
         expires=page.expires.strftime(text.t("moment_format")),
     )
-    rt.keep_screen_page(ScreenPage(page.id, rt.clock(), page.expires, payload))
+    rt.keep_screen_page(call, ScreenPage(page.id, rt.clock(), page.expires, payload))
+
+
+def _stored_page(rt: Any, page_id: str, now: datetime) -> ScreenPage | None:
+    """The page, waiting briefly for it when its signed link is valid but it is still in an outbox: pages
+    are shipped to the database moments after their cards leave (this process's now; any other worker's
+    within its shipping interval, bounded by ARRIVAL_WAIT_S)."""
+    page: ScreenPage | None = rt.store.screen_page(page_id, now)
+    if page is not None:
+        return page
+    if rt.outbox.healthy:
+        rt.flush()
+    waited = 0.0
+    while True:
+        page = rt.store.screen_page(page_id, now)
+        if page is not None or waited >= ARRIVAL_WAIT_S:
+            return page
+        time.sleep(ARRIVAL_POLL_S)
+        waited += ARRIVAL_POLL_S
 
 
 def _html(body: str, status: int = 200) -> Response:
@@ -110,7 +134,7 @@ def screen_page(page_id: str) -> Response:
     now = rt.clock()
     if len(page_id) > 64 or not token_valid(rt.hash_key, page_id, request.args.get("token"), now):
         return _not_found(rt)
-    page = rt.store.screen_page(page_id, now)
+    page = _stored_page(rt, page_id, now)
     if page is None:
         return _not_found(rt)
     return _html(render_template("screen.html", t=rt.knowledge.page_text.raw, page=page.payload))
