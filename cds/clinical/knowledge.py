@@ -15,7 +15,6 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-import yaml
 from jsonschema import Draft202012Validator
 
 from cds.clinical.cards import CardText, OverrideReason
@@ -28,6 +27,7 @@ from cds.clinical.statuses import StatusSemantics
 from cds.clinical.terminology import Terminology
 from cds.errors import ConfigError
 from cds.fhir.facts import BloodPressureSpec, RelevanceFilter
+from cds.loading import load_yaml, schema_validator
 from cds.paths import knowledge_root
 
 # Values each fact kind can put into a band's text, besides the rule's own parameters.
@@ -118,9 +118,10 @@ def _json(path: Path) -> Any:
 
 
 def _validator(path: Path) -> Draft202012Validator:
-    schema = _json(path)
-    Draft202012Validator.check_schema(schema)
-    return Draft202012Validator(schema)
+    try:
+        return schema_validator(path)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cannot read {path.name}: {exc}") from exc
 
 
 def _services(root: Path) -> dict[str, ServiceDefinition]:
@@ -183,14 +184,14 @@ def load_knowledge(policy_file: str | None = None, root: Path | None = None) -> 
     terminology = Terminology.load(profiles)
     dosing = DosingVocabulary.load(profiles / "tables" / "dosing-vocabulary.json")
     override_reasons = _override_reasons(root)
-    card_text = CardText(yaml.safe_load((root / "rules" / "card-text.yaml").read_text(encoding="utf-8")))
+    card_text = CardText(load_yaml((root / "rules" / "card-text.yaml").read_text(encoding="utf-8")))
     for category, codes in card_text.raw["default_override_reasons"].items():
         for code in codes:
             if code not in override_reasons:
                 raise ConfigError(
                     f"card-text.yaml: default override reason {code!r} ({category}) is undefined"
                 )
-    treatments_doc = yaml.safe_load((root / "rules" / "_treatments.yaml").read_text(encoding="utf-8"))
+    treatments_doc = load_yaml((root / "rules" / "_treatments.yaml").read_text(encoding="utf-8"))
     treatments = {product: spec["valueset"] for product, spec in treatments_doc.items()}
     rules = load_rules(
         root / "rules",
@@ -240,7 +241,7 @@ def load_knowledge(policy_file: str | None = None, root: Path | None = None) -> 
         dosing=dosing,
         statuses=_statuses(profiles / "tables" / "status-semantics.json"),
         card_text=card_text,
-        page_text=PageText(yaml.safe_load((root / "rules" / "page-text.yaml").read_text(encoding="utf-8"))),
+        page_text=PageText(load_yaml((root / "rules" / "page-text.yaml").read_text(encoding="utf-8"))),
         override_reasons=override_reasons,
         treatments=treatments,
         interaction_valuesets=interaction_valuesets,

@@ -20,6 +20,7 @@ from jsonschema import Draft202012Validator
 from cds.clinical.rules import Rule
 from cds.clinical.schedule import parse_time_of_day
 from cds.errors import ConfigError
+from cds.loading import load_yaml
 
 DEFAULT_ORIGIN = "default"
 SITE_ORIGIN = "site"
@@ -52,7 +53,7 @@ class SitePolicy:
 
 def _read_yaml(path: Path) -> dict[str, Any]:
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = load_yaml(path.read_text(encoding="utf-8"))
     except (OSError, yaml.YAMLError) as exc:
         raise ConfigError(f"cannot read site policy {path}: {exc}") from exc
     if not isinstance(data, dict):

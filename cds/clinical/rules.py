@@ -7,7 +7,6 @@ knows the *shape* of a rule; every clinical fact comes from the file.
 
 from __future__ import annotations
 
-import json
 import string
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ import yaml
 from jsonschema import Draft202012Validator
 
 from cds.errors import ConfigError
+from cds.loading import load_yaml, schema_validator
 
 INDICATOR_RANK = {"info": 0, "warning": 1, "critical": 2}
 
@@ -144,9 +144,7 @@ class Rule:
 
 
 def _load_schema(schema_path: Path) -> Draft202012Validator:
-    schema = json.loads(schema_path.read_text(encoding="utf-8"))
-    Draft202012Validator.check_schema(schema)
-    return Draft202012Validator(schema)
+    return schema_validator(schema_path)
 
 
 def _leading_comment(text: str) -> str:
@@ -355,7 +353,7 @@ def load_rules(
         if not (when_then.startswith("When") and " Then " in when_then):
             raise ConfigError(f"{where}: must open with a plain-language '# When ... Then ...' comment")
         try:
-            data = yaml.safe_load(text)
+            data = load_yaml(text)
         except yaml.YAMLError as exc:
             raise ConfigError(f"{where}: not valid YAML: {exc}") from exc
         _when_keys_known(data, where)

@@ -34,6 +34,7 @@ import yaml
 
 from cds.errors import ConfigError
 from cds.fhir.smart_backend import SIGNING_ALGORITHMS, SmartClientConfig
+from cds.loading import load_yaml
 
 DEFAULT_TOKEN_ENV = "KETAMINE_WORKLIST_TOKEN"  # noqa: S105 (the name of a variable, not a secret)
 _TOP = {
@@ -66,7 +67,7 @@ class WorklistConfig:
 
 def _read(path: Path) -> dict[str, Any]:
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = load_yaml(path.read_text(encoding="utf-8"))
     except (OSError, yaml.YAMLError) as exc:
         raise ConfigError(f"cannot read the worklist configuration {path}: {exc}") from exc
     if data is None:

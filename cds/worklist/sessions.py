@@ -27,6 +27,7 @@ from cds.fhir.client import FhirClient
 from cds.fhir.facts import concept, medication_fact, parse_datetime
 from cds.fhir.model import Concept
 from cds.fhir.prefetch import medication_key
+from cds.loading import load_yaml
 
 _PATIENT_REF = re.compile(r"(?:^|/)Patient/([A-Za-z0-9\-.]{1,64})$")
 _ORDER_REF = re.compile(r"(?:^|/)((?:MedicationRequest|ServiceRequest)/[A-Za-z0-9\-.]{1,64})$")
@@ -46,7 +47,7 @@ def load_session_policy(knowledge: Knowledge, path: Path | None = None) -> Sessi
     """rules/_sessions.yaml, or the site's own copy; validated against its schema, products checked."""
     source = path or knowledge.root / "rules" / "_sessions.yaml"
     try:
-        data = yaml.safe_load(source.read_text(encoding="utf-8"))
+        data = load_yaml(source.read_text(encoding="utf-8"))
         schema = json.loads(
             (knowledge.root / "fhir_profiles" / "schemas" / "sessions.schema.json").read_text(
                 encoding="utf-8"
