@@ -39,6 +39,7 @@ from cds.web.auth import (
     VerifiedClient,
     expected_audience,
 )
+from tests.support.constants import property_examples
 
 ISS = "https://ehr.example.org"
 BASE = "https://cds.example.org"
@@ -1124,7 +1125,12 @@ def _outcome(auth: ClientAuthenticator, header: str | None) -> object:
         return exc
 
 
-@settings(max_examples=400, derandomize=True, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(
+    max_examples=property_examples(400),
+    derandomize=True,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
 @given(
     header=st.none()
     | st.text()
@@ -1144,7 +1150,12 @@ def test_fuzzed_authorization_header_only_ever_unauthorized(
 _ACCEPTED_JTIS: set[str] = set()
 
 
-@settings(max_examples=400, derandomize=True, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(
+    max_examples=property_examples(400),
+    derandomize=True,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
 @given(token=_near_valid())
 def test_fuzzed_near_valid_tokens_judged_as_the_spec_says(
     fuzz_auth: ClientAuthenticator, token: _NearValid

@@ -32,6 +32,7 @@ from cds.fhir.model import (
     SourceRef,
     Strength,
 )
+from tests.support.constants import property_examples
 
 ROOT = Path(__file__).resolve().parents[1]
 VOCABULARY_FILE = ROOT / "fhir_profiles" / "tables" / "dosing-vocabulary.json"
@@ -1044,7 +1045,12 @@ strength = st.builds(
 _VOCAB = DosingVocabulary.load(VOCABULARY_FILE)
 
 
-@settings(max_examples=400, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+@settings(
+    max_examples=property_examples(400),
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.too_slow],
+)
 @given(
     dosages=st.lists(st.one_of(plausible_dosage, dosage_dict, json_value), max_size=4),
     display=st.sampled_from(

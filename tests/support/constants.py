@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -15,3 +16,10 @@ SERVICES = {
 CLOSED_PORT = "http://127.0.0.1:9/fhir"  # nothing listens: a FHIR fallback fails fast, never leaves the host
 # Production mode refuses a pseudonym key under 32 bytes; tests use a fixed one so hashes are comparable.
 TEST_HASH_KEY = "test-key-padded-to-the-32-byte-production-minimum"
+
+
+def property_examples(full: int) -> int:
+    """Examples for a Hypothesis property: all of them normally; a tenth (at least 20, the same
+    derandomised first ones) under a mutation run (mutmut sets MUTANT_UNDER_TEST), where a property that
+    takes seconds is paid again for every surviving mutant and the hand-written cases do the killing."""
+    return max(full // 10, 20) if os.environ.get("MUTANT_UNDER_TEST") else full
