@@ -14,6 +14,8 @@ import pytest
 
 from cds.clinical.knowledge import Knowledge
 from cds.clinical.screening import Screener
+from cds.errors import FhirError
+from cds.fhir.client import _json_object
 from cds.fhir.decoding import NOT_SCREENED, SCREENED_ELEMENTS, HookBody, as_sent, decode_body
 from tests.support.builders import RXNORM, SNOMED, coding, concept, condition, hook_request
 from tests.support.charts import complex_chart, typical_chart
@@ -174,3 +176,9 @@ def test_what_msgspec_refuses_is_read_by_the_standard_parser_whole() -> None:
         decode_body(b'{"hook": ')
     with pytest.raises(RecursionError):
         decode_body(b"[" * 100_000 + b"]" * 100_000)
+
+
+def test_a_fhir_page_nested_past_the_parser_is_a_fetch_error_not_a_crash() -> None:
+    with pytest.raises(FhirError, match="not JSON"):
+        _json_object(b"[" * 100_000 + b"]" * 100_000, "search")
+    assert _json_object(b'{"resourceType": "Bundle", "total": NaN}', "search")["resourceType"] == "Bundle"

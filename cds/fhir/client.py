@@ -20,7 +20,6 @@ Security rules, all enforced here:
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 import threading
@@ -36,6 +35,7 @@ import urllib3.response
 
 from cds.config import Settings, http_allowed
 from cds.errors import FhirError, OutboundRefused
+from cds.fhir.decoding import decode_json
 
 log = logging.getLogger(__name__)
 
@@ -432,8 +432,8 @@ def _too_big(what: str, limit: int) -> str:
 
 def _json_object(body: bytes, what: str) -> dict[str, Any]:
     try:
-        data = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+        data = decode_json(body)
+    except (ValueError, UnicodeDecodeError, RecursionError):
         raise FhirError(f"FHIR server answered a {what} with a body that is not JSON") from None
     if not isinstance(data, dict):
         raise FhirError(f"FHIR server answered a {what} with JSON that is not a FHIR resource")

@@ -129,6 +129,14 @@ def decode_body(raw: bytes) -> Any:
         return json.loads(raw)
 
 
+def decode_json(raw: bytes) -> Any:
+    """Any JSON document, whole: msgspec, or the standard library's parser for what msgspec refuses."""
+    try:
+        return _ANY.decode(raw)
+    except msgspec.DecodeError:
+        return json.loads(raw)
+
+
 def _decode(raw: bytes) -> Any:
     if raw.lstrip()[:1] != b"{":
         return _ANY.decode(raw)  # not an object: the caller refuses it with its own message
