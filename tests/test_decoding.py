@@ -16,7 +16,7 @@ from cds.clinical.knowledge import Knowledge
 from cds.clinical.screening import Screener
 from cds.errors import FhirError
 from cds.fhir.client import _json_object
-from cds.fhir.decoding import NOT_SCREENED, SCREENED_ELEMENTS, HookBody, as_sent, decode_body
+from cds.fhir.decoding import NOT_SCREENED, SCREENED_ELEMENTS, HookBody, decode_body, decode_json
 from tests.support.builders import RXNORM, SNOMED, coding, concept, condition, hook_request
 from tests.support.charts import complex_chart, typical_chart
 
@@ -69,8 +69,8 @@ def test_prefetched_records_keep_screened_elements_and_their_exact_bytes() -> No
     patient = decoded["prefetch"]["patient"]
     assert "name" not in patient
     assert patient["birthDate"] == "1980-04-02"
-    assert as_sent(record, decoded.sources) == mi  # every element, as sent
-    assert as_sent(patient, decoded.sources) == body["prefetch"]["patient"]
+    assert decode_json(decoded.sources[id(record)]) == mi  # every element, as sent
+    assert decode_json(decoded.sources[id(patient)]) == body["prefetch"]["patient"]
     assert decoded["context"] == body["context"]  # context and draft orders are never pruned
 
 
@@ -106,20 +106,23 @@ def test_bodies_that_are_not_objects_and_prefetch_that_is_not_an_object_are_retu
     assert decode_body(b'{"hook": "x", "prefetch": [1]}') == {"hook": "x", "prefetch": [1]}
 
 
+def _ketamine_draft() -> dict[str, Any]:
+    return {
+        "resourceType": "MedicationRequest",
+        "id": "draft-ketamine",
+        "status": "draft",
+        "intent": "order",
+        "medicationCodeableConcept": concept(coding(RXNORM, "1790508", "ketamine"), text="ketamine infusion"),
+        "subject": {"reference": "Patient/p"},
+    }
+
+
 def _synthea_chart() -> dict[str, Any]:
     """A real-shaped chart: one Synthea patient's records (meta, narrative, identifiers and all)."""
     path = next(iter(sorted(DATA.glob("*.trimmed.json"))))
     resources = [e["resource"] for e in json.loads(path.read_text(encoding="utf-8"))["entry"]]
     by_type = {t: [r for r in resources if r["resourceType"] == t] for t in CHART_TYPES}
-    ketamine = concept(coding(RXNORM, "1790508", "ketamine"), text="ketamine infusion")
-    draft = {
-        "resourceType": "MedicationRequest",
-        "id": "draft-ketamine",
-        "status": "draft",
-        "intent": "order",
-        "medicationCodeableConcept": ketamine,
-        "subject": {"reference": "Patient/p"},
-    }
+    draft = _ketamine_draft()
     body = hook_request(
         "order-sign",
         statements=by_type["MedicationStatement"],
@@ -182,3 +185,16 @@ def test_a_fhir_page_nested_past_the_parser_is_a_fetch_error_not_a_crash() -> No
     with pytest.raises(FhirError, match="not JSON"):
         _json_object(b"[" * 100_000 + b"]" * 100_000, "search")
     assert _json_object(b'{"resourceType": "Bundle", "total": NaN}', "search")["resourceType"] == "Bundle"
+
+
+def test_a_cited_record_is_judged_against_the_model_as_sent_not_as_pruned(
+    knowledge: Knowledge, screener: Screener
+) -> None:
+    """The decoder drops `meta`, but a malformed `meta` still makes the record nonconformant."""
+    mi = condition(concept(coding(SNOMED, "22298006", "Myocardial infarction")), onset="2026-10-01", rid="mi")
+    mi["meta"] = "not an object"
+    body = hook_request("order-select", conditions=[mi], drafts=[_ketamine_draft()])
+    service = next(s for s in knowledge.services.values() if s.hook == "order-select")
+    result = screener.screen(service, decode_body(_encode(body)))
+    notes = [note for f in result.findings for hit in f.hits if hit.source.id == "mi" for note in hit.notes]
+    assert "nonconformant:meta" in notes

@@ -24,7 +24,6 @@ from cds.config import Settings
 from cds.errors import PreconditionFailed
 from cds.fhir.client import FhirClient, client_factory_for
 from cds.fhir.conformance import annotate, cited_resources
-from cds.fhir.decoding import as_sent
 from cds.fhir.facts import build_facts, dates_itself_by_age, draft_order_resources
 from cds.fhir.model import PatientFacts
 from cds.fhir.prefetch import Gathered, gather
@@ -157,10 +156,10 @@ class Screener:
         )
         drafts = draft_order_resources(context) if isinstance(context, dict) else []
         if findings:
-            sources = getattr(body, "sources", {})  # the exact bytes of pruned records (cds.fhir.decoding)
-            cited = cited_resources(findings, [*gathered.resources.values(), drafts])
-            resources = {ref: as_sent(resource, sources) for ref, resource in cited.items()}
-            findings = annotate(findings, resources, self.settings.max_json_depth)
+            resources = cited_resources(findings, [*gathered.resources.values(), drafts])
+            # pruned records are judged whole, from the bytes they were sent as (cds.fhir.decoding)
+            sources = getattr(body, "sources", None)
+            findings = annotate(findings, resources, self.settings.max_json_depth, sources)
         extra = {"new_uuid": self.new_uuid} if self.new_uuid else {}
         inputs = CardInputs(
             situation=situation,

@@ -129,12 +129,12 @@ def decode_body(raw: bytes) -> Any:
         return json.loads(raw)
 
 
-def decode_json(raw: bytes) -> Any:
+def decode_json(raw: bytes | msgspec.Raw) -> Any:
     """Any JSON document, whole: msgspec, or the standard library's parser for what msgspec refuses."""
     try:
         return _ANY.decode(raw)
     except msgspec.DecodeError:
-        return json.loads(raw)
+        return json.loads(bytes(raw))
 
 
 def _decode(raw: bytes) -> Any:
@@ -174,12 +174,3 @@ def _value(raw: msgspec.Raw, sources: dict[int, msgspec.Raw]) -> Any:
             sources[id(resource)] = resource_raw
         entry["resource"] = resource
     return value
-
-
-def as_sent(resource: Mapping[str, Any], sources: Mapping[int, msgspec.Raw]) -> Mapping[str, Any]:
-    """The resource with every element it was sent with (the pruned dict when it was decoded whole)."""
-    raw = sources.get(id(resource))
-    if raw is None:
-        return resource
-    full: Mapping[str, Any] = _ANY.decode(raw)
-    return full
