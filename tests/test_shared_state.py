@@ -166,6 +166,32 @@ def test_was_shown_asks_without_recording(backend: Backend) -> None:
     assert seen.was_shown(key, "fp-A", WINDOW_S) is False  # window over: show
 
 
+def test_order_sign_reads_every_earlier_card_in_one_lookup(backend: Backend) -> None:
+    """Order-select records three findings' cards; order-sign asks about four findings at once and gets
+    each one's card in its own position (a finding with new evidence, or never shown, gets None)."""
+    seen = backend.seen()
+    scope = "patient-hash|encounter-hash|user-hash"
+    seen.record_shown(
+        [
+            (f"{scope}|benzodiazepine", "fp-1", "card-1"),
+            (f"{scope}|lamotrigine", "fp-2", "card-2"),
+            (f"{scope}|blood-pressure", "fp-3", "card-1"),
+        ],
+        WINDOW_S,
+    )
+    asked = [
+        (f"{scope}|lamotrigine", "fp-2"),
+        (f"{scope}|benzodiazepine", "fp-changed"),
+        (f"{scope}|recent-mi", "fp-4"),
+        (f"{scope}|blood-pressure", "fp-3"),
+    ]
+    assert seen.shown_cards(asked, WINDOW_S) == ["card-2", None, None, "card-1"]
+    assert seen.shown_cards(asked, 0) == [None, None, None, None]  # suppression off
+    assert seen.shown_cards([], WINDOW_S) == []
+    backend.advance(WINDOW_S)
+    assert seen.shown_cards(asked, WINDOW_S) == [None, None, None, None]  # the window is over
+
+
 def test_suppression_is_shared_between_instances(shared_backend: Backend) -> None:
     replica_a, replica_b = shared_backend.seen(), shared_backend.seen()
     assert replica_a.first_showing("k", "fp", 60) is True

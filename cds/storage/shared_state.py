@@ -8,7 +8,7 @@ Two small interfaces, each with interchangeable backends:
     SeenFindings.was_shown(key, fingerprint, window_s)       the same question, without recording
         (order-select records what it showed; order-sign only asks, so a re-sign is screened afresh)
     SeenFindings.record_shown([(key, fingerprint, card)])    order-select: these cards were shown
-    SeenFindings.shown_card(key, fingerprint, window_s)      order-sign: the card shown for it, or None
+    SeenFindings.shown_cards(items, window_s)                 order-sign: the cards shown for them, or None
     ReplayCache.add_if_new(jti_key, ttl_s)                   "jti not seen before"
         True  -> first time: accept the token
         False -> seen before (on any worker or replica sharing the backend): reject it
@@ -94,9 +94,10 @@ class SeenFindings(Protocol):
         later showing of the same (key, fingerprint) replaces the card and restarts the window."""
         ...
 
-    def shown_card(self, key: str, fingerprint: str, window_s: int) -> str | None:
-        """The card uuid recorded for (key, fingerprint) within its window ("" if none was recorded with
-        it); None when it was not shown, the window ended, suppression is off, or the backend is down."""
+    def shown_cards(self, items: Sequence[tuple[str, str]], window_s: int) -> list[str | None]:
+        """For each (key, fingerprint), in one round trip: the card uuid recorded for it within its window
+        ("" if none was recorded with it); None when it was not shown, the window ended, suppression is
+        off, or the backend is down."""
         ...
 
     def was_shown(self, key: str, fingerprint: str, window_s: int) -> bool:
@@ -187,10 +188,12 @@ class InProcessSeenFindings:
             self._set.put(_digest(key, fingerprint), window_s, card)
 
     def was_shown(self, key: str, fingerprint: str, window_s: int) -> bool:
-        return self.shown_card(key, fingerprint, window_s) is not None
+        return self.shown_cards([(key, fingerprint)], window_s)[0] is not None
 
-    def shown_card(self, key: str, fingerprint: str, window_s: int) -> str | None:
-        return self._set.value(_digest(key, fingerprint)) if window_s > 0 else None
+    def shown_cards(self, items: Sequence[tuple[str, str]], window_s: int) -> list[str | None]:
+        if window_s <= 0:
+            return [None] * len(items)
+        return [self._set.value(_digest(key, fingerprint)) for key, fingerprint in items]
 
 
 class InProcessReplayCache:
@@ -237,20 +240,24 @@ class RedisSeenFindings:
             log.warning("repeat suppression unavailable: %s", type(exc).__name__)
 
     def was_shown(self, key: str, fingerprint: str, window_s: int) -> bool:
-        return self.shown_card(key, fingerprint, window_s) is not None
+        return self.shown_cards([(key, fingerprint)], window_s)[0] is not None
 
-    def shown_card(self, key: str, fingerprint: str, window_s: int) -> str | None:
-        if window_s <= 0:
-            return None
+    def shown_cards(self, items: Sequence[tuple[str, str]], window_s: int) -> list[str | None]:
+        if window_s <= 0 or not items:
+            return [None] * len(items)
         try:
-            value = self._client.get(self._prefix + _digest(key, fingerprint))
+            values = self._client.mget([self._prefix + _digest(key, print_) for key, print_ in items])
         except redis.RedisError as exc:
             log.warning("repeat suppression unavailable, showing the card: %s", type(exc).__name__)
-            return None
-        if value is None:
-            return None
-        card = value.decode("utf-8") if isinstance(value, bytes) else str(value)
-        return "" if card == "1" else card  # "1": set by first_showing, which records no card
+            return [None] * len(items)
+        return [_card_of(value) for value in values]
+
+
+def _card_of(value: Any) -> str | None:
+    if value is None:
+        return None
+    card = value.decode("utf-8") if isinstance(value, bytes) else str(value)
+    return "" if card == "1" else card  # "1": set by first_showing, which records no card
 
 
 class RedisReplayCache:
@@ -315,18 +322,18 @@ class DatabaseSeenFindings(_DatabaseBacked):
             log.warning("repeat suppression unavailable: %s", type(exc).__name__)
 
     def was_shown(self, key: str, fingerprint: str, window_s: int) -> bool:
-        return self.shown_card(key, fingerprint, window_s) is not None
+        return self.shown_cards([(key, fingerprint)], window_s)[0] is not None
 
-    def shown_card(self, key: str, fingerprint: str, window_s: int) -> str | None:
-        if window_s <= 0:
-            return None
-        marker, now = _digest(key, fingerprint), self._clock()
+    def shown_cards(self, items: Sequence[tuple[str, str]], window_s: int) -> list[str | None]:
+        if window_s <= 0 or not items:
+            return [None] * len(items)
+        markers, now = [_digest(key, fingerprint) for key, fingerprint in items], self._clock()
         try:
-            card: str | None = self._run(lambda: self._store.marker_value("seen", marker, now))
+            cards: list[str | None] = self._run(lambda: self._store.marker_values("seen", markers, now))
         except (sa.exc.SQLAlchemyError, ServiceUnavailable) as exc:
             log.warning("repeat suppression unavailable, showing the card: %s", type(exc).__name__)
-            return None
-        return card
+            return [None] * len(items)
+        return cards
 
 
 class DatabaseReplayCache(_DatabaseBacked):

@@ -587,19 +587,24 @@ class Store:
 
     def marker_active(self, scope: str, marker: str, now: datetime | None = None) -> bool:
         """True when (scope, marker) is set and not yet expired (a read: nothing is recorded)."""
-        return self.marker_value(scope, marker, now) is not None
+        return self.marker_values(scope, [marker], now)[0] is not None
 
-    def marker_value(self, scope: str, marker: str, now: datetime | None = None) -> str | None:
-        """The value of an unexpired marker ("" when it carries none); None when it is not set."""
+    def marker_values(
+        self, scope: str, markers: Sequence[str], now: datetime | None = None
+    ) -> list[str | None]:
+        """Each marker's value while unexpired ("" when it carries none), None when it is not set: one
+        query for all of them."""
+        if not markers:
+            return []
         now = now or utc_now()
-        query = sa.select(shared_marker_table.c.value).where(
+        query = sa.select(shared_marker_table.c.marker, shared_marker_table.c.value).where(
             shared_marker_table.c.scope == scope,
-            shared_marker_table.c.marker == marker,
+            shared_marker_table.c.marker.in_(set(markers)),
             shared_marker_table.c.expires_at > now,
         )
         with self.engine.connect() as conn:
-            row = conn.execute(query).first()
-        return None if row is None else (row.value or "")
+            found = {row.marker: row.value or "" for row in conn.execute(query)}
+        return [found.get(marker) for marker in markers]
 
     def answered_cards(self, card_uuids: Sequence[str]) -> set[str]:
         """The cards among `card_uuids` that received feedback (accepted or overridden)."""

@@ -171,7 +171,8 @@ class Runtime:
             self.seen.record_shown(shown, window)  # one round trip for all of this call's findings
             return result.cards
         carried = [f for r in result.rendered for f in r.findings]
-        earlier = {id(f): self.seen.shown_card(*keys[id(f)], window) for f in carried}
+        found = self.seen.shown_cards([keys[id(f)] for f in carried], window)  # one round trip
+        earlier = {id(f): card for f, card in zip(carried, found, strict=True)}
         answered = self._answered(
             [card for f in carried if (card := earlier[id(f)]) and f.indicator == _CRITICAL]
         )
