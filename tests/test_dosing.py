@@ -294,6 +294,63 @@ def test_mass_dose_whose_unit_names_the_ingredient_is_accepted_on_a_combination(
     assert daily_dose(unknown_unit, "oxycodone", vocab).problem == "unit-not-convertible"
 
 
+def test_a_dose_range_written_in_full_reads_its_high_end(vocab: DosingVocabulary) -> None:
+    # 1-2 tablets twice a day of 0.5 mg tablets: 2 tablets x 2/day x 0.5 mg = 2 mg/day
+    both = {"low": {"value": 1, "unit": "tablet"}, "high": {"value": 2, "unit": "tablet"}}
+    high_only = {"high": {"value": 2, "unit": "tablet"}}
+    low_without_value = {"low": {"unit": "tablet"}, "high": {"value": 2}}  # the unit is on the low end
+    for dose_range, written in ((both, " of 1-2"), (high_only, ""), (low_without_value, "")):
+        dosage = {"doseAndRate": [{"doseRange": dose_range}], "timing": per(2)}
+        result = daily_dose(med(CLONAZEPAM_05, dosage), "clonazepam", vocab)
+        assert result.status is DoseStatus.COMPUTED
+        assert result.mg_per_day == 2.0
+        assert result.explanation == (
+            f"2 tablet (high end of dose range{written}) x 2/day x 0.5 mg/tablet = 2 mg/day"
+        )
+    written_out = {"doseAndRate": [{"doseRange": "1-2 tablets"}], "timing": per(2)}
+    assert daily_dose(med(CLONAZEPAM_05, written_out), "clonazepam", vocab).problem == "unreadable-dosage"
+
+
+def test_a_single_dose_and_rate_object_reads_like_a_list_of_one(vocab: DosingVocabulary) -> None:
+    # 1 tablet x 2/day x 0.5 mg = 1 mg/day, whether doseAndRate is a list or one object
+    dosage = {"doseAndRate": {"doseQuantity": {"value": 1, "unit": "tablet"}}, "timing": per(2)}
+    result = daily_dose(med(CLONAZEPAM_05, dosage), "clonazepam", vocab)
+    assert result.mg_per_day == 1.0
+    assert result.explanation == "1 tablet x 2/day x 0.5 mg/tablet = 1 mg/day"
+
+
+def test_a_blank_unit_code_leaves_the_unit_text(vocab: DosingVocabulary) -> None:
+    # code " " says nothing, unit "mL" does: 0.5 mL x 3/day x 2 mg/mL = 3 mg/day (not 0.5 "unit" of a liquid)
+    dosage = {"doseAndRate": [{"doseQuantity": {"value": 0.5, "code": " ", "unit": "mL"}}], "timing": per(3)}
+    result = daily_dose(med("lorazepam 2 MG/ML Oral Solution", dosage), "lorazepam", vocab)
+    assert result.mg_per_day == 3.0
+    assert result.explanation == "0.5 mL x 3/day x 2 mg/mL = 3 mg/day"
+
+
+@pytest.mark.parametrize(("amount", "per_volume"), [(2000, "L"), (200, "dL"), (0.002, "uL"), (0.002, "µL")])
+def test_a_strength_per_litre_decilitre_or_microlitre_is_per_millilitre(
+    vocab: DosingVocabulary, amount: float, per_volume: str
+) -> None:
+    # 2,000 mg/L = 200 mg/dL = 0.002 mg/uL = 2 mg/mL; 0.5 mL x 3/day x 2 mg/mL = 3 mg/day
+    own = (Strength("lorazepam", Quantity(amount, "mg"), Quantity(1, per_volume)),)
+    dosage = {"doseAndRate": dose(0.5, "mL"), "timing": per(3)}
+    result = daily_dose(med(None, dosage, text="lorazepam oral solution", strengths=own), "lorazepam", vocab)
+    assert result.mg_per_day == 3.0
+    assert result.explanation == "0.5 mL x 3/day x 2 mg/mL = 3 mg/day"
+
+
+def test_named_times_on_some_days_of_the_week(vocab: DosingVocabulary) -> None:
+    # morning and bedtime on Mondays and Thursdays: 2/day on 2 of 7 days = 4/7 = 0.571429/day;
+    # x 1 tablet x 0.5 mg = 2/7 = 0.285714 mg/day (4 tablets of 0.5 mg = 2 mg a week)
+    repeat = {"when": ["MORN", "HS"], "dayOfWeek": ["mon", "thu"]}
+    dosage = {"doseAndRate": dose(1, "tablet"), "timing": {"repeat": repeat}}
+    result = daily_dose(med(CLONAZEPAM_05, dosage), "clonazepam", vocab)
+    assert result.mg_per_day == pytest.approx(2 / 7)
+    assert result.explanation == (
+        "1 tablet x 2/day (HS, MORN) on 2 of 7 days (0.571429/day) x 0.5 mg/tablet = 0.285714 mg/day"
+    )
+
+
 # ------------------------------------------------------------------------------------------ as needed
 
 
@@ -396,9 +453,61 @@ def test_an_unreadable_limit_leaves_the_readable_one(vocab: DosingVocabulary) ->
     assert result.mg_per_day == 1.5  # 3 x 0.5 mg a day; "per fortnight" is no period unit
 
 
+def test_as_needed_maxima_in_consecutive_sequences_take_the_highest(vocab: DosingVocabulary) -> None:
+    # step 1: at most 4 tablets a day = 2 mg/day; step 2: at most 2 a day = 1 mg/day; no dates: 2 mg/day
+    step1 = {**prn_limited((4, "tablet", 1, "d")), "sequence": 1}
+    step2 = {**prn_limited((2, "tablet", 1, "d")), "sequence": 2}
+    result = daily_dose(med(CLONAZEPAM_05, step2, step1), "clonazepam", vocab)
+    assert result.status is DoseStatus.AS_NEEDED
+    assert result.mg_per_day == 2.0
+    assert result.explanation == (
+        "sequence 1: as needed, at most 4 tablet per 1 d x 0.5 mg/tablet = 2 mg/day | "
+        "sequence 2: as needed, at most 2 tablet per 1 d x 0.5 mg/tablet = 1 mg/day; "
+        "no dates say which applies: highest 2 mg/day"
+    )
+
+
+@pytest.mark.parametrize(
+    ("limit", "problem"),
+    [
+        ("4 tablets a day", "unreadable-dosage"),
+        ([{"numerator": {"value": 4, "unit": "tablet"}}], "no-dose-quantity"),
+        ({"numerator": {"value": 4, "unit": "tablet"}, "denominator": "1 day"}, "unreadable-dosage"),
+        ({"numerator": {"value": 4, "unit": "tablet"}, "denominator": {"value": 1}}, "unit-not-convertible"),
+    ],
+)
+def test_an_unreadable_as_needed_maximum_gives_no_amount(
+    vocab: DosingVocabulary, limit: Any, problem: str
+) -> None:
+    dosage = {"asNeededBoolean": True, "doseAndRate": dose(1, "tablet"), "maxDosePerPeriod": limit}
+    result = daily_dose(med(CLONAZEPAM_05, dosage), "clonazepam", vocab)
+    assert result.status is DoseStatus.AS_NEEDED
+    assert result.mg_per_day is None
+    assert result.problem == problem
+    assert result.explanation == "as needed, maxDosePerPeriod not computable"
+
+
+def test_a_maximum_per_period_whose_code_is_no_period_reads_its_unit_text(vocab: DosingVocabulary) -> None:
+    # code "{day}" is no period unit, the unit text "day" is: 4 tablets per 1 day x 0.5 mg = 2 mg/day
+    limit = {
+        "numerator": {"value": 4, "unit": "tablet"},
+        "denominator": {"value": 1, "code": "{day}", "unit": "day"},
+    }
+    dosage = {"asNeededBoolean": True, "doseAndRate": dose(1, "tablet"), "maxDosePerPeriod": limit}
+    result = daily_dose(med(CLONAZEPAM_05, dosage), "clonazepam", vocab)
+    assert result.mg_per_day == 2.0
+    assert result.explanation == "as needed, at most 4 tablet per 1 day x 0.5 mg/tablet = 2 mg/day"
+
+
 @pytest.mark.parametrize(
     ("value", "unit", "written"),
-    [(0.0005, "L", "0.0005 L (0.5 mL)"), (0.005, "dL", "0.005 dL (0.5 mL)"), (500, "uL", "500 uL (0.5 mL)")],
+    [
+        (0.0005, "L", "0.0005 L (0.5 mL)"),
+        (0.005, "dL", "0.005 dL (0.5 mL)"),
+        (500, "uL", "500 uL (0.5 mL)"),
+        (500, "\u00b5L", "500 \u00b5L (0.5 mL)"),  # micro sign
+        (500, "\u03bcL", "500 \u03bcL (0.5 mL)"),  # Greek mu
+    ],
 )
 def test_volumes_in_litres_decilitres_and_microlitres(
     vocab: DosingVocabulary, value: float, unit: str, written: str
@@ -607,6 +716,87 @@ def test_a_product_name_known_elsewhere_gives_the_strength(vocab: DosingVocabula
     assert mine_first.mg_per_day == 1.0  # the record's own name wins
 
 
+def test_an_instruction_dated_only_by_its_end(vocab: DosingVocabulary) -> None:
+    until = med(CLONAZEPAM_05, phase(1, None, "2026-11-30"))
+    result = daily_dose(until, "clonazepam", vocab, on=NOV_22)
+    assert result.explanation == (
+        "in force on 2026-11-22 (until 2026-11-30): 1 tablet x 1/day x 0.5 mg/tablet = 0.5 mg/day"
+    )
+    after = daily_dose(until, "clonazepam", vocab, on=date(2026, 12, 1))
+    assert after.status is DoseStatus.ENDED
+    assert after.explanation == "every phase ended by 2026-11-30"
+
+
+def test_when_every_dated_phase_ended_the_undated_instructions_remain(vocab: DosingVocabulary) -> None:
+    # the October step (2 tablets) ended; 1 tablet at bedtime, undated, goes on: 0.5 mg/day
+    night = {"doseAndRate": dose(1, "tablet"), "timing": {"repeat": {"when": ["HS"]}}}
+    fact = med(CLONAZEPAM_05, phase(2, "2026-10-01", "2026-10-31"), night)
+    result = daily_dose(fact, "clonazepam", vocab, on=NOV_22)
+    assert result.status is DoseStatus.COMPUTED
+    assert result.mg_per_day == 0.5
+    assert result.explanation == (
+        "every phase ended by 2026-10-31; undated instructions only: "
+        "1 tablet x 1/day (HS) x 0.5 mg/tablet = 0.5 mg/day"
+    )
+
+
+def test_a_phase_of_unknown_length_starts_and_nothing_after_it_is_placed(vocab: DosingVocabulary) -> None:
+    # from 1 Nov: 2 tablets for 14 days (1-14 Nov); then 1 tablet for a time not given (from 15 Nov, no end);
+    # then half a tablet for 14 days, which cannot be placed and so counts beside whichever step holds
+    open_step = {"sequence": 2, "doseAndRate": dose(1, "tablet"), "timing": per(1)}
+    steps = (chained(2, 14, 1), open_step, chained(0.5, 14, 3))
+    taper = replace(med(CLONAZEPAM_05, *steps), effective_start=date(2026, 11, 1))
+    assert daily_dose(taper, "clonazepam", vocab, on=date(2026, 11, 10)).mg_per_day == 1.0  # 2 x 0.5 mg
+    result = daily_dose(taper, "clonazepam", vocab, on=NOV_22)
+    assert result.mg_per_day == 0.5  # 1 x 0.5 mg, above half a tablet (0.25 mg)
+    assert result.explanation == (
+        "in force on 2026-11-22 (from 2026-11-15): sequence 2: 1 tablet x 1/day x 0.5 mg/tablet = 0.5 mg/day"
+        " | sequence 3: 0.5 tablet x 1/day x 0.5 mg/tablet = 0.25 mg/day; no dates say which applies: "
+        "highest 0.5 mg/day"
+    )
+    assert daily_dose(taper, "clonazepam", vocab, on=date(2027, 6, 1)).mg_per_day == 0.5
+
+
+def test_a_duration_over_a_hundred_years_is_no_duration(vocab: DosingVocabulary) -> None:
+    def taper(first_days: int) -> MedicationFact:
+        steps = (chained(2, first_days, 1), chained(1, 14, 2))
+        return replace(med(CLONAZEPAM_05, *steps), effective_start=date(2026, 11, 1))
+
+    # 36,525 days (100 Julian years) from 1 Nov 2026 ends 36,524 days on: 100 x 365 + 24 leap days
+    # (2028 to 2124 by fours, less 2100) = 36,524, so on 1 Nov 2126
+    placed = daily_dose(taper(36525), "clonazepam", vocab, on=NOV_22)
+    assert placed.explanation == (
+        "in force on 2026-11-22 (2026-11-01 to 2126-11-01): 2 tablet x 1/day x 0.5 mg/tablet = 1 mg/day"
+    )
+    # one day more is past the plausibility limit: step 1 starts with no end and step 2 cannot be placed
+    unplaced = daily_dose(taper(36526), "clonazepam", vocab, on=NOV_22)
+    assert unplaced.mg_per_day == 1.0
+    assert unplaced.explanation == (
+        "in force on 2026-11-22 (from 2026-11-01): sequence 1: 2 tablet x 1/day x 0.5 mg/tablet = 1 mg/day"
+        " | sequence 2: 1 tablet x 1/day x 0.5 mg/tablet = 0.5 mg/day; no dates say which applies: "
+        "highest 1 mg/day"
+    )
+
+
+def test_a_year_alone_covers_the_whole_year(vocab: DosingVocabulary) -> None:
+    taper = med(CLONAZEPAM_05, phase(2, "2025", "2025"), phase(1, "2026", None))
+    last_day = daily_dose(taper, "clonazepam", vocab, on=date(2025, 12, 31))
+    assert last_day.mg_per_day == 1.0
+    assert last_day.explanation == (
+        "in force on 2025-12-31 (2025-01-01 to 2025-12-31): 2 tablet x 1/day x 0.5 mg/tablet = 1 mg/day"
+    )
+    assert daily_dose(taper, "clonazepam", vocab, on=date(2025, 1, 1)).mg_per_day == 1.0
+    assert daily_dose(taper, "clonazepam", vocab, on=date(2026, 1, 1)).mg_per_day == 0.5
+
+
+@pytest.mark.parametrize("start", ["2026-02-30", "2026-13", "2026-11-31", "2026-00-10"])
+def test_impossible_dates_leave_an_entry_undated(vocab: DosingVocabulary, start: str) -> None:
+    junk = {"doseAndRate": dose(1, "tablet"), "timing": per(1, boundsPeriod={"start": start})}
+    result = daily_dose(med(CLONAZEPAM_05, junk), "clonazepam", vocab, on=NOV_22)
+    assert result.mg_per_day == 0.5
+    assert result.explanation == "1 tablet x 1/day x 0.5 mg/tablet = 0.5 mg/day"  # no dates played a part
+
+
 # ------------------------------------------------------------------------------------------ unknown
 
 
@@ -675,6 +865,86 @@ def test_units_that_cannot_be_converted(vocab: DosingVocabulary) -> None:
     assert daily_dose(
         med("diazepam 5 MG/ML Oral Solution", tablets_of_liquid), "diazepam", vocab
     ).problem == ("unit-not-convertible")
+
+
+@pytest.mark.parametrize(
+    ("timing", "problem"),
+    [
+        (per(1, dayOfWeek="mon"), "unreadable-dosage"),
+        (per(1, 1, 1), "unreadable-dosage"),
+        ({"repeat": {"when": []}}, "no-frequency"),
+        ({"repeat": {"when": [" "]}}, "no-frequency"),
+        ({"repeat": {"timeOfDay": ["morning"]}}, "unreadable-dosage"),
+        ({"repeat": {"timeOfDay": []}}, "no-frequency"),
+        ({"code": "BID"}, "unreadable-dosage"),
+        ({"code": {"coding": "BID"}}, "unreadable-dosage"),
+        ({"event": "2026-11-22T08:00:00Z"}, "unreadable-dosage"),
+        ({"event": []}, "no-frequency"),
+    ],
+)
+def test_timings_that_give_no_rate(vocab: DosingVocabulary, timing: Any, problem: str) -> None:
+    dosage = {"doseAndRate": dose(1, "tablet"), "timing": timing}
+    result = daily_dose(med(CLONAZEPAM_05, dosage), "clonazepam", vocab)
+    assert result.status is DoseStatus.UNKNOWN
+    assert result.problem == problem
+    assert result.mg_per_day is None
+
+
+@pytest.mark.parametrize(
+    "strength",
+    [
+        Strength("clonazepam", Quantity(1, None)),  # type: ignore[arg-type]
+        Strength("clonazepam", Quantity(1, "mg"), Quantity(1, None)),  # type: ignore[arg-type]
+        Strength("clonazepam", Quantity(1, "mg"), Quantity(0, "{tbl}")),  # per zero tablets
+        Strength(None, Quantity(1, "mg")),  # type: ignore[arg-type]
+    ],
+)
+def test_a_malformed_strength_is_unreadable_not_guessed(vocab: DosingVocabulary, strength: Strength) -> None:
+    tablets = {"doseAndRate": dose(1, "tablet"), "timing": per(2)}
+    result = daily_dose(med(None, tablets, text="clonazepam", strengths=(strength,)), "clonazepam", vocab)
+    assert result.status is DoseStatus.UNKNOWN
+    assert result.problem == "unreadable-dosage"
+
+
+def test_patches_of_a_per_hour_strength_cannot_be_converted(vocab: DosingVocabulary) -> None:
+    # 0.025 mg/h is a delivery rate: one patch every 72 h gives no mg per patch to multiply
+    dosage = {"doseAndRate": dose(1, "patch"), "timing": per(1, 72, "h")}
+    result = daily_dose(med("fentanyl 0.025 MG/HR Transdermal System", dosage), "fentanyl", vocab)
+    assert result.status is DoseStatus.UNKNOWN
+    assert result.problem == "unit-not-convertible"
+
+
+def test_a_pack_of_two_strengths_is_ambiguous_and_a_pack_of_one_is_not(vocab: DosingVocabulary) -> None:
+    tablets = {"doseAndRate": dose(1, "tablet"), "timing": per(1)}
+    phased = "{21 (clonazepam 0.5 MG Oral Tablet) / 7 (clonazepam 1 MG Oral Tablet) } Pack"
+    assert daily_dose(med(phased, tablets), "clonazepam", vocab).problem == "ambiguous-combination"
+    same = "{21 (clonazepam 0.5 MG Oral Tablet) / 7 (clonazepam 0.5 MG Oral Tablet) } Pack"
+    assert daily_dose(med(same, tablets), "clonazepam", vocab).mg_per_day == 0.5  # 1 tablet x 0.5 mg
+
+
+def test_at_most_one_hundred_dosage_instructions_are_read(vocab: DosingVocabulary) -> None:
+    # 100 instructions of 1 tablet a day applying together: 100 x 0.5 mg = 50 mg/day; 101 are unreadable
+    one = {"doseAndRate": dose(1, "tablet"), "timing": per(1)}
+    assert daily_dose(med(CLONAZEPAM_05, *[one] * 100), "clonazepam", vocab).mg_per_day == 50.0
+    too_many = daily_dose(med(CLONAZEPAM_05, *[one] * 101), "clonazepam", vocab)
+    assert too_many.status is DoseStatus.UNKNOWN
+    assert too_many.problem == "unreadable-dosage"
+
+
+def test_amounts_too_small_to_represent_are_unreadable_never_zero(vocab: DosingVocabulary) -> None:
+    # 5e-324 is the smallest positive float: a year's 5e-324 mg, or tablets of 5e-324 mcg (5e-327 mg),
+    # come to less than it a day and would read as 0 mg/day
+    tiny = 5e-324
+    yearly = {"doseAndRate": dose(tiny, "mg"), "timing": per(1, 1, "a")}
+    assert daily_dose(med(CLONAZEPAM_05, yearly), "clonazepam", vocab).problem == "unreadable-dosage"
+    limit = {"numerator": {"value": tiny, "unit": "mg"}, "denominator": {"value": 1, "code": "a"}}
+    prn = daily_dose(
+        med(CLONAZEPAM_05, {"asNeededBoolean": True, "maxDosePerPeriod": limit}), "clonazepam", vocab
+    )
+    assert (prn.status, prn.mg_per_day, prn.problem) == (DoseStatus.AS_NEEDED, None, "unreadable-dosage")
+    tablets = {"doseAndRate": dose(1, "tablet"), "timing": per(1)}
+    dust = (Strength("clonazepam", Quantity(tiny, "mcg")),)
+    assert daily_dose(med(None, tablets, strengths=dust), "clonazepam", vocab).problem == "unreadable-dosage"
 
 
 GARBAGE_DOSAGES: list[Any] = [
@@ -762,6 +1032,16 @@ def test_garbage_strengths_and_ingredient(vocab: DosingVocabulary) -> None:
             "{1 (0.1 ML) (diazepam 100 MG/ML Nasal Spray [Valtoco]) } Pack [Valtoco 10 MG Dose Kit]",
             [("diazepam", 100, "mg", (1, "mL"))],
         ),
+        (
+            "{21 (clonazepam 0.5 MG Oral Tablet) / 7 (clonazepam 0.5 MG Oral Tablet) } Pack",
+            [("clonazepam", 0.5, "mg", None)],
+        ),
+        (
+            "{21 (clonazepam 0.5 MG Oral Tablet) / 7 (clonazepam 1 MG Oral Tablet) } Pack",
+            [("clonazepam", 0.5, "mg", None), ("clonazepam", 1, "mg", None)],
+        ),
+        ("clonazepam 0 MG Oral Tablet", []),
+        ("diazepam 5 MG/0 ML Oral Solution", []),
         ("Camila 28 Day Pack", []),
         ("NuvaRing 0.12/0.015 MG per 24HR 21 Day Vaginal System", []),
         ("", []),
@@ -886,6 +1166,56 @@ def test_malformed_vocabularies_stop_start_up(tmp_path: Path) -> None:
             DosingVocabulary.load(path)
     with pytest.raises(ConfigError):
         DosingVocabulary.load(tmp_path / "absent.json")
+
+
+def _edited(change: Any) -> dict[str, Any]:
+    vocabulary: dict[str, Any] = json.loads(VOCABULARY_FILE.read_text(encoding="utf-8"))
+    change(vocabulary)
+    return vocabulary
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda v: v["mass_units_to_mg"].update(MG=2), "'mass_units_to_mg' has conflicting entries for 'mg'"),
+        (lambda v: v.update(days_of_week="mon"), "'days_of_week' must be a list of non-empty strings"),
+        (lambda v: v["timing_codes"].update(BID="2/d"), "'timing_codes.BID' must be a Timing.repeat object"),
+        (
+            lambda v: v["timing_codes"].update(BID={"frequency": 2, "period": 1, "periodUnit": "fortnight"}),
+            "'timing_codes.BID.periodUnit' 'fortnight' is not a period unit",
+        ),
+        (
+            lambda v: v["event_timing_administrations"].update(C=True),
+            "'event_timing_administrations.C' must be a positive whole number",
+        ),
+        (
+            lambda v: v["event_timing_administrations"].update(C=0),
+            "'event_timing_administrations.C' must be a positive whole number",
+        ),
+        (lambda v: v.update(product_names=[]), "'product_names' must be an object"),
+        (
+            lambda v: v["product_names"]["strength_units"].update(MG=["mg"]),
+            "'product_names.strength_units.MG' must be [unit, factor]",
+        ),
+        (
+            lambda v: v["product_names"]["denominator_units"].update(ML=""),
+            "'product_names.denominator_units.ML' must be a unit",
+        ),
+        (lambda v: v.update(limits=1440), "'limits' must be an object"),
+    ],
+)
+def test_each_malformed_field_is_named(tmp_path: Path, change: Any, message: str) -> None:
+    path = tmp_path / "vocabulary.json"
+    path.write_text(json.dumps(_edited(change)), encoding="utf-8")
+    with pytest.raises(ConfigError) as raised:
+        DosingVocabulary.load(path)
+    assert message in str(raised.value)
+
+
+def test_a_unit_spelt_twice_with_one_factor_loads(tmp_path: Path) -> None:
+    path = tmp_path / "vocabulary.json"
+    path.write_text(json.dumps(_edited(lambda v: v["mass_units_to_mg"].update(MG=1))), encoding="utf-8")
+    assert DosingVocabulary.load(path).mass_factor("Mg") == 1
 
 
 # ------------------------------------------------------------------------------------------ property
