@@ -716,6 +716,21 @@ def test_a_product_name_known_elsewhere_gives_the_strength(vocab: DosingVocabula
     assert mine_first.mg_per_day == 1.0  # the record's own name wins
 
 
+def test_dated_instructions_in_force_together_are_dated_by_the_days_they_share(
+    vocab: DosingVocabulary,
+) -> None:
+    # 2 tablets from 1 Nov (no end) and 1 tablet until 30 Nov (no start) both hold on 22 Nov:
+    # 1 mg + 0.5 mg = 1.5 mg/day, a total that holds from 1 Nov to 30 Nov (not "undated", not open-ended)
+    from_nov = phase(2, "2026-11-01", None)
+    for other in (phase(1, None, "2026-11-30"), phase(1, "2026-10-01", "2026-11-30")):
+        result = daily_dose(med(CLONAZEPAM_05, from_nov, other), "clonazepam", vocab, on=NOV_22)
+        assert result.mg_per_day == 1.5
+        assert result.explanation == (
+            "in force on 2026-11-22 (2026-11-01 to 2026-11-30): 2 tablet x 1/day x 0.5 mg/tablet = 1 mg/day; "
+            "1 tablet x 1/day x 0.5 mg/tablet = 0.5 mg/day; total 1.5 mg/day"
+        )
+
+
 def test_an_instruction_dated_only_by_its_end(vocab: DosingVocabulary) -> None:
     until = med(CLONAZEPAM_05, phase(1, None, "2026-11-30"))
     result = daily_dose(until, "clonazepam", vocab, on=NOV_22)

@@ -582,12 +582,11 @@ def _in_force(
 
 
 def _span(windows: Sequence[_Window]) -> _Window:
-    starts = [w.start for w in windows]
-    ends = [w.end for w in windows]
-    return _Window(
-        None if None in starts else max(s for s in starts if s is not None),
-        None if None in ends else min(e for e in ends if e is not None),
-    )
+    """The days every one of `windows` holds: the latest start and the earliest end (an open side of
+    one window does not open the others)."""
+    starts = [w.start for w in windows if w.start is not None]
+    ends = [w.end for w in windows if w.end is not None]
+    return _Window(max(starts, default=None), min(ends, default=None))
 
 
 def _windows(
