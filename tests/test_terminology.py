@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from cds.clinical import terminology
 from cds.clinical.terminology import Terminology
 from cds.errors import ConfigError
 from cds.fhir.model import Coding, Concept
@@ -385,6 +386,88 @@ def test_valueset_ingredients(term: Terminology) -> None:
     assert {"clonazepam", "alprazolam", "midazolam"} <= term.valueset_ingredients(BENZO)
 
 
+@pytest.mark.parametrize(
+    "text",
+    [
+        "deschloroketamine 5 mg",  # a designer analogue: "ketamine" is only the end of the word
+        "2-fluorodeschloroketamine",
+        "norketamine level 40 ng/mL",  # the metabolite
+        "hydroxynorketamine",
+        "ketamine-free anaesthesia",  # says ketamine was not used
+        "Ketamine - free TIVA",
+    ],
+)
+def test_words_that_contain_ketamine_or_deny_it_are_not_ketamine(term: Terminology, text: str) -> None:
+    written = concept(text=text)
+    for url in (KETAMINE, ESKETAMINE, SUBSTANCES):
+        assert term.match(url, written) is None, url
+    assert term.ingredients(written) == ()
+
+
+def test_a_denied_mention_does_not_hide_a_real_one(term: Terminology) -> None:
+    found = term.match(KETAMINE, concept(text="ketamine-free induction; then ketamine 0.5 mg/kg IV"))
+    assert found is not None
+    assert (found.method, found.term) == ("name", "ketamine")
+
+
+@pytest.mark.parametrize(
+    ("text", "brand", "ingredient"),
+    [
+        ("equilibrium", "Librium", "chlordiazepoxide"),
+        ("confident", "Onfi", "clobazam"),
+        ("abbreviation", "Revia", "naltrexone"),
+        ("ultramarathon", "Ultram", "tramadol"),
+    ],
+)
+def test_a_brand_inside_another_word_is_no_brand(
+    term: Terminology, text: str, brand: str, ingredient: str
+) -> None:
+    assert term.memberships(concept(text=f"patient {text}")) == frozenset()
+    assert term.ingredients(concept(text=f"patient {text}")) == ()
+    assert term.ingredients(concept(text=f"{brand} 10 mg")) == (ingredient,)  # the brand as a word
+
+
+def test_ketamine_codes_under_another_system_are_not_ketamine(term: Terminology) -> None:
+    # RxNorm 6130 is the ketamine ingredient and 2201625 an esketamine product; the same digits under
+    # SNOMED CT, NDC or ICD-10-CM (or an unknown system) name something else
+    for system in (SNOMED, "http://hl7.org/fhir/sid/ndc", ICD, "urn:example:local"):
+        for code, url in (("6130", KETAMINE), ("6130", SUBSTANCES), ("2201625", ESKETAMINE)):
+            assert term.match(url, concept(Coding(system, code))) is None, (system, code)
+        assert term.ingredients(concept(Coding(system, "6130"))) == ()
+    assert term.match(KETAMINE, concept(rx("6130"))) is not None
+    assert term.match(ESKETAMINE, concept(rx("2201625"))) is not None
+
+
+def test_a_coding_of_an_unknown_system_leaves_the_text_to_read(term: Terminology) -> None:
+    written = concept(Coding("urn:example:local", "6130"), text="clonazepam 0.5 mg at night")
+    assert term.ingredients(written) == ("clonazepam",)
+    found = term.match(BENZO, written)
+    assert found is not None
+    assert (found.method, found.term) == ("name", "clonazepam")
+
+
+def test_another_set_s_name_before_the_set_s_own_name(term: Terminology) -> None:
+    both = concept(text="zolpidem 10 mg at night, clonazepam 0.5 mg twice a day, clonazepam as needed")
+    found = term.match(BENZO, both)
+    assert found is not None
+    assert found.term == "clonazepam"
+    assert term.ingredients(both) == ("clonazepam", "zolpidem")
+
+
+def test_a_condition_named_after_a_denied_one_or_only_in_a_display(term: Terminology) -> None:
+    # "no history of stroke" does not count; the myocardial infarction after it does
+    written = concept(text="No history of stroke, myocardial infarction in 2024")
+    found = term.match(MI_ACUTE, written)
+    assert found is not None
+    assert (found.method, found.term) == ("name", "myocardial infarction")
+    assert term.match(BASE + "stroke", written) is None
+    # the text says nothing; the display of a local code names the condition
+    local = concept(Coding("urn:example:local", "X7", "Myocardial infarction"), text="seen in clinic")
+    found = term.match(MI_ACUTE, local)
+    assert found is not None
+    assert found.term == "myocardial infarction"
+
+
 # ------------------------------------------------------------------------------ tables and lookups
 
 
@@ -441,6 +524,25 @@ def test_code_match_is_memoised(term: Terminology) -> None:
     assert MI_ACUTE in first
     assert term.memberships(concept(Coding(SNOMED, "38341003"), Coding(ICD, "I21.4"))) is first
     assert term.match(MI_ACUTE, hit) == term.match(MI_ACUTE, hit)
+
+
+def test_longest_half_life(term: Terminology) -> None:
+    assert term.longest_half_life_hours("clonazepam") == 50.0  # "18-50" h
+    assert term.longest_half_life_hours("Diazepam ") == 200.0  # "20-100 [36-200]": its metabolite's
+    assert term.longest_half_life_hours("lamotrigine") is None
+
+
+def test_the_membership_cache_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    fresh = Terminology.load(PROFILES)
+    monkeypatch.setattr(terminology, "_MEMBERSHIP_CACHE_SIZE", 2)
+    mi, benzo, stroke = concept(Coding(ICD, "I21.4")), concept(text="clonazepam"), concept(text="stroke")
+    first = fresh.memberships(mi)
+    assert BENZO in fresh.memberships(benzo)
+    assert fresh.memberships(mi) is first  # two answers kept
+    assert BASE + "stroke" in fresh.memberships(stroke)  # a third: the full cache is emptied first
+    again = fresh.memberships(mi)
+    assert again == first
+    assert again is not first  # worked out anew
 
 
 # ------------------------------------------------------------------------------------ load errors
@@ -557,3 +659,118 @@ def test_ambiguous_alias_stops_loading(profiles_copy: Path) -> None:
     edit(profiles_copy / "tables" / "code-systems.json", clash)
     with pytest.raises(ConfigError, match="two code systems"):
         Terminology.load(profiles_copy)
+
+
+def _add_include(data: Any) -> None:
+    data["compose"]["include"].append(
+        {"system": SNOMED, "filter": [{"property": "concept", "op": "is-a", "value": "22298006"}]}
+    )
+
+
+def _extension(url: str, **value: str) -> Callable[[Any], None]:
+    return lambda data: data.setdefault("extension", []).append(
+        {"url": "https://ketamine-cds.example.org/fhir/StructureDefinition/" + url, **value}
+    )
+
+
+def _rename_ingredient(data: Any) -> None:
+    data["ingredients"]["Clonazepam"] = data["ingredients"].pop("clonazepam")
+
+
+@pytest.mark.parametrize(
+    ("file", "change", "message"),
+    [
+        (
+            "tables/code-systems.json",
+            lambda d: d["systems"][ICD].update(code_form="lower"),
+            "code_form 'lower' is not one of",
+        ),
+        (
+            "tables/code-systems.json",
+            lambda d: d["systems"][ICD].update(hierarchy="prefix"),
+            f"systems.{ICD}.hierarchy 'prefix' is not supported",
+        ),
+        (
+            "tables/code-systems.json",
+            lambda d: d["systems"][ICD].update(aliases="ICD10"),
+            f"systems.{ICD}.aliases: expected a list",
+        ),
+        (
+            "tables/code-systems.json",
+            lambda d: d["systems"].update({LOINC: "LOINC"}),
+            f"systems.{LOINC}: expected an object",
+        ),
+        (
+            "tables/ingredients.json",
+            lambda d: d.update(code_system="http://example.org/drugs"),
+            "code_system is not in tables/code-systems.json",
+        ),
+        ("tables/ingredients.json", _rename_ingredient, "ingredient names must be lower case: 'Clonazepam'"),
+        ("tables/diazepam-equivalence.json", lambda d: d.update(sources={}), "no sources"),
+        (
+            "tables/diazepam-equivalence.json",
+            lambda d: d.update(default_source="who"),
+            "default_source 'who' is not one of the sources",
+        ),
+        (
+            "tables/blood-pressure-codes.json",
+            lambda d: d["systolic"].update(system="http://example.org/vitals"),
+            "systolic.system is not in tables/code-systems.json",
+        ),
+        (
+            "valuesets/mi-acute.json",
+            lambda d: d.update(resourceType="CodeSystem"),
+            "resourceType must be ValueSet",
+        ),
+        ("valuesets/mi-acute.json", _add_include, f"is-a is not supported for {SNOMED}"),
+        ("valuesets/benzodiazepine-medications.json", _empty_expansion, "expansion.contains is empty"),
+        (
+            "valuesets/benzodiazepine-medications.json",
+            _extension("match-ingredient", valueString="unobtainium"),
+            "ingredient 'unobtainium' is not in tables/ingredients.json",
+        ),
+        (
+            "valuesets/pregnancy.json",
+            _extension("match-history-mentions", valueCode="skip"),
+            "valueCode must be count or ignore",
+        ),
+        (
+            "valuesets/stroke-history-tia.json",
+            _extension("match-history-of", valueCanonical=MI_ACUTE),
+            f"match-history-of {MI_ACUTE} is unknown or claimed twice",
+        ),
+        (
+            "valuesets/mi-history.json",
+            _extension("match-history-of", valueCanonical=BASE + "no-such-set"),
+            f"match-history-of {BASE}no-such-set is unknown or claimed twice",
+        ),
+    ],
+)
+def test_each_malformed_table_or_set_is_named(
+    profiles_copy: Path, file: str, change: Callable[[Any], None], message: str
+) -> None:
+    edit(profiles_copy / file, change)
+    with pytest.raises(ConfigError) as raised:
+        Terminology.load(profiles_copy)
+    assert message in str(raised.value)
+
+
+def test_no_value_sets_stop_loading(profiles_copy: Path) -> None:
+    for path in (profiles_copy / "valuesets").glob("*.json"):
+        path.unlink()
+    with pytest.raises(ConfigError, match="no value sets found"):
+        Terminology.load(profiles_copy)
+
+
+def test_unknown_extensions_and_unreadable_half_lives_are_left_alone(profiles_copy: Path) -> None:
+    edit(
+        profiles_copy / "valuesets" / "mi-acute.json", lambda d: d["extension"].append({"url": "urn:x:other"})
+    )
+    edit(
+        profiles_copy / "tables" / "diazepam-equivalence.json",
+        lambda d: d["ingredients"]["clonazepam"].update(half_life_h="not established"),
+    )
+    loaded = Terminology.load(profiles_copy)
+    assert loaded.match(MI_ACUTE, concept(Coding(ICD, "I21.4"))) is not None
+    assert loaded.longest_half_life_hours("clonazepam") is None
+    assert loaded.longest_half_life_hours("diazepam") == 200.0
