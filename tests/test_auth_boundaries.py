@@ -1,7 +1,8 @@
-"""Client JWT checks at their exact edges: the time leeway to the second, and RSA keys at 2048 bits.
+"""Client JWT checks at their exact edges: the time leeway to the second, RSA keys at 2048 bits, JWKS sizes.
 
-A token is judged against a fixed clock (no wall-clock read); keys come from a JWKS file, so no server is
-needed. Each edge is tested on both sides: the value that must pass and the one step that must fail.
+A token is judged against a fixed clock (no wall-clock read); keys come from a JWKS file or a stand-in HTTP
+session, so no server is needed. Each edge is tested on both sides: the value that must pass and the one
+step that must fail.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import base64
 import json
 import uuid
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jwt.warnings import InsecureKeyLengthWarning
 
 from cds.config import Settings, TrustedIssuer
-from cds.errors import ServiceUnavailable, Unauthorized
+from cds.errors import OutboundRefused, ServiceUnavailable, Unauthorized
 from cds.web.auth import ClientAuthenticator, _fits, _JwksError, _loggable, _parse_jwks
 from cds.web.auth import _Key as _KeyEntry
 
@@ -50,7 +51,9 @@ def ec_key() -> ec.EllipticCurvePrivateKey:
 
 @pytest.fixture(scope="module")
 def rsa_keys() -> dict[int, rsa.RSAPrivateKey]:
-    return {bits: rsa.generate_private_key(public_exponent=65537, key_size=bits) for bits in (1024, 2048)}
+    return {
+        bits: rsa.generate_private_key(public_exponent=65537, key_size=bits) for bits in (1024, 2047, 2048)
+    }
 
 
 def _jwk(private_key: Any, kid: str) -> dict[str, Any]:
@@ -115,6 +118,8 @@ def _accepted(auth: ClientAuthenticator, header: str) -> bool:
         ({"iat": NOW - 400, "exp": NOW - LEEWAY + 1}, True),
         ({"iat": NOW - 400, "exp": NOW - LEEWAY}, True),
         ({"iat": NOW - 400, "exp": NOW - LEEWAY - 1}, False),
+        ({"iat": NOW - 400, "exp": NOW - LEEWAY - 0.5}, False),  # half a second past is past
+        ({"iat": NOW - 400, "exp": NOW - LEEWAY + 0.5}, True),
         # issued in the future: tolerated up to the leeway, not a second beyond
         ({"iat": NOW + LEEWAY, "exp": NOW + 300}, True),
         ({"iat": NOW + LEEWAY + 1, "exp": NOW + 300}, False),
@@ -132,7 +137,7 @@ def _accepted(auth: ClientAuthenticator, header: str) -> bool:
 def test_time_checks_at_the_exact_leeway(
     make_auth: Callable[[], tuple[ClientAuthenticator, _Replay]],
     ec_key: ec.EllipticCurvePrivateKey,
-    claims: dict[str, int],
+    claims: dict[str, float],
     accepted: bool,
 ) -> None:
     auth, _ = make_auth()
@@ -155,7 +160,7 @@ def test_replay_memory_lasts_the_rest_of_the_token_life_plus_leeway(
     assert not _accepted(auth, header)  # the same jti again is a replay
 
 
-@pytest.mark.parametrize(("bits", "accepted"), [(2048, True), (1024, False)])
+@pytest.mark.parametrize(("bits", "accepted"), [(2048, True), (2047, False), (1024, False)])
 def test_rsa_keys_below_2048_bits_are_refused(
     make_auth: Callable[[], tuple[ClientAuthenticator, _Replay]],
     rsa_keys: dict[int, rsa.RSAPrivateKey],
@@ -414,3 +419,101 @@ def test_jwks_file_just_under_the_size_limit_is_read(
     jwks = tmp_path / "jwks.json"
     jwks.write_bytes(b" " * (256 * 1024 - len(body)) + body)  # exactly 256 KiB, its last byte needed
     assert _accepted(_auth_with(jwks, _Replay()), _token(ec_key, "ec"))
+
+
+# -- fetching a key set over HTTP, with a stand-in session ------------------------------------------
+
+JWKS_URL = "https://keys.ehr.example.org/jwks.json"
+JWKS_LIMIT = 256 * 1024
+
+
+class _Response:
+    def __init__(self, body: bytes, chunk: int = 16 * 1024) -> None:
+        self.status_code = 200
+        self._chunks = [body[i : i + chunk] for i in range(0, len(body), chunk)]
+
+    def __enter__(self) -> _Response:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def iter_content(self, chunk_size: int) -> Iterator[bytes]:
+        yield from self._chunks
+
+
+class _Session:
+    """Answers every GET with `answer` (a body, or an exception to raise); records the URLs and close()."""
+
+    def __init__(self, answer: bytes | Exception) -> None:
+        self.answer = answer
+        self.urls: list[str] = []
+        self.closed = False
+
+    def get(self, url: str, **_: Any) -> _Response:
+        self.urls.append(url)
+        if isinstance(self.answer, Exception):
+            raise self.answer
+        return _Response(self.answer)
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def _fetching_auth(session: _Session) -> ClientAuthenticator:
+    settings = Settings(
+        public_base_url=BASE,
+        trusted_issuers=(TrustedIssuer(iss=ISS, jwks_url=JWKS_URL),),
+        jwt_leeway_s=LEEWAY,
+        jwt_max_lifetime_s=MAX_LIFETIME,
+    )
+    return ClientAuthenticator(
+        settings,
+        replay_cache=_Replay(),
+        session=session,  # type: ignore[arg-type]
+        clock=lambda: float(NOW),
+    )
+
+
+def _padded_jwks(ec_key: ec.EllipticCurvePrivateKey, size: int) -> bytes:
+    body = json.dumps({"keys": [_jwk(ec_key, "ec")]}).encode()
+    return b" " * (size - len(body)) + body  # leading white space: still the same JSON
+
+
+def test_a_fetched_key_set_of_exactly_the_size_limit_is_read_and_one_byte_more_is_not(
+    ec_key: ec.EllipticCurvePrivateKey, caplog: pytest.LogCaptureFixture
+) -> None:
+    at_limit = _Session(_padded_jwks(ec_key, JWKS_LIMIT))
+    assert _accepted(_fetching_auth(at_limit), _token(ec_key, "ec"))
+    assert at_limit.urls == [JWKS_URL]
+    over = _Session(_padded_jwks(ec_key, JWKS_LIMIT + 1))
+    with caplog.at_level("WARNING", logger="cds.web.auth"):
+        assert not _accepted(_fetching_auth(over), _token(ec_key, "ec"))
+    assert [r[0] for r in _reasons(caplog)] == ["jwks_unavailable"]
+    assert any("larger than the JWKS size limit" in r.getMessage() for r in caplog.records)
+
+
+def test_a_key_set_address_refused_by_the_outbound_rules_is_not_fetched(
+    ec_key: ec.EllipticCurvePrivateKey, caplog: pytest.LogCaptureFixture
+) -> None:
+    refused = _Session(OutboundRefused("private address 10.0.0.5"))
+    with caplog.at_level("WARNING", logger="cds.web.auth"):
+        assert not _accepted(_fetching_auth(refused), _token(ec_key, "ec"))
+    assert [r[0] for r in _reasons(caplog)] == ["jwks_unavailable"]
+    assert any("not fetched: private address 10.0.0.5" in r.getMessage() for r in caplog.records)
+
+
+def test_an_unexpected_failure_while_verifying_is_a_401_naming_it(
+    ec_key: ec.EllipticCurvePrivateKey, caplog: pytest.LogCaptureFixture
+) -> None:
+    broken = _Session(RuntimeError("session in a bad state"))
+    with caplog.at_level("WARNING", logger="cds.web.auth"), pytest.raises(Unauthorized):
+        _fetching_auth(broken).verify(_token(ec_key, "ec", jti="jti-7"), AUD)
+    assert _reasons(caplog) == [("internal_error:RuntimeError", ISS, "ec", "jti-7")]
+
+
+def test_close_leaves_a_session_it_was_given_open() -> None:
+    given = _Session(b"")
+    auth = _fetching_auth(given)
+    auth.close()
+    assert not given.closed  # the caller owns it (and may share it)
