@@ -480,27 +480,29 @@ def _padded_jwks(ec_key: ec.EllipticCurvePrivateKey, size: int) -> bytes:
     return b" " * (size - len(body)) + body  # leading white space: still the same JSON
 
 
-def test_a_fetched_key_set_of_exactly_the_size_limit_is_read_and_one_byte_more_is_not(
-    ec_key: ec.EllipticCurvePrivateKey, caplog: pytest.LogCaptureFixture
-) -> None:
+def test_a_fetched_key_set_of_exactly_the_size_limit_is_read(ec_key: ec.EllipticCurvePrivateKey) -> None:
     at_limit = _Session(_padded_jwks(ec_key, JWKS_LIMIT))
     assert _accepted(_fetching_auth(at_limit), _token(ec_key, "ec"))
     assert at_limit.urls == [JWKS_URL]
-    over = _Session(_padded_jwks(ec_key, JWKS_LIMIT + 1))
-    with caplog.at_level("WARNING", logger="cds.web.auth"):
-        assert not _accepted(_fetching_auth(over), _token(ec_key, "ec"))
-    assert [r[0] for r in _reasons(caplog)] == ["jwks_unavailable"]
-    assert any("larger than the JWKS size limit" in r.getMessage() for r in caplog.records)
 
 
-def test_a_key_set_address_refused_by_the_outbound_rules_is_not_fetched(
-    ec_key: ec.EllipticCurvePrivateKey, caplog: pytest.LogCaptureFixture
+@pytest.mark.parametrize(
+    ("answer", "logged"),
+    [
+        (lambda key: _padded_jwks(key, JWKS_LIMIT + 1), "larger than the JWKS size limit"),  # one byte more
+        (lambda key: OutboundRefused("private address 10.0.0.5"), "not fetched: private address 10.0.0.5"),
+    ],
+)
+def test_a_key_set_that_cannot_be_fetched_refuses_the_token(
+    ec_key: ec.EllipticCurvePrivateKey,
+    caplog: pytest.LogCaptureFixture,
+    answer: Callable[[ec.EllipticCurvePrivateKey], bytes | Exception],
+    logged: str,
 ) -> None:
-    refused = _Session(OutboundRefused("private address 10.0.0.5"))
     with caplog.at_level("WARNING", logger="cds.web.auth"):
-        assert not _accepted(_fetching_auth(refused), _token(ec_key, "ec"))
+        assert not _accepted(_fetching_auth(_Session(answer(ec_key))), _token(ec_key, "ec"))
     assert [r[0] for r in _reasons(caplog)] == ["jwks_unavailable"]
-    assert any("not fetched: private address 10.0.0.5" in r.getMessage() for r in caplog.records)
+    assert any(logged in r.getMessage() for r in caplog.records)
 
 
 def test_an_unexpected_failure_while_verifying_is_a_401_naming_it(
