@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from cds.clinical.engine import EngineContext, Finding, evaluate, evaluate_rule, months_before
+from cds.clinical.engine import EngineContext, Finding, evaluate, evaluate_rule, fmt_number, months_before
 from cds.clinical.knowledge import Knowledge
 from cds.clinical.rules import Rule
 from cds.clinical.situation import FULL, INTERACTION, NONE, Situation
@@ -22,9 +22,11 @@ from cds.fhir.model import (
     BloodPressureFact,
     Concept,
     ConditionFact,
+    DataGap,
     MedicationFact,
     MedicationKind,
     PatientFacts,
+    ReactionFact,
     SourceRef,
 )
 from tests.support.facts import AVM, CLONAZEPAM, KETAMINE, MI, STROKE, TODAY, VALUESET
@@ -268,3 +270,154 @@ def test_the_fingerprint_changes_with_the_evidence_only(ctx: EngineContext, know
     assert again is not None
     assert moved is not None
     assert first.fingerprint == again.fingerprint != moved.fingerprint
+
+
+# ------------------------------------------------------------------------------------- evidence details
+
+
+def test_numbers_on_cards_are_rounded_to_two_places_and_never_inf() -> None:
+    assert [fmt_number(v) for v in (20.0, 1.5, 10 / 3, 0.004)] == ["20", "1.5", "3.33", "0"]
+    assert fmt_number(float("inf")) == fmt_number(float("nan")) == "?"
+
+
+def test_a_band_for_events_before_a_window(ctx: EngineContext, knowledge: Knowledge) -> None:
+    """A site band for an infarction more than 12 months before the planned start (22 Nov 2026): 13 months
+    ago holds; 12 months ago to the day (22 Nov 2025) is still inside the window; undated cannot be placed."""
+    template = rule(knowledge, "recent-myocardial-infarction")
+    review = next(band for band in template.bands if band.id == "within-review-window")
+    older = replace(review, id="older-than-review", when={"onset_before_months": "review_months"})
+    site_rule = replace(template, bands=(older,))
+    for onset, holds in ((months_ago(13), True), (months_ago(12), False), (None, False)):
+        facts = PatientFacts(None, conditions=(condition(MI, onset),))
+        found = evaluate_rule(ctx, site_rule, facts, situation())
+        assert (found is not None) is holds, onset
+
+
+def test_how_an_onset_was_given_is_noted_on_the_evidence(ctx: EngineContext, knowledge: Knowledge) -> None:
+    # March 2026 as a period: the cautious day is its last (31 Mar), 7 whole months before 22 Nov 2026
+    # (31 Oct is 7 months on); its first day (1 Mar) is 8 months before: within 12 months, not within 6
+    march = replace(condition(MI, date(2026, 3, 31)), onset_span=(date(2026, 3, 1), date(2026, 3, 31)))
+    cases = (
+        (march, "within-review-window", ("onset-span:2026-03-01 to 2026-03-31",)),
+        (replace(march, onset_text="March 2026"), "within-review-window", ("onset-as-text:March 2026",)),
+        (
+            replace(condition(MI, None), onset_text="in the spring"),
+            "date-unknown",
+            ("onset-text:in the spring",),
+        ),
+        (
+            replace(condition(MI, months_ago(2)), unreadable="onset-unreadable"),
+            "within-contraindication-window",
+            ("unreadable",),
+        ),
+    )
+    for fact, band, notes in cases:
+        found = finding(
+            ctx, knowledge, "recent-myocardial-infarction", PatientFacts(None, conditions=(fact,))
+        )
+        assert found is not None
+        assert found.band.id == band
+        assert found.hits[0].notes == notes
+    found = finding(ctx, knowledge, "recent-myocardial-infarction", PatientFacts(None, conditions=(march,)))
+    assert found is not None
+    assert (found.values["onset"], found.values["months_ago"]) == ("2026-03-01 to 2026-03-31", "7-8")
+
+
+def test_an_intolerance_whose_reaction_is_not_described_stays_critical(
+    ctx: EngineContext, knowledge: Knowledge
+) -> None:
+    def intolerance(*manifestations: Concept) -> AllergyFact:
+        reaction = ReactionFact(manifestations, "mild")
+        return AllergyFact(
+            SourceRef("AllergyIntolerance", f"a{next(_ids)}"),
+            (KETAMINE,),
+            "active",
+            None,
+            criticality="low",
+            type="intolerance",
+            reactions=(reaction,),
+        )
+
+    undescribed = finding(
+        ctx, knowledge, "ketamine-hypersensitivity", PatientFacts(None, allergies=(intolerance(),))
+    )
+    assert undescribed is not None
+    assert (undescribed.band.id, undescribed.indicator) == ("documented-allergy", "critical")
+    nausea = intolerance(Concept(text="nausea"))
+    mild = finding(ctx, knowledge, "ketamine-hypersensitivity", PatientFacts(None, allergies=(nausea,)))
+    assert mild is not None
+    assert (mild.band.id, mild.indicator, mild.values["reaction"]) == (
+        "mild-intolerance",
+        "warning",
+        "nausea",
+    )
+
+
+def test_the_same_dose_ordered_twice_is_one_therapy(ctx: EngineContext, knowledge: Knowledge) -> None:
+    # each order: 4 x 0.25 mg = 1 mg clonazepam = 20 mg diazepam-eq (Ashton: 0.5 mg = 10 mg); not 40
+    first, second = medication(CLONAZEPAM, per_day=4), medication(CLONAZEPAM, per_day=4)
+    found = finding(
+        ctx, knowledge, "benzodiazepine-response", PatientFacts(None, medications=(first, second))
+    )
+    assert found is not None
+    assert found.values["total"] == "20"
+    assert [(hit.source, hit.notes) for hit in found.hits] == [
+        (first.source, ("same-therapy:orders",)),
+        (second.source, (f"same-therapy-as:{first.source.reference()}",)),
+    ]
+
+
+def test_session_sedation_is_listed_not_counted(ctx: EngineContext, knowledge: Knowledge) -> None:
+    # midazolam IV belongs to the session (its sedation): listed, and the total stays clonazepam's 20 mg
+    sedation = medication(Concept(text="midazolam 2 mg IV"), draft=True)
+    daily = medication(CLONAZEPAM, per_day=4)
+    found = finding(
+        ctx, knowledge, "benzodiazepine-response", PatientFacts(None, medications=(daily, sedation))
+    )
+    assert found is not None
+    assert found.values["total"] == "20"
+    assert [(hit.source, hit.notes) for hit in found.hits] == [
+        (daily.source, ()),
+        (sedation.source, ("given-with-session",)),
+    ]
+
+
+def test_a_benzodiazepine_without_an_equivalent_is_not_computable(
+    ctx: EngineContext, knowledge: Knowledge
+) -> None:
+    # 1 x 20 mg halazepam a day is computed in mg, but the Ashton table gives halazepam no equivalent
+    halazepam = medication(Concept(text="halazepam 20 MG Oral Tablet"), per_day=1)
+    found = finding(ctx, knowledge, "benzodiazepine-response", PatientFacts(None, medications=(halazepam,)))
+    assert found is not None
+    assert (found.band.id, found.indicator) == ("dose-not-computable", "info")
+    assert found.hits[0].notes == ("dose:no-equivalence",)
+    assert found.hits[0].figures == "1 tablet x 1/day x 20 mg/tablet = 20 mg/day"
+
+
+def test_a_medicine_stopped_before_the_reference_date_is_no_interaction(
+    ctx: EngineContext, knowledge: Knowledge
+) -> None:
+    theophylline = medication(Concept(text="theophylline 300 MG Extended Release Oral Tablet"))
+    current = finding(
+        ctx, knowledge, "theophylline-seizure-threshold", PatientFacts(None, medications=(theophylline,))
+    )
+    assert current is not None
+    assert current.indicator == "warning"
+    stopped = replace(theophylline, effective_end=TODAY - timedelta(days=22))
+    assert (
+        finding(ctx, knowledge, "theophylline-seizure-threshold", PatientFacts(None, medications=(stopped,)))
+        is None
+    )
+
+
+def test_data_that_could_not_be_fetched_is_named_by_category(
+    ctx: EngineContext, knowledge: Knowledge
+) -> None:
+    gaps = (
+        DataGap("MedicationStatement", "timeout"),
+        DataGap("Condition", "http-500"),
+        DataGap("Condition", "x"),
+    )
+    found = finding(ctx, knowledge, "unreadable-records", PatientFacts(None, gaps=gaps))
+    assert found is not None
+    assert (found.values["categories"], found.values["count"]) == ("Condition, MedicationStatement", "0")
