@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from dataclasses import replace
 from datetime import date, datetime, timedelta
-from itertools import count
 from typing import Any
 
 import pytest
@@ -16,52 +15,29 @@ import pytest
 from cds.clinical.engine import EngineContext, Finding, evaluate, evaluate_rule, fmt_number, months_before
 from cds.clinical.knowledge import Knowledge
 from cds.clinical.rules import Rule
-from cds.clinical.situation import FULL, INTERACTION, NONE, Situation
+from cds.clinical.situation import INTERACTION, NONE
 from cds.fhir.model import (
     AllergyFact,
     BloodPressureFact,
     Concept,
-    ConditionFact,
     DataGap,
-    MedicationFact,
-    MedicationKind,
     PatientFacts,
     ReactionFact,
     SourceRef,
 )
-from tests.support.facts import AVM, CLONAZEPAM, KETAMINE, MI, STROKE, TODAY, VALUESET
-
-_ids = count(1)
-
-
-def condition(concept: Concept, onset: date | None, *, status: str | None = "active") -> ConditionFact:
-    return ConditionFact(SourceRef("Condition", f"c{next(_ids)}"), concept, status, None, onset, None)
-
-
-def medication(concept: Concept, *, draft: bool = False, per_day: float | None = None) -> MedicationFact:
-    dosages: tuple[dict[str, Any], ...] = ()
-    if per_day is not None:
-        dosages = (
-            {
-                "timing": {"repeat": {"frequency": 1, "period": 1, "periodUnit": "d"}},
-                "doseAndRate": [{"doseQuantity": {"value": per_day, "unit": "{tbl}"}}],
-            },
-        )
-    return MedicationFact(
-        SourceRef("MedicationRequest", f"m{next(_ids)}"),
-        MedicationKind.REQUEST,
-        concept,
-        "draft" if draft else "active",
-        intent="order",
-        is_draft_order=draft,
-        is_selected=draft,
-        dosages=dosages,
-    )
-
-
-def situation(products: tuple[str, ...] = ("ketamine",), **changes: Any) -> Situation:
-    base = Situation(FULL, "patient-view", frozenset(products), TODAY, False, today=TODAY)
-    return replace(base, **changes)
+from tests.support.facts import (
+    AVM,
+    CLONAZEPAM,
+    KETAMINE,
+    MI,
+    STROKE,
+    TODAY,
+    VALUESET,
+    condition,
+    fact_id,
+    medication,
+    situation,
+)
 
 
 @pytest.fixture(scope="module")
@@ -188,7 +164,7 @@ def test_a_small_dose_is_information(ctx: EngineContext, knowledge: Knowledge) -
 def test_the_latest_blood_pressure_decides(ctx: EngineContext, knowledge: Knowledge) -> None:
     def reading(days_ago: int, systolic: float, diastolic: float) -> BloodPressureFact:
         taken = datetime.combine(TODAY - timedelta(days=days_ago), datetime.min.time())
-        return BloodPressureFact(SourceRef("Observation", f"bp{next(_ids)}"), taken, systolic, diastolic)
+        return BloodPressureFact(SourceRef("Observation", fact_id("bp")), taken, systolic, diastolic)
 
     high_then_normal = PatientFacts(None, blood_pressures=(reading(30, 190, 115), reading(2, 120, 80)))
     assert finding(ctx, knowledge, "elevated-blood-pressure", high_then_normal) is None
@@ -329,7 +305,7 @@ def test_an_intolerance_whose_reaction_is_not_described_stays_critical(
     def intolerance(*manifestations: Concept) -> AllergyFact:
         reaction = ReactionFact(manifestations, "mild")
         return AllergyFact(
-            SourceRef("AllergyIntolerance", f"a{next(_ids)}"),
+            SourceRef("AllergyIntolerance", fact_id("a")),
             (KETAMINE,),
             "active",
             None,
