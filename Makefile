@@ -33,7 +33,7 @@ CORE_TESTS := tests/test_boundaries.py tests/test_engine.py tests/test_rule_load
 	tests/test_terminology.py tests/test_dosing.py tests/test_chart_corpus_doses.py \
 	tests/test_chart_corpus_recognition.py tests/test_golden_rules.py tests/test_golden_bands.py \
 	tests/test_site_policy.py tests/test_relevance.py tests/test_api_contract.py tests/test_auth.py \
-	tests/test_auth_boundaries.py
+	tests/test_auth_boundaries.py tests/test_cards.py
 
 mutation: $(STAMP) coverage-core
 	$(BIN)/python -m pip install --quiet -e '.[test,report,mutation]'

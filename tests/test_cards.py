@@ -1,0 +1,333 @@
+"""Cards from findings: the frame around a rule's text, the suggestions, and what a card leaves out.
+
+Findings come from the engine on typed facts (tests/support/facts.py); rules, card text and policy are the
+shipped ones. Every expected date, hour and sentence is written here by hand from rules/card-text.yaml,
+the rule files and the site policy defaults (sessions at 09:00, a 24-48 h hold, resume 6 h after).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import date, datetime
+from typing import Any
+
+import pytest
+
+from cds.clinical.cards import CardInputs, CardLinks, render, render_cards
+from cds.clinical.engine import EngineContext, evaluate
+from cds.clinical.knowledge import Knowledge
+from cds.fhir.model import BloodPressureFact, Coding, Concept, MedicationFact, PatientFacts, SourceRef
+from tests.support.builders import RXNORM
+from tests.support.facts import KETAMINE, MI, condition, medication, situation
+
+# 4 x 0.25 mg = 1 mg alprazolam a day = 20 mg diazepam-eq (Ashton: 0.5 mg = 10 mg): over 8, and short-acting
+ALPRAZOLAM = Concept((Coding(RXNORM, "308047", "alprazolam 0.25 MG Oral Tablet"),))
+BENZO_SUMMARY = "Benzodiazepines 20 mg/day diazepam-eq (over 8 mg/day diazepam-eq)"
+
+
+@pytest.fixture(scope="module")
+def ctx(knowledge: Knowledge) -> EngineContext:
+    return knowledge.engine_context()
+
+
+def cards(
+    ctx: EngineContext, knowledge: Knowledge, facts: PatientFacts, screen: Any, **inputs: Any
+) -> list[dict[str, Any]]:
+    findings = evaluate(ctx, knowledge.rules, facts, screen)
+    rendered = render(
+        findings,
+        CardInputs(situation=screen, facts=inputs.pop("with_facts", facts), **inputs),
+        ctx=ctx,
+        text=knowledge.card_text,
+        override_catalogue=knowledge.override_reasons,
+        new_uuid=lambda: "uuid",
+    )
+    return [r.card for r in rendered]
+
+
+def ketamine_order(order_id: str, planned: date) -> MedicationFact:
+    return replace(
+        medication(KETAMINE, draft=True),
+        source=SourceRef("MedicationRequest", order_id),
+        planned_start=planned,
+    )
+
+
+def ordered_for(planned: date, *orders: MedicationFact, hook: str = "order-select") -> Any:
+    """A screen at `hook` on 22 Nov 2026 for a session the order plans on `planned`."""
+    return situation(
+        hook=hook,
+        reference_date=planned,
+        reference_from_order=True,
+        ketamine_orders=orders or (ketamine_order("ket1", planned),),
+    )
+
+
+def card_of(all_cards: list[dict[str, Any]], summary_start: str) -> dict[str, Any]:
+    found = [c for c in all_cards if c["summary"].startswith(summary_start)]
+    assert len(found) == 1, [c["summary"] for c in all_cards]
+    return found[0]
+
+
+# ------------------------------------------------------------------------------- a hold that is too late
+
+
+@pytest.mark.parametrize(
+    ("planned", "summary_end", "plan", "asked", "occurrence"),
+    [
+        (
+            # session 23 Nov 09:00: the 48 h hold needed the last dose by 21 Nov 09:00 (gone); the 24 h one
+            # needs it by 22 Nov 09:00, today: "late"
+            date(2026, 11, 23),
+            "too late for a 48 h hold before 23 Nov: discuss with the prescriber",
+            "Too late for a 48 h hold before the session at 09:00 on 23 Nov: discuss with the "
+            "prescriber. A 24 h hold needs the last dose by 09:00 today; resume from 15:00 on 23 Nov (6 h "
+            "after the start).",
+            "Planned ketamine session 09:00 on 23 Nov. A 48 h benzodiazepine hold is no longer possible. "
+            "Please advise whether the benzodiazepine (alprazolam 0.25 MG Oral Tablet) can be held for "
+            "24 h (last dose by 09:00 today, resume from 15:00 on 23 Nov) or the session should move. Do "
+            "not stop a regular benzodiazepine abruptly.",
+            "2026-11-23",
+        ),
+        (
+            # session today at 09:00: even the 24 h hold (last dose by 21 Nov 09:00) is gone: "too late"
+            date(2026, 11, 22),
+            "too late for a 48 h hold before 22 Nov: discuss with the prescriber",
+            "Too late for a 48 h hold before the session at 09:00 today: discuss with the prescriber "
+            "(move the session, or go ahead without a hold); if held, resume from 15:00 today.",
+            "Planned ketamine session 09:00 today. A 48 h benzodiazepine hold is no longer possible. Please "
+            "advise whether the session should move or go ahead without a hold (alprazolam 0.25 MG Oral "
+            "Tablet). Do not stop a regular benzodiazepine abruptly.",
+            "2026-11-22",
+        ),
+    ],
+)
+def test_a_hold_too_late_to_keep_is_never_given_a_past_time(
+    ctx: EngineContext,
+    knowledge: Knowledge,
+    planned: date,
+    summary_end: str,
+    plan: str,
+    asked: str,
+    occurrence: str,
+) -> None:
+    # two records of the same therapy by one prescriber: both are what the request is about; one recipient
+    first, again = medication(ALPRAZOLAM, per_day=4), medication(ALPRAZOLAM, per_day=4)
+    prescriber = {"requester": {"reference": "Practitioner/dr1"}}
+    resources = {first.source.reference(): prescriber, again.source.reference(): prescriber}
+    facts = PatientFacts("Patient/p1", medications=(first, again))
+    card = card_of(cards(ctx, knowledge, facts, ordered_for(planned), resources=resources), "Benzodiazepines")
+    assert card["summary"] == f"{BENZO_SUMMARY}: {summary_end}"
+    assert plan in card["detail"]
+    [suggestion] = card["suggestions"]
+    assert suggestion["label"] == "Ask the prescriber to confirm the hold plan"
+    assert suggestion["actions"][0]["resource"] == {
+        "resourceType": "CommunicationRequest",
+        "status": "draft",
+        "priority": "routine",
+        "payload": [{"contentString": asked}],
+        "about": [{"reference": first.source.reference()}, {"reference": again.source.reference()}],
+        "subject": {"reference": "Patient/p1"},
+        "recipient": [{"reference": "Practitioner/dr1"}],
+        "occurrenceDateTime": occurrence,
+    }
+
+
+def test_a_hold_request_names_no_patient_or_prescriber_it_was_not_given(
+    ctx: EngineContext, knowledge: Knowledge
+) -> None:
+    facts = PatientFacts(None, medications=(medication(ALPRAZOLAM, per_day=4),))
+    card = card_of(
+        cards(ctx, knowledge, facts, ordered_for(date(2026, 12, 1)), with_facts=None), "Benzodiazepines"
+    )
+    resource = card["suggestions"][0]["actions"][0]["resource"]
+    assert "subject" not in resource
+    assert "recipient" not in resource
+    assert resource["occurrenceDateTime"] == "2026-12-01"
+
+
+# ------------------------------------------------------------------------- moving or removing the order
+
+
+def test_moving_the_planned_start_shifts_the_order_s_dates_and_leaves_the_rest(
+    ctx: EngineContext, knowledge: Knowledge
+) -> None:
+    # an infarction on 22 Sep 2026 is inside 6 months of a session on 23 Nov; the first start outside is
+    # 23 Mar 2027 (6 months before it is 23 Sep). The order moves by 23 Nov -> 23 Mar = 120 days
+    # (30 + 31 + 31 + 28).
+    dosages: list[Any] = [
+        "junk",
+        {"timing": "BID"},
+        {"timing": {"event": ["2026-11-23", "2026-11-23T09:00:00", 5, "soon", "2026-13-40"], "repeat": "x"}},
+        {"timing": {"repeat": {"boundsPeriod": "2026-11-23"}}},
+        {"text": "one infusion"},
+    ]
+    raw = {"resourceType": "MedicationRequest", "id": "ket1", "dosageInstruction": dosages}
+    elsewhere = ketamine_order("ket2", date(2026, 11, 23))  # not among the draft orders sent: not moved
+    screen = ordered_for(date(2026, 11, 23), ketamine_order("ket1", date(2026, 11, 23)), elsewhere)
+    facts = PatientFacts(None, conditions=(condition(MI, date(2026, 9, 22)),))
+    card = card_of(cards(ctx, knowledge, facts, screen, draft_orders=[raw]), "Heart attack")
+    move, remove = card["suggestions"]
+    assert move["label"] == "Move the planned start to 23 Mar 2027"
+    [action] = move["actions"]
+    assert (
+        action["description"]
+        == "Set the draft order's start to 23 Mar 2027, the first day outside the window"
+    )
+    assert action["resource"]["dosageInstruction"] == [
+        "junk",
+        {"timing": "BID"},
+        {"timing": {"event": ["2027-03-23", "2027-03-23T09:00:00", 5, "soon", "2026-13-40"], "repeat": "x"}},
+        {"timing": {"repeat": {"boundsPeriod": "2026-11-23"}}},
+        {"text": "one infusion", "timing": {"repeat": {"boundsPeriod": {"start": "2027-03-23"}}}},
+    ]
+    assert raw["dosageInstruction"][4] == {"text": "one infusion"}  # a copy was moved, not the order sent
+    assert remove["label"] == "Remove the ketamine infusion order"
+    assert [a["resourceId"] for a in remove["actions"]] == [
+        "MedicationRequest/ket1",
+        "MedicationRequest/ket2",
+    ]
+
+
+def test_orders_the_card_cannot_address_get_no_suggestion(ctx: EngineContext, knowledge: Knowledge) -> None:
+    # the order was not sent among the draft orders (nothing to move) and its id is no FHIR id (":" is not
+    # allowed), so a delete could not name it
+    screen = ordered_for(date(2026, 11, 23), ketamine_order("urn:uuid:5d1c", date(2026, 11, 23)))
+    facts = PatientFacts(None, conditions=(condition(MI, date(2026, 9, 22)),))
+    card = card_of(cards(ctx, knowledge, facts, screen), "Heart attack")
+    assert (
+        card["summary"]
+        == "Heart attack 2 months ago (22 Sep): defer ketamine infusion; eligible from 23 Mar 2027"
+    )
+    assert "suggestions" not in card
+
+
+# ------------------------------------------------------------------------------ what fits on one card
+
+
+def test_records_beyond_three_are_counted_not_listed(ctx: EngineContext, knowledge: Knowledge) -> None:
+    onsets = (date(2026, 6, 10), date(2026, 7, 10), date(2026, 8, 10), date(2026, 9, 10), date(2026, 10, 10))
+    facts = PatientFacts(None, conditions=tuple(condition(MI, onset) for onset in onsets))
+    card = card_of(cards(ctx, knowledge, facts, situation()), "Heart attack")
+    assert card["detail"].split("\n\n")[1] == (
+        "- Myocardial infarction, onset 10 Oct\n"
+        "- Myocardial infarction, onset 10 Sep\n"
+        "- Myocardial infarction, onset 10 Aug\n"
+        "- and 2 earlier records (all on the screening page)"
+    )
+
+
+def test_long_records_give_way_before_the_detail_passes_900_characters(
+    ctx: EngineContext, knowledge: Knowledge
+) -> None:
+    # names of 174 characters: the detail's text quotes the newest (about 460 characters) and each record
+    # line is about 190, so three records (about 1,100) or two (about 960) pass 900 and one (about 770) fits
+    def named(number: int, month: int) -> Any:
+        return condition(
+            Concept(MI.codings, f"Myocardial infarction {number} " + "x" * 150), date(2026, month, 10)
+        )
+
+    facts = PatientFacts(None, conditions=(named(1, 8), named(2, 9), named(3, 10)))
+    detail = card_of(cards(ctx, knowledge, facts, situation()), "Heart attack")["detail"]
+    assert len(detail) <= 900
+    records = detail.split("\n\n")[1].split("\n")
+    assert [line[:26] for line in records] == ["- Myocardial infarction 3 ", "- and 2 earlier records (a"]
+
+
+def test_a_detail_whose_own_text_passes_900_characters_is_cut_with_an_ellipsis(
+    ctx: EngineContext, knowledge: Knowledge
+) -> None:
+    note = (
+        "Myocardial infarction " + "with a long free-text note " * 40
+    )  # 1,102 characters, quoted in the text
+    facts = PatientFacts(None, conditions=(condition(Concept(MI.codings, note), date(2026, 10, 10)),))
+    card = card_of(cards(ctx, knowledge, facts, situation()), "Heart attack")
+    assert len(card["detail"]) <= 900
+    assert card["detail"].endswith("a long…")
+    assert card["detail"].startswith("**Myocardial infarction with a long free-text note")
+
+
+def test_also_noted_lists_what_fits_and_says_there_is_more(ctx: EngineContext, knowledge: Knowledge) -> None:
+    names = ("bipolar disorder", "epilepsy", "glaucoma", "interstitial cystitis", "cirrhosis of liver")
+    long_label = "risperidone 2 mg at night, " + "as agreed with the community mental health team, " * 4
+    meds = (
+        medication(Concept(text=long_label)),
+        medication(Concept(text="naltrexone 50 mg")),
+        medication(Concept(text="Lamictal")),  # lamotrigine, dose unknown
+        medication(Concept(text="clonazepam 0.25 MG Oral Tablet"), per_day=1),  # 5 mg diazepam-eq: under 8
+    )
+    unreadable = replace(condition(Concept(), None), unreadable="condition-not-coded")
+    conditions = (*(condition(Concept(text=n), date(2026, 10, 1)) for n in names), unreadable)
+    screen = situation(ketamine_orders=(ketamine_order("ket1", date(2026, 11, 22)),))
+    card = card_of(
+        cards(ctx, knowledge, PatientFacts(None, conditions=conditions, medications=meds), screen),
+        "Also noted",
+    )
+    count = len(card["extension"]["ketamine-cds-findings"])
+    assert card["summary"] == f"Also noted: {count} further points for the session, none urgent"
+    lines = card["detail"].split("\n")
+    assert len(card["detail"]) <= 900
+    assert lines[-1] == "- more on the screening page"
+    assert 1 < len(lines) - 1 < count  # some points listed, the rest on the page
+
+
+# -------------------------------------------------------------------- the pharmacist's pre-session review
+
+
+def test_the_pre_session_review_lists_every_check_and_the_latest_reading(
+    ctx: EngineContext, knowledge: Knowledge
+) -> None:
+    # at order-sign: the benzodiazepine (interaction) and a systolic-only reading of 150.5 (contraindication
+    # band, warning) are listed by summary; the rest say they found nothing; the hold request rides along
+    order = ketamine_order("ket1", date(2026, 11, 23))
+    reading = BloodPressureFact(SourceRef("Observation", "bp1"), datetime(2026, 11, 20, 9, 30), 150.5, None)
+    facts = PatientFacts(
+        None, medications=(order, medication(ALPRAZOLAM, per_day=4)), blood_pressures=(reading,)
+    )
+    all_cards = cards(ctx, knowledge, facts, ordered_for(date(2026, 11, 23), order, hook="order-sign"))
+    assert [c["summary"] for c in all_cards] == [
+        "Pre-session review: every check and its status for this order"
+    ]
+    assert all_cards[0]["detail"].split("\n") == [
+        "- Contraindication to review: Blood pressure 150.5/? mmHg on 20 Nov: control and re-measure before "
+        "ketamine infusion",
+        f"- Interacting medicine: {BENZO_SUMMARY}: too late for a 48 h hold before 23 Nov: discuss with the "
+        "prescriber",
+        "- Other conditions that need care: none found",
+        "- Records: all could be read",
+        "- Instructions: not shown at signing",
+        "- Latest blood pressure: 150.5/? mmHg, measured 20 Nov",
+    ]
+    assert [s["label"] for s in all_cards[0]["suggestions"]] == [
+        "Ask the prescriber to confirm the hold plan"
+    ]
+
+
+# ---------------------------------------------------------------------------------------------- links
+
+
+def test_the_screen_link_and_its_smart_launch_come_first(ctx: EngineContext, knowledge: Knowledge) -> None:
+    links = CardLinks(
+        screen_url="https://cds.example.org/screens/abc?token=t", smart_launch_url="https://ehr/launch"
+    )
+    facts = PatientFacts(None, conditions=(condition(MI, date(2026, 10, 10)),))
+    card = card_of(cards(ctx, knowledge, facts, situation(), links=links), "Heart attack")
+    assert card["links"][:2] == [
+        {"label": "Whole screen, records and arithmetic", "url": links.screen_url, "type": "absolute"},
+        {"label": "Whole screen in the EHR", "url": "https://ehr/launch", "type": "smart"},
+    ]
+
+
+def test_render_cards_gives_the_same_cards_as_render(ctx: EngineContext, knowledge: Knowledge) -> None:
+    facts = PatientFacts(None, conditions=(condition(MI, date(2026, 10, 10)),))
+    screen = situation()
+    findings = evaluate(ctx, knowledge.rules, facts, screen)
+    dicts = render_cards(
+        findings,
+        screen,
+        ctx=ctx,
+        text=knowledge.card_text,
+        override_catalogue=knowledge.override_reasons,
+        new_uuid=lambda: "uuid",
+    )
+    assert dicts == cards(ctx, knowledge, facts, screen, with_facts=None)
