@@ -887,6 +887,7 @@ def test_units_that_cannot_be_converted(vocab: DosingVocabulary) -> None:
     [
         (per(1, dayOfWeek="mon"), "unreadable-dosage"),
         (per(1, 1, 1), "unreadable-dosage"),
+        (per(1, 1e-310, "d"), "unreadable-dosage"),  # once every 1e-310 days: 1/1e-310 overflows to inf
         ({"repeat": {"when": []}}, "no-frequency"),
         ({"repeat": {"when": [" "]}}, "no-frequency"),
         ({"repeat": {"timeOfDay": ["morning"]}}, "unreadable-dosage"),
