@@ -157,9 +157,7 @@ class Screener:
         drafts = draft_order_resources(context) if isinstance(context, dict) else []
         if findings:
             resources = cited_resources(findings, [*gathered.resources.values(), drafts])
-            # pruned records are judged whole, from the bytes they were sent as (cds.fhir.decoding)
-            sources = getattr(body, "sources", None)
-            findings = annotate(findings, resources, self.settings.max_json_depth, sources)
+            findings = annotate(findings, resources, self.settings.max_json_depth)
         extra = {"new_uuid": self.new_uuid} if self.new_uuid else {}
         inputs = CardInputs(
             situation=situation,

@@ -17,7 +17,6 @@ from collections.abc import Iterable, Mapping
 from dataclasses import replace
 from typing import Any
 
-import msgspec
 from fhir.resources.R4B.allergyintolerance import AllergyIntolerance
 from fhir.resources.R4B.condition import Condition
 from fhir.resources.R4B.medicationrequest import MedicationRequest
@@ -26,7 +25,6 @@ from fhir.resources.R4B.observation import Observation
 from pydantic import ValidationError
 
 from cds.clinical.engine import Finding, Hit
-from cds.fhir.decoding import decode_json
 from cds.fhir.model import SourceRef
 from cds.web.limits import depth_exceeds
 
@@ -49,38 +47,31 @@ def _tolerated(resource: Mapping[str, Any]) -> dict[str, Any]:
 
 
 _VERDICT_CACHE_SIZE = 20_000
-_verdicts: dict[tuple[bool, bytes], str | None] = {}
+_verdicts: dict[bytes, str | None] = {}
 
 
-def conformance_problem(
-    resource: Mapping[str, Any], max_depth: int = 64, sent: bytes | msgspec.Raw | None = None
-) -> str | None:
+def conformance_problem(resource: Mapping[str, Any], max_depth: int = 64) -> str | None:
     """The JSON path of the first deviation from the R4 model, or None when the resource conforms.
 
-    `sent`: the resource's exact bytes when `resource` holds only some of its elements (cds.fhir.decoding);
-    the whole resource is then judged. Verdicts are cached by a digest of those bytes (else of the
-    resource's canonical JSON): the same chart is screened again at order-select, order-sign and every
-    time it is opened, and hashing costs a tenth of validating.
+    Verdicts are cached by a digest of the resource's canonical JSON: the same chart is screened again
+    at order-select, order-sign and every time it is opened, and hashing costs a tenth of validating.
     """
     model = MODELS.get(str(resource.get("resourceType")))
     if model is None:
         return None
+    if depth_exceeds(resource, max_depth):
+        return "(nested too deep to validate)"
     try:
-        text = sent if sent is not None else json.dumps(resource, sort_keys=True, default=str).encode()
+        key = hashlib.blake2b(
+            json.dumps(resource, sort_keys=True, default=str).encode(), digest_size=20
+        ).digest()
     except (TypeError, ValueError):
-        return _judge(model, resource, max_depth)
-    key = (sent is not None, hashlib.blake2b(text, digest_size=20).digest())
+        return _validate(model, resource)
     if key not in _verdicts:
         if len(_verdicts) >= _VERDICT_CACHE_SIZE:
             _verdicts.clear()
-        _verdicts[key] = _judge(model, decode_json(sent) if sent is not None else resource, max_depth)
+        _verdicts[key] = _validate(model, resource)
     return _verdicts[key]
-
-
-def _judge(model: Any, resource: Mapping[str, Any], max_depth: int) -> str | None:
-    if depth_exceeds(resource, max_depth):
-        return "(nested too deep to validate)"
-    return _validate(model, resource)
 
 
 def _validate(model: Any, resource: Mapping[str, Any]) -> str | None:
@@ -116,24 +107,16 @@ def cited_resources(
 
 
 def annotate(
-    findings: list[Finding],
-    resources: Mapping[SourceRef, Mapping[str, Any]],
-    max_depth: int = 64,
-    sources: Mapping[int, msgspec.Raw] | None = None,
+    findings: list[Finding], resources: Mapping[SourceRef, Mapping[str, Any]], max_depth: int = 64
 ) -> list[Finding]:
-    """Add a `nonconformant:<path>` note to every evidence row whose record deviates from R4.
-
-    `sources`: the exact bytes of records decoded with only some of their elements, by `id()` of the
-    decoded record (`HookBody.sources`)."""
+    """Add a `nonconformant:<path>` note to every evidence row whose record deviates from R4."""
     verdicts: dict[SourceRef, str | None] = {}
-    sent = sources or {}
 
     def check(hit: Hit) -> Hit:
         if hit.source not in resources:
             return hit
         if hit.source not in verdicts:
-            resource = resources[hit.source]
-            verdicts[hit.source] = conformance_problem(resource, max_depth, sent.get(id(resource)))
+            verdicts[hit.source] = conformance_problem(resources[hit.source], max_depth)
         problem = verdicts[hit.source]
         return replace(hit, notes=(*hit.notes, NOTE_PREFIX + problem)) if problem else hit
 

@@ -15,7 +15,7 @@ from jsonschema import Draft202012Validator
 
 from cds.config import Settings
 from cds.errors import BadRequest, Issue, PayloadTooLarge
-from cds.fhir.decoding import decode_body
+from cds.fhir.decoding import decode_json
 from cds.web.limits import depth_exceeds
 
 if TYPE_CHECKING:  # the command line imports this module; the knowledge loader is heavy and not needed here
@@ -59,7 +59,7 @@ def read_json_object(raw: bytes, validator: Draft202012Validator, settings: Sett
     if len(raw) > settings.max_body_bytes:
         raise PayloadTooLarge(f"the request body is over {settings.max_body_bytes} bytes")
     try:
-        body = decode_body(raw)
+        body = decode_json(raw)
     except (ValueError, RecursionError) as exc:
         message = exc.msg if isinstance(exc, json.JSONDecodeError) else "nesting too deep"
         raise BadRequest(f"the request body is not valid JSON: {message}") from None
