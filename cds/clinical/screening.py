@@ -9,7 +9,7 @@ cannot be obtained ends the call with 412 (raised by cds.fhir.prefetch), never w
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
@@ -163,7 +163,7 @@ class Screener:
             situation=situation,
             facts=facts,
             draft_orders=[d for d in drafts if isinstance(d, dict)],
-            resources=_by_reference(gathered.resources.values()),
+            resources=_ByReference(tuple(gathered.resources.values())),
             links=links or CardLinks(),
         )
         rendered = render(
@@ -192,11 +192,29 @@ class Screener:
         )
 
 
-def _by_reference(groups: Iterable[tuple[dict[str, Any], ...]]) -> dict[str, Mapping[str, Any]]:
-    """ "Type/id" -> resource over the fetched resources (a suggestion may address a record's author)."""
-    return {
-        f"{resource.get('resourceType')}/{resource['id']}": resource
-        for group in groups
-        for resource in group
-        if isinstance(resource.get("id"), str)
-    }
+class _ByReference(Mapping[str, Mapping[str, Any]]):
+    """ "Type/id" -> resource over the fetched resources (a suggestion may address a record's author),
+    indexed on first use: most calls never look a record up."""
+
+    def __init__(self, groups: Iterable[tuple[dict[str, Any], ...]]) -> None:
+        self._groups = groups
+        self._index: dict[str, Mapping[str, Any]] | None = None
+
+    def _built(self) -> dict[str, Mapping[str, Any]]:
+        if self._index is None:
+            self._index = {
+                f"{resource.get('resourceType')}/{resource['id']}": resource
+                for group in self._groups
+                for resource in group
+                if isinstance(resource.get("id"), str)
+            }
+        return self._index
+
+    def __getitem__(self, reference: str) -> Mapping[str, Any]:
+        return self._built()[reference]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._built())
+
+    def __len__(self) -> int:
+        return len(self._built())
