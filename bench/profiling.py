@@ -31,8 +31,8 @@ from cds.config import load_settings
 # numbers, so the table survives refactoring; a stage whose function no longer exists shows as "not called".
 STAGES: tuple[tuple[str, str, frozenset[str]], ...] = (
     ("whole request (Flask dispatch)", "cds/", frozenset({"call_service"})),
-    ("read body + json.loads + checks", "cds/", frozenset({"_read_json"})),
-    ("  json.loads", "json/__init__.py", frozenset({"loads"})),
+    ("read body + decode + checks", "cds/", frozenset({"_read_json"})),
+    ("  JSON decoding (msgspec)", "cds/fhir/decoding.py", frozenset({"decode_json"})),
     ("  nesting-depth check", "cds/", frozenset({"depth_exceeds", "_depth_exceeds"})),
     ("  schema validation (jsonschema)", "jsonschema/validators.py", frozenset({"iter_errors"})),
     ("  resource count", "cds/", frozenset({"_count_resources"})),

@@ -1160,7 +1160,8 @@ def test_fallback_latency_for_the_largest_record(
     )
     record_property("latency", report)
     print(report)
-    assert max(fetched_s) < 4.0  # the default FHIR time budget (KETAMINE_CDS_FHIR_TIME_BUDGET_S)
+    # No latency ceiling here: a fetch past the FHIR time budget would have ended the call with a 412
+    # (checked above through `fetched`); speed is the benchmark's business (bench/).
 
 
 # ------------------------------------------------- value-set content these patients once fell through
