@@ -13,12 +13,20 @@ from typing import Any
 
 import pytest
 
-from cds.clinical.cards import CardInputs, CardLinks, render, render_cards
+from cds.clinical.cards import CardInputs, CardLinks, CardText, onset_age_text, render, render_cards
 from cds.clinical.engine import EngineContext, evaluate
 from cds.clinical.knowledge import Knowledge
-from cds.fhir.model import BloodPressureFact, Coding, Concept, MedicationFact, PatientFacts, SourceRef
+from cds.fhir.model import (
+    BloodPressureFact,
+    Coding,
+    Concept,
+    MedicationFact,
+    OnsetAge,
+    PatientFacts,
+    SourceRef,
+)
 from tests.support.builders import RXNORM
-from tests.support.facts import KETAMINE, MI, condition, medication, situation
+from tests.support.facts import KETAMINE, MI, STROKE, condition, medication, situation
 
 # 4 x 0.25 mg = 1 mg alprazolam a day = 20 mg diazepam-eq (Ashton: 0.5 mg = 10 mg): over 8, and short-acting
 ALPRAZOLAM = Concept((Coding(RXNORM, "308047", "alprazolam 0.25 MG Oral Tablet"),))
@@ -202,6 +210,70 @@ def test_orders_the_card_cannot_address_get_no_suggestion(ctx: EngineContext, kn
     assert "suggestions" not in card
 
 
+# ----------------------------------------------------------- how long ago, and an onset given as an age
+
+
+@pytest.mark.parametrize(
+    ("span", "summary"),
+    [
+        # 20 Sep and 1 Sep are both 2 whole months before 22 Nov: one figure, not "2-2"
+        (
+            (date(2026, 9, 1), date(2026, 9, 20)),
+            "Heart attack 2 months ago (1 Sep 2026 to 20 Sep 2026): defer ketamine infusion; "
+            "eligible from 21 Mar 2027",
+        ),
+        # 30 Sep is 1 whole month before 22 Nov, 1 Sep is 2: the span allows either
+        (
+            (date(2026, 9, 1), date(2026, 9, 30)),
+            "Heart attack 1-2 months ago (1 Sep 2026 to 30 Sep 2026): defer ketamine infusion; "
+            "eligible from 1 Apr 2027",
+        ),
+    ],
+)
+def test_an_onset_span_says_every_number_of_months_it_allows_and_no_more(
+    ctx: EngineContext, knowledge: Knowledge, span: tuple[date, date], summary: str
+) -> None:
+    # the span's last day decides the window (6 months after it, plus a day, is the first day outside)
+    infarction = replace(condition(MI, span[1]), onset_span=span)
+    card = card_of(cards(ctx, knowledge, PatientFacts(None, conditions=(infarction,)), situation()), "Heart")
+    assert card["summary"] == summary
+
+
+@pytest.mark.parametrize(
+    ("age", "text"),
+    [
+        (
+            OnsetAge(46, 46, "a", date(2026, 4, 2), date(2027, 4, 1)),
+            " (onset recorded as age 46 years: between 2026-04-02 and 2027-04-01)",
+        ),
+        (
+            OnsetAge(43, 45, "a", date(2023, 4, 2), date(2026, 4, 1)),
+            " (onset recorded as age 43-45 years: between 2023-04-02 and 2026-04-01)",
+        ),
+        (
+            OnsetAge(556, 556, "mo", None, None),
+            " (onset recorded as age 556 months, but the birth date was not available to date it)",
+        ),
+        (
+            OnsetAge(30, 35, "a", None, None),
+            " (onset recorded as age 30-35 years, but the birth date was not available to date it)",
+        ),
+    ],
+)
+def test_an_onset_age_is_worded_whole_with_its_ages_unit_and_dates(
+    knowledge: Knowledge, age: OnsetAge, text: str
+) -> None:
+    # compared whole: a template looked up by a wrong key can still contain the right words
+    assert onset_age_text(knowledge.card_text, age) == text
+
+
+def test_an_age_unit_the_wording_file_does_not_name_is_shown_as_recorded(knowledge: Knowledge) -> None:
+    years_only = CardText({**knowledge.card_text.raw, "age_units": {"a": "years"}})
+    assert onset_age_text(years_only, OnsetAge(18, 18, "mo", None, None)) == (
+        " (onset recorded as age 18 mo, but the birth date was not available to date it)"
+    )
+
+
 # ------------------------------------------------------------------------------ what fits on one card
 
 
@@ -301,6 +373,90 @@ def test_the_pre_session_review_lists_every_check_and_the_latest_reading(
     assert [s["label"] for s in all_cards[0]["suggestions"]] == [
         "Ask the prescriber to confirm the hold plan"
     ]
+
+
+def review_lines(all_cards: list[dict[str, Any]]) -> list[str]:
+    """The pre-session review's checklist (the last card at order-sign), each line without its bullet."""
+    review = all_cards[-1]
+    assert review["summary"] == "Pre-session review: every check and its status for this order"
+    lines = review["detail"].split("\n")
+    assert all(line.startswith("- ") for line in lines), lines
+    return [line[2:] for line in lines]
+
+
+def test_the_review_counts_what_blocks_and_lists_what_to_review_in_the_same_check(
+    ctx: EngineContext, knowledge: Knowledge
+) -> None:
+    # two critical contraindications (each on a card of its own), a 152.5/96 reading (contraindication,
+    # warning) and theophylline (interaction, warning) to review; nothing else
+    order = ketamine_order("ket1", date(2026, 11, 23))
+    reading = BloodPressureFact(SourceRef("Observation", "bp1"), datetime(2026, 11, 20, 9, 30), 152.5, 96)
+    facts = PatientFacts(
+        None,
+        medications=(order, medication(Concept(text="theophylline 300 mg ER tablet"))),
+        conditions=(condition(MI, date(2026, 9, 22)), condition(STROKE, date(2026, 10, 1))),
+        blood_pressures=(reading,),
+    )
+    all_cards = cards(ctx, knowledge, facts, ordered_for(date(2026, 11, 23), order, hook="order-sign"))
+    assert [c["indicator"] for c in all_cards] == ["critical", "critical", "warning"]
+    assert review_lines(all_cards) == [
+        "Contraindications: 2 blocking the session (separate card)",
+        "Contraindication to review: Blood pressure 152.5/96 mmHg on 20 Nov: control and re-measure before "
+        "ketamine infusion",
+        "Interacting medicine: Theophylline/aminophylline in use: seizure risk with ketamine infusion",
+        "Other conditions that need care: none found",
+        "Records: all could be read",
+        "Instructions: not shown at signing",
+        "Latest blood pressure: 152.5/96 mmHg, measured 20 Nov",
+    ]
+
+
+NOTHING_FOUND = [
+    "Contraindications: none found",
+    "Interacting medicines: none found",
+    "Other conditions that need care: none found",
+    "Records: all could be read",
+    "Instructions: not shown at signing",
+]
+NO_READING = "Latest blood pressure: none on record: measure before the session"
+
+
+@pytest.mark.parametrize(
+    ("with_facts", "reading", "last_line"),
+    [
+        (False, None, NO_READING),
+        (True, None, NO_READING),
+        # a lone diastolic value (under 90: nothing to flag) is shown with the systolic unknown
+        (
+            True,
+            (None, 80.0, datetime(2026, 11, 20, 9, 30)),
+            "Latest blood pressure: ?/80 mmHg, measured 20 Nov",
+        ),
+        # a reading from another year says the year
+        (
+            True,
+            (128.0, 82.0, datetime(2025, 12, 1, 9, 30)),
+            "Latest blood pressure: 128/82 mmHg, measured 1 Dec 2025",
+        ),
+    ],
+)
+def test_a_clear_review_ends_with_the_latest_reading_or_asks_for_one(
+    ctx: EngineContext,
+    knowledge: Knowledge,
+    with_facts: bool,
+    reading: tuple[float | None, float | None, datetime] | None,
+    last_line: str,
+) -> None:
+    order = ketamine_order("ket1", date(2026, 11, 23))
+    readings: tuple[BloodPressureFact, ...] = ()
+    if reading is not None:
+        systolic, diastolic, taken = reading
+        readings = (BloodPressureFact(SourceRef("Observation", "bp1"), taken, systolic, diastolic),)
+    facts = PatientFacts(None, medications=(order,), blood_pressures=readings)
+    screen = ordered_for(date(2026, 11, 23), order, hook="order-sign")
+    all_cards = cards(ctx, knowledge, facts, screen, with_facts=facts if with_facts else None)
+    assert len(all_cards) == 1
+    assert review_lines(all_cards) == [*NOTHING_FOUND, last_line]
 
 
 # ---------------------------------------------------------------------------------------------- links
