@@ -44,6 +44,7 @@ PREGNANCY = concept(coding(SNOMED, "77386006", "Pregnancy"))
 ANEURYSM = concept(coding(ICD10, "I67.1", "Cerebral aneurysm, nonruptured"))
 ALPRAZOLAM_025 = concept(coding(RXNORM, "308047", "alprazolam 0.25 MG Oral Tablet"))
 DIAZEPAM_RECTAL_10 = concept(coding(RXNORM, "104706", "diazepam 10 MG Rectal Suppository"))
+THEOPHYLLINE = concept(coding(RXNORM, "10438", "theophylline"))
 
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -258,11 +259,18 @@ def test_planned_session_date_is_the_reference(screen: Callable[..., ScreenResul
     ("asserted", "stale"),
     [("2025-11-22", False), ("2025-11-21", True)],  # 365 days old is current; 366 is stale
 )
+@pytest.mark.parametrize(
+    ("medicine", "rule_id"),
+    [
+        (ALPRAZOLAM_025, "benzodiazepine-response"),  # a rule that totals doses
+        (THEOPHYLLINE, "theophylline-seizure-threshold"),  # a rule that only names the medicine
+    ],
+)
 def test_record_365_days_old_is_not_stale(
-    screen: Callable[..., ScreenResult], asserted: str, stale: bool
+    screen: Callable[..., ScreenResult], medicine: dict[str, Any], rule_id: str, asserted: str, stale: bool
 ) -> None:
-    result = screen(select(statements=[med_statement(ALPRAZOLAM_025, asserted=asserted)]))
-    finding = finding_of(result, "benzodiazepine-response")
+    result = screen(select(statements=[med_statement(medicine, asserted=asserted)]))
+    finding = finding_of(result, rule_id)
     assert [("stale" in hit.notes) for hit in finding.hits] == [stale]
 
 
@@ -293,6 +301,19 @@ def test_allergy_without_statuses_counts_as_active(screen: Callable[..., ScreenR
 def test_unconfirmed_allergy_says_so(screen: Callable[..., ScreenResult]) -> None:
     result = screen(select(allergies=[allergy(concept(text="ketamine"), verification="unconfirmed")]))
     assert [hit.notes for hit in finding_of(result, "ketamine-hypersensitivity").hits] == [("unconfirmed",)]
+
+
+def test_an_allergy_with_no_reaction_recorded_gives_its_reaction_as_unknown(
+    screen: Callable[..., ScreenResult],
+) -> None:
+    """A rule's text may quote $reaction: with none recorded it reads "?", as every unknown value does."""
+    result = screen(select(allergies=[allergy(concept(coding(RXNORM, "6130", "ketamine")))]))
+    finding = finding_of(result, "ketamine-hypersensitivity")
+    assert (finding.band.id, finding.values["substance"], finding.values["reaction"]) == (
+        "documented-allergy",
+        "ketamine",
+        "?",
+    )
 
 
 def test_records_with_neither_code_nor_text_are_said(screen: Callable[..., ScreenResult]) -> None:

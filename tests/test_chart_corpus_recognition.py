@@ -547,6 +547,30 @@ CASES: list[Case] = [
         fires={ALLERGY_RULE: "critical"},
     ),
     Case(
+        "ketamine intolerance of low criticality, reaction severity not recorded: mild, a warning",
+        lambda: ketamine(
+            allergies=[reacting(allergy(sct("373464007", "Ketamine")), words("Nausea"), severity=None)]
+        ),
+        fires={ALLERGY_RULE: "warning"},
+    ),
+    Case(
+        "intolerance with neither criticality nor reaction severity recorded stays critical",
+        lambda: ketamine(
+            allergies=[reacting(allergy(words("ketamine")), words("nausea"), criticality=None, severity=None)]
+        ),
+        fires={ALLERGY_RULE: "critical"},
+    ),
+    Case(
+        "intolerance with mild nausea and dizziness names each reaction once",
+        lambda: ketamine(
+            allergies=[
+                reacting(allergy(words("ketamine")), words("Nausea"), words("Dizziness"), words("Nausea"))
+            ]
+        ),
+        fires={ALLERGY_RULE: "warning"},
+        evidence={ALLERGY_RULE: ("rather than an allergy: Nausea; Dizziness. This is not",)},
+    ),
+    Case(
         "intolerance with mild nausea and a rash: the rash makes it critical",
         lambda: ketamine(allergies=[reacting(allergy(words("ketamine")), words("nausea"), words("rash"))]),
         fires={ALLERGY_RULE: "critical"},
