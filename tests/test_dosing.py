@@ -6,7 +6,7 @@ import csv
 import json
 import math
 from dataclasses import replace
-from datetime import date
+from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -543,6 +543,34 @@ def test_timing_by_events_only_counts_the_busiest_day(
 def test_a_dated_event_list_with_a_bad_entry_is_unreadable(vocab: DosingVocabulary) -> None:
     dosage = {"doseAndRate": dose(1, "tablet"), "timing": {"event": ["2026-11-22T08:00:00Z", "tomorrow"]}}
     assert daily_dose(med(CLONAZEPAM_05, dosage), "clonazepam", vocab).problem == "unreadable-dosage"
+
+
+@pytest.mark.parametrize("events", ["2026-11-22T08:00:00Z", ["2026-11-22T08:00:00Z", 5]])
+def test_unreadable_events_spoil_the_total_beside_a_readable_instruction(
+    vocab: DosingVocabulary, events: Any
+) -> None:
+    """Events that are not a list of dates leave no total, even beside an instruction read in full."""
+    readable = {"doseAndRate": dose(1, "tablet"), "timing": per(2)}
+    by_events = {"doseAndRate": dose(1, "tablet"), "timing": {"event": events}}
+    result = daily_dose(med(CLONAZEPAM_05, readable, by_events), "clonazepam", vocab)
+    assert (result.status, result.mg_per_day, result.problem) == (
+        DoseStatus.UNKNOWN,
+        None,
+        "unreadable-dosage",
+    )
+
+
+def test_only_the_first_thousand_timing_events_are_read(vocab: DosingVocabulary) -> None:
+    """A cost guard: what stands after the thousandth event is not looked at."""
+    one_a_day = [(date(2024, 1, 1) + timedelta(days=n)).isoformat() for n in range(1000)]
+
+    def on(events: list[str]) -> dict[str, Any]:
+        return {"doseAndRate": dose(1, "tablet"), "timing": {"event": events}}
+
+    read = daily_dose(med(CLONAZEPAM_05, on([*one_a_day, "junk"])), "clonazepam", vocab)
+    assert (read.status, read.mg_per_day) == (DoseStatus.COMPUTED, 0.5)  # 1 tablet of 0.5 mg once a day
+    within = daily_dose(med(CLONAZEPAM_05, on([*one_a_day[:999], "junk"])), "clonazepam", vocab)
+    assert (within.status, within.problem) == (DoseStatus.UNKNOWN, "unreadable-dosage")
 
 
 @pytest.mark.parametrize(("comparator", "computed"), [("<", True), ("<=", True), (">", False), (">=", False)])
@@ -1156,6 +1184,16 @@ def test_the_shipped_vocabulary_is_the_default(vocab: DosingVocabulary) -> None:
     assert vocab.count_label("") == "unit"
     assert vocab.period_days("wk") == 7
     assert "hydrochloride" in vocab.salt_words
+
+
+def test_a_malformed_vocabulary_is_named_with_its_file_and_field(tmp_path: Path) -> None:
+    good = json.loads(VOCABULARY_FILE.read_text(encoding="utf-8"))
+    path = tmp_path / "vocabulary.json"
+    path.write_text(json.dumps({**good, "mass_units_to_mg": {**good["mass_units_to_mg"], "mg": -1}}), "utf-8")
+    with pytest.raises(ConfigError) as raised:
+        DosingVocabulary.load(path)
+    assert str(raised.value).startswith(f"{path}: ")
+    assert "mass_units_to_mg.mg" in str(raised.value)
 
 
 def test_malformed_vocabularies_stop_start_up(tmp_path: Path) -> None:

@@ -150,6 +150,19 @@ def test_condition_sets_match_by_name_only_where_no_code_is_known_and_the_words_
     assert term.match(BASE + "stroke-history-tia", sequela) is not None
 
 
+def test_a_name_said_as_past_history_goes_where_its_set_says(term: Terminology) -> None:
+    """A past infarction belongs to the history set, a past pregnancy to none (the pregnancy set ignores past
+    mentions), and a past epilepsy stays a seizure disorder (its set neither moves nor ignores them)."""
+    past_mi = concept(text="history of myocardial infarction")
+    assert term.match(MI_ACUTE, past_mi) is None
+    assert term.match(MI_HISTORY, past_mi) is not None
+    assert term.match(BASE + "pregnancy", concept(text="pregnancy")) is not None
+    assert term.match(BASE + "pregnancy", concept(text="history of pregnancy")) is None
+    found = term.match(BASE + "seizure-disorder", concept(text="history of epilepsy"))
+    assert found is not None
+    assert (found.method, found.term) == ("name", "epilepsy")
+
+
 def test_substance_use_excludes_nicotine_and_ketamine_use_is_its_own_set(term: Terminology) -> None:
     sud = BASE + "substance-use-disorder"
     ketamine_use = BASE + "ketamine-use-disorder"
