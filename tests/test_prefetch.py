@@ -263,8 +263,8 @@ def request(
     return body
 
 
-def ids(resources: tuple[dict[str, Any], ...] | list[dict[str, Any]]) -> list[tuple[str, str]]:
-    return [(r["resourceType"], r["id"]) for r in resources]
+def ids(resources: tuple[dict[str, Any], ...] | list[dict[str, Any]]) -> list[tuple[str, str | None]]:
+    return [(r["resourceType"], r.get("id")) for r in resources]
 
 
 @pytest.fixture(scope="module")
@@ -522,12 +522,21 @@ def test_resources_are_deduplicated_by_type_and_id() -> None:
             {"resource": {"resourceType": "Condition", "id": "c2"}},
             {"resource": {"resourceType": "OperationOutcome", "issue": []}, "search": {"mode": "outcome"}},
             {"fullUrl": "urn:uuid:no-resource"},
+            {"resource": {"resourceType": "Observation", "id": "c1"}},  # another type: not a repeat
+            {"resource": {"resourceType": "Condition"}},  # no id: nothing to repeat, both kept
+            {"resource": {"resourceType": "Condition"}},
         ],
     }
     gathered = gather(
         TEMPLATES, request({"conditions": page}), ["conditions"], client_factory=must_not_be_called
     )
-    assert ids(gathered.resources["conditions"]) == [("Condition", "c1"), ("Condition", "c2")]
+    assert ids(gathered.resources["conditions"]) == [
+        ("Condition", "c1"),
+        ("Condition", "c2"),
+        ("Observation", "c1"),
+        ("Condition", None),
+        ("Condition", None),
+    ]
 
 
 # ---------------------------------------------------------------------- 412: neither prefetched nor fetchable

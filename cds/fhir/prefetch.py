@@ -205,7 +205,9 @@ def gather(
             raise _unobtainable(to_fetch, lazy.error)
         _run_all([partial(_fetch, plan, client, context) for plan in to_fetch])
 
-    resources = {plan.key: _dedupe(plan.resources) for plan in plans}
+    # a prefetched Bundle's entries were de-duplicated as they were read; fetched pages were not
+    fetching = {id(plan) for plan in to_fetch}
+    resources = {p.key: _dedupe(p.resources) if id(p) in fetching else p.resources for p in plans}
     fetched = tuple(plan.key for plan in to_fetch)
     medications = _medications(resources.values(), context, lazy)
     return Gathered(resources=resources, medications=medications, fetched=fetched)
@@ -250,24 +252,32 @@ def _read_id(template: str, context: Mapping[str, Any]) -> str | None:
 
 
 def _bundle_entries(bundle: Mapping[str, Any]) -> tuple[dict[str, Any], ...] | None:
-    """Entry resources, OperationOutcome entries (search warnings) skipped; None when malformed."""
+    """Entry resources, de-duplicated by (type, id) as `_dedupe` does, OperationOutcome entries (search
+    warnings) skipped; None when malformed. One pass: a large chart is walked once here."""
     entries = bundle.get("entry", [])
     if not isinstance(entries, list):
         return None
     out: list[dict[str, Any]] = []
+    seen: set[tuple[str, str]] = set()
     for entry in entries:
         if not isinstance(entry, dict):
             return None
         resource = entry.get("resource")
         if resource is None:
             continue
-        if not isinstance(resource, dict) or not isinstance(resource.get("resourceType"), str):
+        if not isinstance(resource, dict):
+            return None
+        rtype = resource.get("resourceType")
+        if not isinstance(rtype, str):
             return None
         search = entry.get("search")
-        if resource["resourceType"] == "OperationOutcome" or (
-            isinstance(search, dict) and search.get("mode") == "outcome"
-        ):
+        if rtype == "OperationOutcome" or (isinstance(search, dict) and search.get("mode") == "outcome"):
             continue
+        rid = resource.get("id")
+        if isinstance(rid, str):
+            if (rtype, rid) in seen:
+                continue
+            seen.add((rtype, rid))
         out.append(resource)
     return tuple(out)
 
