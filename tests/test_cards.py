@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from cds.clinical.cards import CardInputs, CardLinks, CardText, onset_age_text, render, render_cards
+from cds.clinical.cards import CardInputs, CardLinks, CardText, onset_age_text, render
 from cds.clinical.engine import EngineContext, evaluate
 from cds.clinical.knowledge import Knowledge
 from cds.fhir.model import (
@@ -472,18 +472,3 @@ def test_the_screen_link_and_its_smart_launch_come_first(ctx: EngineContext, kno
         {"label": "Whole screen, records and arithmetic", "url": links.screen_url, "type": "absolute"},
         {"label": "Whole screen in the EHR", "url": "https://ehr/launch", "type": "smart"},
     ]
-
-
-def test_render_cards_gives_the_same_cards_as_render(ctx: EngineContext, knowledge: Knowledge) -> None:
-    facts = PatientFacts(None, conditions=(condition(MI, date(2026, 10, 10)),))
-    screen = situation()
-    findings = evaluate(ctx, knowledge.rules, facts, screen)
-    dicts = render_cards(
-        findings,
-        screen,
-        ctx=ctx,
-        text=knowledge.card_text,
-        override_catalogue=knowledge.override_reasons,
-        new_uuid=lambda: "uuid",
-    )
-    assert dicts == cards(ctx, knowledge, facts, screen, with_facts=None)

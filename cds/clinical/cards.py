@@ -654,24 +654,3 @@ def render(
     elif quiet:
         cards.append(renderer.consolidated(ALSO_NOTED, quiet, [renderer.summary_line(f) for f in quiet]))
     return cards
-
-
-def render_cards(
-    findings: Sequence[Finding],
-    situation: Situation,
-    *,
-    ctx: EngineContext,
-    text: CardText,
-    override_catalogue: Mapping[str, OverrideReason],
-    new_uuid: Callable[[], str] = new_uuid,
-) -> list[dict[str, Any]]:
-    """The card dicts only (callers that need no screening page or consolidation bookkeeping)."""
-    rendered = render(
-        findings,
-        CardInputs(situation=situation),
-        ctx=ctx,
-        text=text,
-        override_catalogue=override_catalogue,
-        new_uuid=new_uuid,
-    )
-    return [r.card for r in rendered]
