@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
+from sqlalchemy.exc import OperationalError
 
 from cds.storage.store import utc_now
 from tests.support.builders import RXNORM
@@ -233,6 +234,36 @@ def test_screen_pages_are_purged_with_the_records(client: FlaskClient) -> None:
     assert store.purge(3650, now=utc_now() + timedelta(days=400)) >= 1
     with store.engine.connect() as conn:
         assert conn.exec_driver_sql("SELECT count(*) FROM screen_page").scalar_one() == 0
+
+
+def test_a_link_clicked_before_its_page_was_shipped_still_opens(make_app: Callable[..., Flask]) -> None:
+    """The page leaves the request path through the outbox; a click that beats the shipper ships it."""
+    app = make_app(outbox_interval_s=3600)  # the shipper thread will not ship during this test
+    client = app.test_client()
+    cards = post(client, complex_chart("order-select"))
+    store = app.extensions["ketamine_cds"].store
+    with store.engine.connect() as conn:
+        assert conn.exec_driver_sql("SELECT count(*) FROM screen_page").scalar_one() == 0  # not yet shipped
+    assert client.get(screen_link(cards[0])).status_code == 200
+
+
+def test_a_page_written_while_the_database_is_down_opens_once_it_is_back(
+    make_app: Callable[..., Flask], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app = make_app(outbox_interval_s=3600)
+    runtime = app.extensions["ketamine_cds"]
+    client = app.test_client()
+
+    def database_down(*_args: Any, **_kwargs: Any) -> None:
+        raise OperationalError("INSERT", {}, Exception("database is down"))
+
+    with monkeypatch.context() as patched:
+        patched.setattr(runtime.store, "record_screen_pages", database_down)
+        cards = post(client, complex_chart("order-select"))  # answered all the same
+        assert runtime.flush() is False  # the page stays in the outbox
+        assert client.get(screen_link(cards[0])).status_code == 404  # not available yet
+    assert runtime.flush() is True  # the database is back: shipped
+    assert client.get(screen_link(cards[0])).status_code == 200
 
 
 def test_an_accepted_suggestion_reaches_the_feedback_store(client: FlaskClient) -> None:
