@@ -214,6 +214,32 @@ def test_orders_the_card_cannot_address_get_no_suggestion(ctx: EngineContext, kn
 
 
 @pytest.mark.parametrize(
+    ("onset", "summary", "detail"),
+    [
+        # today is 22 Nov 2026, the session 2 Dec: 22 Oct is one whole month ago, and one before the session
+        (
+            date(2026, 10, 22),
+            "Heart attack 1 month ago (22 Oct): defer ketamine infusion; eligible from 23 Apr 2027",
+            "1 month ago today and 1 month before the planned start",
+        ),
+        # 8 Nov: two weeks ago, not yet a whole month ("0 months" read as a typo)
+        (
+            date(2026, 11, 8),
+            "Heart attack under a month ago (8 Nov): defer ketamine infusion; eligible from 9 May 2027",
+            "under a month ago today and under a month before the planned start",
+        ),
+    ],
+)
+def test_how_long_ago_reads_as_words_for_one_month_and_less(
+    ctx: EngineContext, knowledge: Knowledge, onset: date, summary: str, detail: str
+) -> None:
+    facts = PatientFacts(None, conditions=(condition(MI, onset),))
+    card = card_of(cards(ctx, knowledge, facts, ordered_for(date(2026, 12, 2))), "Heart attack")
+    assert card["summary"] == summary
+    assert detail in card["detail"]
+
+
+@pytest.mark.parametrize(
     ("span", "summary"),
     [
         # 20 Sep and 1 Sep are both 2 whole months before 22 Nov: one figure, not "2-2"

@@ -162,15 +162,15 @@ def card_values(text: CardText, ctx: EngineContext, finding: Finding, situation:
         if span is not None and span[0] != span[1]:
             # a span (an age, a period, a month): both ends, never one invented day
             values["onset"] = f"{fmt_date(text, span[0])} to {fmt_date(text, span[1])}"  # with years
-            values["months_ago"] = _months_range(newest.date, span[0], ref)
-            values["months_ago_today"] = _months_range(newest.date, span[0], today)
+            values["months_ago"] = _months_range(text, newest.date, span[0], ref)
+            values["months_ago_today"] = _months_range(text, newest.date, span[0], today)
         else:
             values["onset"] = fmt_date(text, newest.date, today)
             date_value = text.raw.get("date_values", {}).get(newest.date_basis or "")
             if date_value:  # e.g. an onset known only as an age: "22 Nov at the latest"
                 values["onset"] = text.fill(date_value, date=values["onset"])
-            values["months_ago"] = str(months_between(newest.date, ref))
-            values["months_ago_today"] = str(months_between(newest.date, today))
+            values["months_ago"] = _months(text, months_between(newest.date, ref))
+            values["months_ago_today"] = _months(text, months_between(newest.date, today))
         if newest.label and finding.band.facts == "condition":
             values["condition"] = newest.label
         window = finding.band.when.get("onset_within_months")
@@ -185,9 +185,20 @@ def card_values(text: CardText, ctx: EngineContext, finding: Finding, situation:
     return values
 
 
-def _months_range(latest_day: date, earliest_day: date, reference: date) -> str:
+def _months_range(text: CardText, latest_day: date, earliest_day: date, reference: date) -> str:
     latest, earliest = months_between(latest_day, reference), months_between(earliest_day, reference)
-    return str(latest) if latest == earliest else f"{latest}-{earliest}"
+    if latest == earliest:
+        return _months(text, latest)
+    return text.fill(text.t("months_ago", "range"), low=str(latest), high=str(earliest))
+
+
+def _months(text: CardText, count: int) -> str:
+    """Whole months in words: "under a month", "1 month", "5 months"."""
+    if count <= 0:
+        return text.t("months_ago", "none")
+    if count == 1:
+        return text.t("months_ago", "one")
+    return text.fill(text.t("months_ago", "many"), count=str(count))
 
 
 def hold_values(text: CardText, ctx: EngineContext, rule: Rule, situation: Situation) -> dict[str, str]:
