@@ -12,19 +12,32 @@ from typing import Any
 
 import pytest
 
-from cds.clinical.engine import EngineContext, Finding, evaluate, evaluate_rule, fmt_number, months_before
+from cds.clinical.engine import (
+    EngineContext,
+    Finding,
+    Hit,
+    evaluate,
+    evaluate_rule,
+    fmt_number,
+    months_before,
+)
 from cds.clinical.knowledge import Knowledge
 from cds.clinical.rules import Rule
 from cds.clinical.situation import INTERACTION, NONE
+from cds.fhir.facts import condition_fact
 from cds.fhir.model import (
     AllergyFact,
     BloodPressureFact,
+    Coding,
     Concept,
+    ConditionFact,
     DataGap,
+    OnsetAge,
     PatientFacts,
     ReactionFact,
     SourceRef,
 )
+from tests.support.builders import SNOMED
 from tests.support.facts import (
     AVM,
     CLONAZEPAM,
@@ -397,3 +410,162 @@ def test_data_that_could_not_be_fetched_is_named_by_category(
     found = finding(ctx, knowledge, "unreadable-records", PatientFacts(None, gaps=gaps))
     assert found is not None
     assert (found.values["categories"], found.values["count"]) == ("Condition, MedicationStatement", "0")
+
+
+# --------------------------------------------------------------------------------- the evidence row
+
+
+MI_CODING = Coding(SNOMED, "22298006", "Myocardial infarction")
+
+
+def mi_hits(ctx: EngineContext, knowledge: Knowledge, fact: ConditionFact) -> tuple[str, tuple[Hit, ...]]:
+    found = finding(ctx, knowledge, "recent-myocardial-infarction", PatientFacts(None, conditions=(fact,)))
+    assert found is not None
+    return found.band.id, found.hits
+
+
+def test_a_coded_record_is_cited_with_its_code_and_its_onset(
+    ctx: EngineContext, knowledge: Knowledge
+) -> None:
+    record = condition(MI, months_ago(2))
+    assert mi_hits(ctx, knowledge, record) == (
+        "within-contraindication-window",
+        (
+            Hit(
+                source=record.source,
+                label="Myocardial infarction",
+                coding=MI_CODING,
+                match_method="code",
+                date=months_ago(2),
+                date_basis="onset",
+            ),
+        ),
+    )
+
+
+def test_an_undated_record_is_cited_without_a_date_or_its_kind(
+    ctx: EngineContext, knowledge: Knowledge
+) -> None:
+    record = condition(MI, None)
+    assert mi_hits(ctx, knowledge, record) == (
+        "date-unknown",
+        (Hit(record.source, "Myocardial infarction", MI_CODING, "code", None, None),),
+    )
+
+
+def test_a_record_dated_only_when_recorded_says_so_beside_its_other_notes(
+    ctx: EngineContext, knowledge: Knowledge
+) -> None:
+    """No onset: the recorded date stands in (and says so); each later note is added to it, not instead."""
+    recorded = replace(condition(MI, None), recorded=months_ago(2))
+    cases = (
+        (recorded, ("recorded-date-fallback",)),
+        (
+            replace(recorded, onset_text="in the spring"),
+            ("recorded-date-fallback", "onset-text:in the spring"),
+        ),
+        (replace(recorded, unreadable="onset-unreadable"), ("recorded-date-fallback", "unreadable")),
+        (
+            replace(recorded, concept=Concept(text="Heart attack")),
+            ("recorded-date-fallback", "by-name"),
+        ),
+    )
+    for fact, notes in cases:
+        band, [hit] = mi_hits(ctx, knowledge, fact)
+        assert (band, hit.date, hit.date_basis, hit.notes) == (
+            "within-contraindication-window",
+            months_ago(2),
+            "recorded",
+            notes,
+        )
+
+
+def test_a_record_named_in_words_is_cited_as_matched_by_name(
+    ctx: EngineContext, knowledge: Knowledge
+) -> None:
+    record = replace(condition(MI, months_ago(2)), concept=Concept(text="Heart attack"))
+    _, [hit] = mi_hits(ctx, knowledge, record)
+    assert (hit.label, hit.coding, hit.match_method, hit.notes) == (
+        "Heart attack",
+        None,
+        "name",
+        ("by-name",),
+    )
+
+
+def test_an_onset_given_as_an_age_is_cited_as_the_age(ctx: EngineContext, knowledge: Knowledge) -> None:
+    """Aged 50, born 1 Aug 1975: 1 Aug 2025 to 31 Jul 2026. The last day, 31 Jul 2026, is 3 whole months
+    before 22 Nov 2026 (31 Oct is 3 months on): within 6 months. The first day is 15 months before."""
+    age = OnsetAge(50, 50, "a", date(2025, 8, 1), date(2026, 7, 31))
+    record = replace(
+        condition(MI, date(2026, 7, 31)), onset_age=age, onset_span=(date(2025, 8, 1), date(2026, 7, 31))
+    )
+    found = finding(ctx, knowledge, "recent-myocardial-infarction", PatientFacts(None, conditions=(record,)))
+    assert found is not None
+    assert found.band.id == "within-contraindication-window"
+    assert found.hits == (
+        Hit(
+            source=record.source,
+            label="Myocardial infarction",
+            coding=MI_CODING,
+            match_method="code",
+            date=date(2026, 7, 31),
+            date_basis="onset-age",
+            onset_age=age,
+        ),
+    )
+    assert (found.values["onset"], found.values["months_ago"]) == ("2025-08-01 to 2026-07-31", "3-15")
+
+
+def test_an_age_without_a_birth_date_cannot_date_the_record(ctx: EngineContext, knowledge: Knowledge) -> None:
+    """Aged 50 with no birth date on file: no onset. The recorded date stands in when there is one."""
+    age = OnsetAge(50, 50, "a", None, None)
+    undated = replace(condition(MI, None), onset_age=age)
+    band, [hit] = mi_hits(ctx, knowledge, undated)
+    assert (band, hit.date, hit.notes) == ("date-unknown", None, ("onset-age-without-birth-date",))
+    recorded = replace(undated, recorded=months_ago(2))
+    band, [hit] = mi_hits(ctx, knowledge, recorded)
+    assert (band, hit.date, hit.notes) == (
+        "within-contraindication-window",
+        months_ago(2),
+        ("recorded-date-fallback", "onset-age-without-birth-date"),
+    )
+
+
+def test_a_half_life_that_just_reaches_the_threshold_is_long_acting(
+    ctx: EngineContext, knowledge: Knowledge
+) -> None:
+    """Estazolam's half-life is 10-24 h (Ashton): its longest, 24 h, reaches the 24 h default. 1 mg twice a
+    day is 2 mg x 10/1.5 = 13.33 mg/day diazepam-eq, over 8."""
+    estazolam = medication(Concept(text="estazolam 1 MG Oral Tablet"), per_day=2)
+    found = finding(ctx, knowledge, "benzodiazepine-response", PatientFacts(None, medications=(estazolam,)))
+    assert found is not None
+    assert (found.band.id, found.values["total"], found.values["long_acting"]) == (
+        "above-threshold-long-acting",
+        "13.33",
+        "estazolam",
+    )
+
+
+def test_an_onset_age_that_cannot_be_dated_beside_a_period_is_the_period_s_last_day_at_the_latest(
+    ctx: EngineContext, knowledge: Knowledge
+) -> None:
+    """A record giving both an age (no birth date on file) and the period March 2026: the period's last day,
+    31 Mar 2026, dates it, and the engine says it is the latest the onset can be. 31 Mar is 7 whole months
+    before 22 Nov 2026 (31 Oct is 7 months on): within 12 months, not within 6."""
+    resource = {
+        "resourceType": "Condition",
+        "id": "c-age-and-period",
+        "code": {"coding": [{"system": SNOMED, "code": "22298006", "display": "Myocardial infarction"}]},
+        "onsetAge": {"value": 50, "system": "http://unitsofmeasure.org", "code": "a"},
+        "onsetPeriod": {"start": "2026-03-01", "end": "2026-03-31"},
+    }
+    found = finding(
+        ctx,
+        knowledge,
+        "recent-myocardial-infarction",
+        PatientFacts(None, conditions=(condition_fact(resource, None),)),
+    )
+    assert found is not None
+    assert found.band.id == "within-review-window"
+    assert (found.values["onset"], found.values["months_ago"]) == ("2026-03-31 at the latest", "7")
