@@ -277,3 +277,43 @@ def measure_throughput(
         }
         out["cpu_ms_per_request"]["client"] = client_cpu * 1000 / total if total else None
     return out
+
+
+def merged_throughput(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Several `measure_throughput` results of one server as one: requests over the summed wall time;
+    CPU per request weighted by requests, shares and other load by wall time; the median round's p95."""
+    wall = sum(r["wall_s"] for r in runs)
+    total = sum(r["requests"] for r in runs)
+    ok = sum(r["ok"] for r in runs)
+    statuses: Counter[str] = Counter()
+    for r in runs:
+        statuses.update(r["statuses"])
+
+    def by_wall(key: str) -> float | None:
+        values = [(r[key], r["wall_s"]) for r in runs if r.get(key) is not None]
+        weight = sum(w for _, w in values)
+        return sum(v * w for v, w in values) / weight if weight else None
+
+    cpu: dict[str, float | None] = {}
+    for name in runs[0].get("cpu_ms_per_request", {}):
+        values = [(r["cpu_ms_per_request"][name], r["requests"]) for r in runs]
+        values = [(value, n) for value, n in values if value is not None]
+        weight = sum(n for _, n in values)
+        cpu[name] = sum(v * n for v, n in values) / weight if weight else None
+    p95s = sorted(r["latency_under_load"].get("p95_ms") or 0.0 for r in runs)
+    return {
+        "concurrency": runs[0]["concurrency"],
+        "requests": total,
+        "ok": ok,
+        "statuses": dict(sorted(statuses.items())),
+        "errors": [e for r in runs for e in r["errors"]],
+        "wall_s": wall,
+        "rps": ok / wall if wall > 0 else 0.0,
+        "latency_under_load": {"p95_ms": p95s[len(p95s) // 2]},
+        "client_cpu_s": sum(r["client_cpu_s"] for r in runs),
+        "client_cpu_share": by_wall("client_cpu_share"),
+        "machine_busy_cores": by_wall("machine_busy_cores"),
+        "other_load_cores": by_wall("other_load_cores"),
+        "cpu_ms_per_request": cpu,
+        "rounds": len(runs),
+    }

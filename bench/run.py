@@ -47,7 +47,7 @@ import requests
 
 from bench import servers
 from bench.generate import PatientRecord, background_pool, make_patient
-from bench.load import Series, measure_latency_interleaved, measure_throughput
+from bench.load import Series, measure_latency_interleaved, measure_throughput, merged_throughput
 from bench.profiling import profile_in_subprocess
 from bench.report import analyse, write_outputs
 from tests.support.fhir_server import running_fhir_server
@@ -318,31 +318,41 @@ def _worker_cpu(server: servers.Server) -> Callable[[], dict[str, float]]:
     return lambda: {"server workers": server.worker_cpu()}
 
 
+SCALING_ROUNDS = 4
+
+
 def measure_scaling(service: Mode, size: int, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
-    """Throughput of the full-prefetch service with 2 workers (the running one), then with 1, back to back."""
-    runs: dict[str, Any] = {}
-    for workers in (2, 1):
-        _log(f"scaling: {size} resources, {workers} worker(s), throughput ({args.concurrency} clients)")
-        with ExitStack() as stack:
-            if workers == args.workers:
-                server = service.server
-            else:
-                single = argparse.Namespace(**{**vars(args), "workers": workers})
-                server = stack.enter_context(_service(f"service-{workers}w", single, workdir))
-            runs[str(workers)] = measure_throughput(
-                server.port,
-                SERVICE_PATH,
-                service.bodies[size],
-                concurrency=args.concurrency,
-                max_requests=args.throughput_requests,
-                time_limit_s=args.throughput_seconds,
-                cpu_counters=_worker_cpu(server),
-            )
-        _log(f"  {runs[str(workers)]['rps']:.1f} requests/s")
+    """Throughput of the full-prefetch service with 2 workers (the running one) and with 1 (a second
+    instance), in alternating rounds, so that other work on a shared machine falls on both alike."""
+    rounds: dict[str, list[dict[str, Any]]] = {"2": [], "1": []}
+    with ExitStack() as stack:
+        single = argparse.Namespace(**{**vars(args), "workers": 1})
+        servers_by_workers = {
+            "2": service.server,
+            "1": stack.enter_context(_service("service-1w", single, workdir)),
+        }
+        for index in range(SCALING_ROUNDS):
+            for workers, server in servers_by_workers.items():
+                _log(f"scaling: {size} resources, {workers} worker(s), round {index + 1} of {SCALING_ROUNDS}")
+                rounds[workers].append(
+                    measure_throughput(
+                        server.port,
+                        SERVICE_PATH,
+                        service.bodies[size],
+                        concurrency=args.concurrency,
+                        max_requests=args.throughput_requests,
+                        time_limit_s=args.throughput_seconds / SCALING_ROUNDS,
+                        cpu_counters=_worker_cpu(server),
+                    )
+                )
+    runs = {workers: merged_throughput(measured) for workers, measured in rounds.items()}
+    for workers, run in runs.items():
+        _log(f"  {workers} worker(s): {run['rps']:.1f} requests/s over {SCALING_ROUNDS} rounds")
     return {
         "size": size,
         "concurrency": args.concurrency,
         "seconds": args.throughput_seconds,
+        "rounds": SCALING_ROUNDS,
         "workers": runs,
     }
 
