@@ -248,6 +248,34 @@ def test_when_codes_are_administrations(vocab: DosingVocabulary) -> None:
     assert result.mg_per_day == pytest.approx(1.5)
 
 
+@pytest.mark.parametrize("field", ["when", "timeOfDay"])
+def test_one_hundred_times_of_day_are_read_and_more_are_not(vocab: DosingVocabulary, field: str) -> None:
+    # the same bedtime (or 21:00) a hundred times is once a day: 1 tablet x 0.5 mg; a hundred and one
+    # entries are past the read limit, and the instruction is unreadable rather than cut short
+    entry = "HS" if field == "when" else "21:00:00"
+    for count, mg, problem in ((100, 0.5, None), (101, None, "unreadable-dosage")):
+        dosage = {"doseAndRate": dose(1, "tablet"), "timing": {"repeat": {field: [entry] * count}}}
+        result = daily_dose(med(CLONAZEPAM_05, dosage), "clonazepam", vocab)
+        assert (result.mg_per_day, result.problem) == (mg, problem), count
+
+
+@pytest.mark.parametrize("field", ["when", "timeOfDay"])
+@pytest.mark.parametrize("value", ["HS", ["HS", 5]])
+def test_times_of_day_that_are_not_a_list_of_words_are_unreadable(
+    vocab: DosingVocabulary, field: str, value: Any
+) -> None:
+    # alone, or beside a readable instruction (one tablet in the morning), whose total it spoils
+    bad = {"doseAndRate": dose(1, "tablet"), "timing": {"repeat": {field: value}}}
+    good = {"doseAndRate": dose(1, "tablet"), "timing": {"repeat": {"when": ["MORN"]}}}
+    for dosages in ((bad,), (good, bad)):
+        result = daily_dose(med(CLONAZEPAM_05, *dosages), "clonazepam", vocab)
+        assert (result.status, result.mg_per_day, result.problem) == (
+            DoseStatus.UNKNOWN,
+            None,
+            "unreadable-dosage",
+        )
+
+
 def test_volume_times_concentration(vocab: DosingVocabulary) -> None:
     dosage = {"doseAndRate": dose(0.5, "mL", code="mL"), "timing": per(3)}
     result = daily_dose(med("lorazepam 2 MG/ML Oral Solution", dosage), "lorazepam", vocab)
@@ -348,6 +376,16 @@ def test_named_times_on_some_days_of_the_week(vocab: DosingVocabulary) -> None:
     assert result.mg_per_day == pytest.approx(2 / 7)
     assert result.explanation == (
         "1 tablet x 2/day (HS, MORN) on 2 of 7 days (0.571429/day) x 0.5 mg/tablet = 0.285714 mg/day"
+    )
+
+
+def test_a_bedtime_dose_on_four_weekdays_is_counted_on_four_of_seven_days(vocab: DosingVocabulary) -> None:
+    # at bedtime Monday to Thursday: 1/day on 4 of 7 days = 4/7 = 0.571429/day; x 0.5 mg = 0.285714 mg/day
+    repeat = {"when": ["HS"], "dayOfWeek": ["mon", "tue", "wed", "thu"]}
+    dosage = {"doseAndRate": dose(1, "tablet"), "timing": {"repeat": repeat}}
+    result = daily_dose(med(CLONAZEPAM_05, dosage), "clonazepam", vocab)
+    assert result.explanation == (
+        "1 tablet x 1/day (HS) on 4 of 7 days (0.571429/day) x 0.5 mg/tablet = 0.285714 mg/day"
     )
 
 
@@ -674,6 +712,18 @@ def test_partial_dates_cover_their_whole_month(vocab: DosingVocabulary) -> None:
     taper = med(CLONAZEPAM_05, phase(2, "2026-10", "2026-10"), phase(1, "2026-11", None))
     assert daily_dose(taper, "clonazepam", vocab, on=date(2026, 10, 31)).mg_per_day == 1.0
     assert daily_dose(taper, "clonazepam", vocab, on=date(2026, 11, 1)).mg_per_day == 0.5
+
+
+def test_a_month_alone_starts_on_its_first_day_and_ends_on_its_last(vocab: DosingVocabulary) -> None:
+    taper = med(CLONAZEPAM_05, phase(2, "2026-10", "2026-10"), phase(1, "2026-11", None))
+    first_day = daily_dose(taper, "clonazepam", vocab, on=date(2026, 10, 1))
+    assert first_day.explanation == (
+        "in force on 2026-10-01 (2026-10-01 to 2026-10-31): 2 tablet x 1/day x 0.5 mg/tablet = 1 mg/day"
+    )
+    next_month = daily_dose(taper, "clonazepam", vocab, on=date(2026, 11, 1))
+    assert next_month.explanation == (
+        "in force on 2026-11-01 (from 2026-11-01): 1 tablet x 1/day x 0.5 mg/tablet = 0.5 mg/day"
+    )
 
 
 def test_an_undated_entry_applies_throughout_a_dated_schedule(vocab: DosingVocabulary) -> None:
