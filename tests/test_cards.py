@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from cds.clinical.cards import CardInputs, CardLinks, CardText, onset_age_text, render
+from cds.clinical.cards import CardInputs, CardLinks, CardText, _Renderer, onset_age_text, render
 from cds.clinical.engine import EngineContext, evaluate
 from cds.clinical.knowledge import Knowledge
 from cds.fhir.model import (
@@ -141,6 +141,63 @@ def test_a_hold_too_late_to_keep_is_never_given_a_past_time(
     }
 
 
+@pytest.mark.parametrize(
+    ("planned", "summary_end", "plan", "asked"),
+    [
+        (
+            # session 1 Dec 09:00: a 48 h hold puts the last dose at 09:00 on 29 Nov; resume 6 h after start
+            date(2026, 12, 1),
+            "last dose by 09:00 on 29 Nov, resume from 15:00 on 1 Dec",
+            "If the prescriber agrees to a hold: last dose by 09:00 on 29 Nov (48 h before the session at "
+            "09:00 on 1 Dec); resume from 15:00 on 1 Dec (6 h after the start).",
+            "Planned ketamine session 09:00 on 1 Dec. Please confirm whether the benzodiazepine (alprazolam "
+            "0.25 MG Oral Tablet) can be held: last dose by 09:00 on 29 Nov, resume from 15:00 on 1 Dec. Do "
+            "not stop a regular benzodiazepine abruptly.",
+        ),
+        (
+            # session 24 Nov 09:00: the last dose is due by 09:00 today. The screen knows the day, not the
+            # hour, so today's deadline is still given (as the 24 h one is when the 48 h hold is too late)
+            date(2026, 11, 24),
+            "last dose by 09:00 today, resume from 15:00 on 24 Nov",
+            "If the prescriber agrees to a hold: last dose by 09:00 today (48 h before the session at "
+            "09:00 on 24 Nov); resume from 15:00 on 24 Nov (6 h after the start).",
+            "Planned ketamine session 09:00 on 24 Nov. Please confirm whether the benzodiazepine (alprazolam "
+            "0.25 MG Oral Tablet) can be held: last dose by 09:00 today, resume from 15:00 on 24 Nov. Do "
+            "not stop a regular benzodiazepine abruptly.",
+        ),
+        (
+            # a session in another year says the year
+            date(2027, 1, 5),
+            "last dose by 09:00 on 3 Jan 2027, resume from 15:00 on 5 Jan 2027",
+            "If the prescriber agrees to a hold: last dose by 09:00 on 3 Jan 2027 (48 h before the session "
+            "at 09:00 on 5 Jan 2027); resume from 15:00 on 5 Jan 2027 (6 h after the start).",
+            "Planned ketamine session 09:00 on 5 Jan 2027. Please confirm whether the benzodiazepine "
+            "(alprazolam 0.25 MG Oral Tablet) can be held: last dose by 09:00 on 3 Jan 2027, resume from "
+            "15:00 on 5 Jan 2027. Do not stop a regular benzodiazepine abruptly.",
+        ),
+    ],
+)
+def test_a_hold_in_time_is_given_in_the_session_s_dates_and_times(
+    ctx: EngineContext, knowledge: Knowledge, planned: date, summary_end: str, plan: str, asked: str
+) -> None:
+    facts = PatientFacts(None, medications=(medication(ALPRAZOLAM, per_day=4),))
+    card = card_of(cards(ctx, knowledge, facts, ordered_for(planned)), "Benzodiazepines")
+    assert card["summary"] == f"{BENZO_SUMMARY}: {summary_end}"
+    assert plan in card["detail"]
+    [suggestion] = card["suggestions"]
+    assert suggestion["actions"][0]["resource"]["payload"] == [{"contentString": asked}]
+
+
+def test_a_hold_with_no_session_date_is_given_in_hours(ctx: EngineContext, knowledge: Knowledge) -> None:
+    facts = PatientFacts(None, medications=(medication(ALPRAZOLAM, per_day=4),))
+    card = card_of(cards(ctx, knowledge, facts, situation()), "Benzodiazepines")
+    assert card["summary"] == f"{BENZO_SUMMARY}: hold 48 h before each session, resume 6 h after"
+    assert (
+        "If the prescriber agrees to a hold: last dose 48 h before each session; resume 6 h after its start "
+        "(no session date on the order yet)." in card["detail"]
+    )
+
+
 def test_a_hold_request_names_no_patient_or_prescriber_it_was_not_given(
     ctx: EngineContext, knowledge: Knowledge
 ) -> None:
@@ -207,6 +264,38 @@ def test_orders_the_card_cannot_address_get_no_suggestion(ctx: EngineContext, kn
         card["summary"]
         == "Heart attack 2 months ago (22 Sep): defer ketamine infusion; eligible from 23 Mar 2027"
     )
+    assert "suggestions" not in card
+
+
+def test_an_order_the_card_cannot_move_does_not_stop_it_moving_the_next(
+    ctx: EngineContext, knowledge: Knowledge
+) -> None:
+    # ket2 was not sent among the draft orders (nothing to move); ket1, after it, was and is moved:
+    # 23 Nov -> 23 Mar 2027 (the first day outside 6 months of an infarction on 22 Sep 2026)
+    raw = {"resourceType": "MedicationRequest", "id": "ket1", "dosageInstruction": [{"text": "one infusion"}]}
+    unsent, sent = ketamine_order("ket2", date(2026, 11, 23)), ketamine_order("ket1", date(2026, 11, 23))
+    screen = ordered_for(date(2026, 11, 23), unsent, sent)
+    facts = PatientFacts(None, conditions=(condition(MI, date(2026, 9, 22)),))
+    card = card_of(cards(ctx, knowledge, facts, screen, draft_orders=[raw]), "Heart attack")
+    move = card["suggestions"][0]
+    assert move["label"] == "Move the planned start to 23 Mar 2027"
+    assert [a["resource"]["id"] for a in move["actions"]] == ["ket1"]
+    assert move["actions"][0]["resource"]["dosageInstruction"] == [
+        {"text": "one infusion", "timing": {"repeat": {"boundsPeriod": {"start": "2027-03-23"}}}}
+    ]
+
+
+def test_a_warning_inside_the_review_window_suggests_no_move(
+    ctx: EngineContext, knowledge: Knowledge
+) -> None:
+    # an infarction on 22 Feb 2026 is 9 months before a session on 23 Nov: past the 6-month window, inside
+    # 12 months (cardiology review, a warning); the order stays where it is and is not removed
+    raw = {"resourceType": "MedicationRequest", "id": "ket1", "dosageInstruction": [{"text": "one infusion"}]}
+    facts = PatientFacts(None, conditions=(condition(MI, date(2026, 2, 22)),))
+    card = card_of(
+        cards(ctx, knowledge, facts, ordered_for(date(2026, 11, 23)), draft_orders=[raw]), "Heart attack"
+    )
+    assert card["indicator"] == "warning"
     assert "suggestions" not in card
 
 
@@ -369,6 +458,109 @@ def test_also_noted_lists_what_fits_and_says_there_is_more(ctx: EngineContext, k
     assert 1 < len(lines) - 1 < count  # some points listed, the rest on the page
 
 
+def test_a_point_in_also_noted_is_cut_at_200_characters(ctx: EngineContext, knowledge: Knowledge) -> None:
+    # the risperidone summary opens with the record's name, here 12 + 250 = 262 characters: its line keeps
+    # the first 199 ("risperidone " and 187 x's) and an ellipsis, 200 in all
+    long_name = "risperidone " + "x" * 250
+    meds = (medication(Concept(text=long_name)),)
+    conditions = (condition(Concept(text="bipolar disorder"), date(2026, 10, 1)),)
+    card = card_of(
+        cards(ctx, knowledge, PatientFacts(None, conditions=conditions, medications=meds), situation()),
+        "Also noted",
+    )
+    assert sorted(card["detail"].split("\n")) == [
+        "- Bipolar disorder on record: monitor for hypomania during the course",
+        "- risperidone " + "x" * 187 + "…",
+    ]
+
+
+def test_each_card_is_filed_under_its_rule_or_its_frame_with_that_version(
+    ctx: EngineContext, knowledge: Knowledge
+) -> None:
+    # the infarction's card under its rule (version 1.0.1); two points for information share "also-noted",
+    # whose frame is versioned by the card text (2.0.0)
+    conditions = (
+        condition(MI, date(2026, 10, 10)),
+        condition(Concept(text="bipolar disorder"), date(2026, 10, 1)),
+        condition(Concept(text="interstitial cystitis"), date(2026, 10, 1)),
+    )
+    facts = PatientFacts(None, conditions=conditions)
+    screen = situation()
+    rendered = render(
+        evaluate(ctx, knowledge.rules, facts, screen),
+        CardInputs(situation=screen, facts=facts),
+        ctx=ctx,
+        text=knowledge.card_text,
+        override_catalogue=knowledge.override_reasons,
+        new_uuid=lambda: "uuid",
+    )
+    assert [(r.topic, r.version, len(r.findings)) for r in rendered] == [
+        ("recent-myocardial-infarction", "1.0.1", 1),
+        ("also-noted", "2.0.0", 2),
+    ]
+    assert rendered[1].card["source"] == {
+        "label": "ketamine-cds screening rules",
+        "topic": {
+            "system": "https://ketamine-cds.example.org/fhir/CodeSystem/screening-rules",
+            "code": "also-noted",
+            "display": "Also noted",
+        },
+    }
+
+
+def renderer(ctx: EngineContext, knowledge: Knowledge) -> _Renderer:
+    inputs = CardInputs(situation=situation())
+    return _Renderer(ctx, knowledge.card_text, inputs, knowledge.override_reasons, lambda: "u")
+
+
+def consolidated_detail(ctx: EngineContext, knowledge: Knowledge, lines: list[str]) -> str:
+    detail: str = renderer(ctx, knowledge).consolidated("also-noted", [], lines).card["detail"]
+    return detail
+
+
+def test_a_consolidated_card_takes_its_most_severe_finding_s_indicator(
+    ctx: EngineContext, knowledge: Knowledge
+) -> None:
+    # an infarction 2 months ago (critical) and bipolar disorder (information): critical, not the
+    # alphabetical last
+    facts = PatientFacts(
+        None,
+        conditions=(condition(MI, date(2026, 9, 22)), condition(Concept(text="bipolar disorder"), None)),
+    )
+    findings = evaluate(ctx, knowledge.rules, facts, situation())
+    assert sorted(f.indicator for f in findings) == ["critical", "info"]
+    card = renderer(ctx, knowledge).consolidated("pre-session-review", findings, ["a line"]).card
+    assert card["indicator"] == "critical"
+
+
+MORE = "- more on the screening page"  # 28 characters
+
+
+@pytest.mark.parametrize(
+    ("last", "detail"),
+    [
+        # eight lines of "- " + 98 characters and newlines: 8 x 100 + 7 = 807; a ninth of "- " + 90 and its
+        # newline make 900, the limit: all of it is kept
+        ("b" * 90, "\n".join(["- " + "a" * 98] * 8 + ["- " + "b" * 90])),
+        # one more character: the ninth line gives way to the pointer to the page (807 + 1 + 28 = 836)
+        ("b" * 91, "\n".join(["- " + "a" * 98] * 8 + [MORE])),
+    ],
+)
+def test_a_consolidated_detail_of_900_characters_is_kept_whole(
+    ctx: EngineContext, knowledge: Knowledge, last: str, detail: str
+) -> None:
+    assert consolidated_detail(ctx, knowledge, ["a" * 98] * 8 + [last]) == detail
+
+
+def test_a_consolidated_detail_keeps_its_first_line_however_long(
+    ctx: EngineContext, knowledge: Knowledge
+) -> None:
+    # three lines of 500 characters: two and the pointer (1,034) are still too long, so one is kept; a lone
+    # line is never dropped for the pointer alone, even past the limit
+    assert consolidated_detail(ctx, knowledge, ["a" * 500, "b" * 500, "c" * 500]) == f"- {'a' * 500}\n{MORE}"
+    assert consolidated_detail(ctx, knowledge, ["a" * 1000]) == f"- {'a' * 1000}"
+
+
 # -------------------------------------------------------------------- the pharmacist's pre-session review
 
 
@@ -399,6 +591,26 @@ def test_the_pre_session_review_lists_every_check_and_the_latest_reading(
     assert [s["label"] for s in all_cards[0]["suggestions"]] == [
         "Ask the prescriber to confirm the hold plan"
     ]
+
+
+def test_the_hold_request_stays_on_the_review_whatever_is_listed_after_it(
+    ctx: EngineContext, knowledge: Knowledge
+) -> None:
+    # the benzodiazepine (a warning, with its hold request) and bipolar disorder (information, no request):
+    # the review offers the one request, to be chosen or not ("at-most-one")
+    order = ketamine_order("ket1", date(2026, 11, 23))
+    facts = PatientFacts(
+        None,
+        medications=(order, medication(ALPRAZOLAM, per_day=4)),
+        conditions=(condition(Concept(text="bipolar disorder"), date(2026, 10, 1)),),
+    )
+    [review] = cards(ctx, knowledge, facts, ordered_for(date(2026, 11, 23), order, hook="order-sign"))
+    assert [f["rule"] for f in review["extension"]["ketamine-cds-findings"]] == [
+        "benzodiazepine-response",
+        "bipolar-disorder",
+    ]
+    assert [s["label"] for s in review["suggestions"]] == ["Ask the prescriber to confirm the hold plan"]
+    assert review["selectionBehavior"] == "at-most-one"
 
 
 def review_lines(all_cards: list[dict[str, Any]]) -> list[str]:
