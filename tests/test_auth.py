@@ -956,6 +956,7 @@ def test_documented_issuer_configs_load_and_verify(
         ("https://cds.example.org/", "", "https://cds.example.org"),
         ("https://cds.example.org/CDSX/", "/x", "https://cds.example.org/CDSX/x"),  # only slashes trimmed
         ("https://cds.example.org/x", "y/", "https://cds.example.org/x/y/"),
+        ("https://cds.example.org", "/X-services", "https://cds.example.org/X-services"),
     ],
 )
 def test_expected_audience(base: str, path: str, expected: str) -> None:

@@ -13,6 +13,7 @@ import uuid
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import jwt
@@ -22,7 +23,17 @@ from jwt.warnings import InsecureKeyLengthWarning
 
 from cds.config import Settings, TrustedIssuer
 from cds.errors import OutboundRefused, ServiceUnavailable, Unauthorized
-from cds.web.auth import ClientAuthenticator, _fits, _JwksError, _loggable, _parse_jwks
+from cds.outbound import address_policy
+from cds.web.auth import (
+    ClientAuthenticator,
+    _fits,
+    _JwksCache,
+    _JwksError,
+    _loggable,
+    _parse_jwks,
+    _Reject,
+    _Source,
+)
 from cds.web.auth import _Key as _KeyEntry
 
 ISS = "https://ehr.example.org"
@@ -300,6 +311,7 @@ def test_rejection_log_names_iss_kid_and_jti_only(
         (None, "-"),
         (42, "-"),
         ("quo\"te's", "quo?te?s"),
+        ("X-Ray 'X'", "X-Ray ?X?"),  # only quotes and unprintables are replaced
         ("tab\there\n", "tab?here?"),
         ("x" * 128, "x" * 128),
         ("x" * 129, "x" * 128 + "..."),
@@ -430,6 +442,7 @@ JWKS_LIMIT = 256 * 1024
 class _Response:
     def __init__(self, body: bytes, chunk: int = 16 * 1024) -> None:
         self.status_code = 200
+        self.chunk_size: int | None = None
         self._chunks = [body[i : i + chunk] for i in range(0, len(body), chunk)]
 
     def __enter__(self) -> _Response:
@@ -439,6 +452,7 @@ class _Response:
         return None
 
     def iter_content(self, chunk_size: int) -> Iterator[bytes]:
+        self.chunk_size = chunk_size
         yield from self._chunks
 
 
@@ -448,24 +462,29 @@ class _Session:
     def __init__(self, answer: bytes | Exception) -> None:
         self.answer = answer
         self.urls: list[str] = []
+        self.options: list[dict[str, Any]] = []
+        self.responses: list[_Response] = []
         self.closed = False
 
-    def get(self, url: str, **_: Any) -> _Response:
+    def get(self, url: str, **options: Any) -> _Response:
         self.urls.append(url)
+        self.options.append(options)
         if isinstance(self.answer, Exception):
             raise self.answer
-        return _Response(self.answer)
+        self.responses.append(_Response(self.answer))
+        return self.responses[-1]
 
     def close(self) -> None:
         self.closed = True
 
 
-def _fetching_auth(session: _Session) -> ClientAuthenticator:
+def _fetching_auth(session: _Session, **more: Any) -> ClientAuthenticator:
     settings = Settings(
         public_base_url=BASE,
         trusted_issuers=(TrustedIssuer(iss=ISS, jwks_url=JWKS_URL),),
         jwt_leeway_s=LEEWAY,
         jwt_max_lifetime_s=MAX_LIFETIME,
+        **more,
     )
     return ClientAuthenticator(
         settings,
@@ -484,6 +503,23 @@ def test_a_fetched_key_set_of_exactly_the_size_limit_is_read(ec_key: ec.Elliptic
     at_limit = _Session(_padded_jwks(ec_key, JWKS_LIMIT))
     assert _accepted(_fetching_auth(at_limit), _token(ec_key, "ec"))
     assert at_limit.urls == [JWKS_URL]
+
+
+def test_a_key_set_is_fetched_as_a_jwk_set_streamed_without_redirects_within_the_timeout(
+    ec_key: ec.EllipticCurvePrivateKey,
+) -> None:
+    # streamed and read 16 KiB at a time, so the size limit and the deadline are checked while it arrives
+    session = _Session(_padded_jwks(ec_key, 1000))
+    assert _accepted(_fetching_auth(session, jwks_timeout_s=4.0), _token(ec_key, "ec"))
+    assert session.options == [
+        {
+            "timeout": 4.0,
+            "stream": True,
+            "allow_redirects": False,
+            "headers": {"Accept": "application/jwk-set+json, application/json"},
+        }
+    ]
+    assert [response.chunk_size for response in session.responses] == [16 * 1024]
 
 
 @pytest.mark.parametrize(
@@ -519,3 +555,146 @@ def test_close_leaves_a_session_it_was_given_open() -> None:
     auth = _fetching_auth(given)
     auth.close()
     assert not given.closed  # the caller owns it (and may share it)
+
+
+# -- the key-set cache, with a stand-in loader and clock --------------------------------------------
+
+CACHE_S = 600.0  # the cache period these tests give; refetches are at least 10 s apart (JWKS_MIN_REFETCH_S)
+SOURCE = _Source("url", JWKS_URL)
+
+
+class _Loader:
+    """Serves `answers` in turn (a body, or a _JwksError to raise); records each load."""
+
+    def __init__(self, *answers: bytes | _JwksError) -> None:
+        self.answers = list(answers)
+        self.loads = 0
+
+    def __call__(self, source: _Source) -> bytes:
+        self.loads += 1
+        answer = self.answers[min(self.loads, len(self.answers)) - 1]
+        if isinstance(answer, _JwksError):
+            raise answer
+        return answer
+
+
+def _key_set(ec_key: ec.EllipticCurvePrivateKey, kid: str = "ec") -> bytes:
+    return json.dumps({"keys": [_jwk(ec_key, kid)]}).encode()
+
+
+def _cache(loader: _Loader, now: list[float]) -> _JwksCache:
+    return _JwksCache(loader, CACHE_S, lambda: now[0])
+
+
+def test_a_cached_key_set_serves_its_kids_until_the_cache_period_ends(
+    ec_key: ec.EllipticCurvePrivateKey,
+) -> None:
+    loader, now = _Loader(_key_set(ec_key)), [1000.0]
+    cache = _cache(loader, now)
+    assert len(cache.keys_for(SOURCE, "ec")) == 1
+    for at, loads in ((1011.0, 1), (1000.0 + CACHE_S - 1, 1), (1000.0 + CACHE_S, 2)):
+        now[0] = at  # past the refetch interval, within the period: still cached; at its end: fetched
+        assert len(cache.keys_for(SOURCE, "ec")) == 1
+        assert loader.loads == loads, at
+
+
+def test_an_unknown_kid_refetches_once_the_interval_has_passed_to_the_second(
+    ec_key: ec.EllipticCurvePrivateKey,
+) -> None:
+    loader, now = _Loader(_key_set(ec_key)), [1000.0]
+    cache = _cache(loader, now)
+    cache.keys_for(SOURCE, "ec")
+    for at, loads in ((1009.0, 1), (1010.0, 2)):  # 9 s after the last fetch: not again; 10 s: again
+        now[0] = at
+        with pytest.raises(_Reject):
+            cache.keys_for(SOURCE, "rotated")
+        assert loader.loads == loads, at
+
+
+@pytest.mark.parametrize(
+    ("age", "kept"), [(2 * CACHE_S - 1, True), (2 * CACHE_S, False), (2.5 * CACHE_S, False)]
+)
+def test_keys_are_kept_through_a_failed_refresh_for_one_more_period_only(
+    ec_key: ec.EllipticCurvePrivateKey, age: float, kept: bool
+) -> None:
+    loader, now = _Loader(_key_set(ec_key), _JwksError("HTTP 503")), [1000.0]
+    cache = _cache(loader, now)
+    cache.keys_for(SOURCE, "ec")
+    now[0] = 1000.0 + age
+    if kept:
+        assert len(cache.keys_for(SOURCE, "ec")) == 1
+    else:
+        with pytest.raises(_Reject):
+            cache.keys_for(SOURCE, "ec")
+    assert loader.loads == 2
+
+
+def test_a_refresh_that_finds_the_set_renewed_meanwhile_does_not_fetch_again(
+    ec_key: ec.EllipticCurvePrivateKey,
+) -> None:
+    """A caller that waited for the lock while another fetched (it saw no set, one is there now) takes it."""
+    loader, now = _Loader(_key_set(ec_key)), [1000.0]
+    cache = _cache(loader, now)
+    fetched = cache._refresh(SOURCE, seen=None)
+    now[0] = 1100.0
+    assert cache._refresh(SOURCE, seen=None) is fetched
+    assert loader.loads == 1
+
+
+def test_a_fetch_holds_its_own_source_s_lock_and_no_other(ec_key: ec.EllipticCurvePrivateKey) -> None:
+    other = _Source("url", "https://keys.other.example.org/jwks.json")
+    held: list[tuple[bool, bool]] = []
+
+    def load(source: _Source) -> bytes:
+        held.append((cache._lock_for(SOURCE).locked(), cache._lock_for(other).locked()))
+        return _key_set(ec_key)
+
+    cache = _JwksCache(load, CACHE_S, lambda: 1000.0)
+    cache.keys_for(SOURCE, "ec")
+    assert held == [(True, False)]
+
+
+@pytest.mark.parametrize(
+    ("length", "reason"), [(16 * 1024, "malformed_token"), (16 * 1024 + 1, "token_too_large")]
+)
+def test_an_authorization_header_of_16_kib_is_read_and_one_character_more_is_not(
+    make_auth: Callable[[], tuple[ClientAuthenticator, _Replay]],
+    caplog: pytest.LogCaptureFixture,
+    length: int,
+    reason: str,
+) -> None:
+    auth, _ = make_auth()
+    with caplog.at_level("WARNING", logger="cds.web.auth"):
+        assert not _accepted(auth, "Bearer " + "a" * (length - len("Bearer ")))
+    assert [r[0] for r in _reasons(caplog)] == [reason]
+
+
+def test_an_authenticator_closes_the_session_it_made_which_obeys_the_address_policy(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    made: list[tuple[object, _Session]] = []
+
+    def outbound_session(policy: object) -> _Session:
+        made.append((policy, _Session(b"")))
+        return made[-1][1]
+
+    monkeypatch.setattr("cds.web.auth.outbound_session", outbound_session)
+    settings = Settings(public_base_url=BASE, trusted_issuers=(TrustedIssuer(iss=ISS, jwks_url=JWKS_URL),))
+    auth = ClientAuthenticator(settings, replay_cache=_Replay(), clock=lambda: float(NOW))
+    [(policy, session)] = made
+    assert policy == address_policy(settings)
+    auth.close()
+    assert session.closed
+
+
+@pytest.mark.parametrize(("arrives_after", "accepted"), [(4.0, True), (4.001, False)])
+def test_a_key_set_must_arrive_within_the_timeout_to_the_millisecond(
+    monkeypatch: pytest.MonkeyPatch, ec_key: ec.EllipticCurvePrivateKey, arrives_after: float, accepted: bool
+) -> None:
+    # the fetch starts at 100 s on the monotonic clock; each piece of the body comes at 100 + arrives_after
+    readings = iter([100.0])
+    monkeypatch.setattr(
+        "cds.web.auth.time", SimpleNamespace(monotonic=lambda: next(readings, 100.0 + arrives_after))
+    )
+    session = _Session(_padded_jwks(ec_key, 1000))
+    assert _accepted(_fetching_auth(session, jwks_timeout_s=4.0), _token(ec_key, "ec")) is accepted
