@@ -16,20 +16,25 @@ import pytest
 from cds.clinical.cards import CardInputs, CardLinks, CardText, _Renderer, onset_age_text, render
 from cds.clinical.engine import EngineContext, evaluate
 from cds.clinical.knowledge import Knowledge
+from cds.clinical.policy import SITE_ORIGIN, ResolvedParameter
+from cds.clinical.rules import Rule
 from cds.fhir.model import (
     BloodPressureFact,
     Coding,
     Concept,
+    ConditionFact,
     MedicationFact,
     OnsetAge,
     PatientFacts,
     SourceRef,
 )
-from tests.support.builders import RXNORM
+from tests.support.builders import RXNORM, SNOMED
 from tests.support.facts import KETAMINE, MI, STROKE, condition, medication, situation
 
 # 4 x 0.25 mg = 1 mg alprazolam a day = 20 mg diazepam-eq (Ashton: 0.5 mg = 10 mg): over 8, and short-acting
 ALPRAZOLAM = Concept((Coding(RXNORM, "308047", "alprazolam 0.25 MG Oral Tablet"),))
+MI_RULE = "recent-myocardial-infarction"
+BENZO_RULE = "benzodiazepine-response"
 BENZO_SUMMARY = "Benzodiazepines 20 mg/day diazepam-eq (over 8 mg/day diazepam-eq)"
 
 
@@ -710,3 +715,313 @@ def test_the_screen_link_and_its_smart_launch_come_first(ctx: EngineContext, kno
         {"label": "Whole screen, records and arithmetic", "url": links.screen_url, "type": "absolute"},
         {"label": "Whole screen in the EHR", "url": "https://ehr/launch", "type": "smart"},
     ]
+
+
+# ------------------------------------------------------------------- the records behind a card, line by line
+
+NO_ORDER_DATE = "No start date on the order: windows are counted to today, 22 Nov."
+BIPOLAR = Concept((Coding(SNOMED, "371596008", "Bipolar I disorder"),))
+BIPOLAR_TEXT = (
+    "**Bipolar I disorder** is active on the problem list. Ketamine has been studied in bipolar depression "
+    "alongside lithium or valproate, with a low rate of switching to mania; watch for hypomanic symptoms "
+    "during the course."
+)
+
+
+@pytest.mark.parametrize(
+    ("onset", "recorded", "record"),
+    [
+        (date(2026, 10, 1), None, "- Bipolar I disorder, onset 1 Oct"),
+        (
+            None,
+            date(2026, 10, 1),
+            "- Bipolar I disorder, recorded 1 Oct, no onset date recorded: the date the condition was "
+            "recorded was used",
+        ),
+    ],
+)
+def test_a_record_dated_by_onset_or_recorded_date_says_what_its_dates_are_counted_to(
+    ctx: EngineContext, knowledge: Knowledge, onset: date | None, recorded: date | None, record: str
+) -> None:
+    # bipolar disorder has no time window of its own: the line about the counting comes from the dated record
+    bipolar = ConditionFact(SourceRef("Condition", "bp1"), BIPOLAR, "active", None, onset, recorded)
+    card = card_of(cards(ctx, knowledge, PatientFacts(None, conditions=(bipolar,)), situation()), "Bipolar")
+    assert card["detail"] == f"{BIPOLAR_TEXT}\n\n{record}\n\n{NO_ORDER_DATE}"
+
+
+def test_an_onset_known_only_as_an_age_is_dated_on_its_record_line(
+    ctx: EngineContext, knowledge: Knowledge
+) -> None:
+    # age 45 at onset, the 46th birthday on 15 Oct 2026: the onset falls between 15 Oct 2025 and 14 Oct 2026;
+    # its last day decides the window (6 months after it, plus a day: 15 Apr 2027). From 14 Oct to 22 Nov is
+    # 1 whole month, from 15 Oct 2025 13 months. No record is dated by onset or recorded date: the line about
+    # the counting is there because the band itself is a time window.
+    span = (date(2025, 10, 15), date(2026, 10, 14))
+    infarction = replace(
+        condition(MI, span[1]), onset_span=span, onset_age=OnsetAge(45, 45, "a", span[0], span[1])
+    )
+    card = card_of(cards(ctx, knowledge, PatientFacts(None, conditions=(infarction,)), situation()), "Heart")
+    assert card["summary"] == (
+        "Heart attack 1-13 months ago (15 Oct 2025 to 14 Oct 2026): defer ketamine infusion; "
+        "eligible from 15 Apr 2027"
+    )
+    assert card["detail"].split("\n\n") == [
+        "**Myocardial infarction** dates from 15 Oct 2025 to 14 Oct 2026: 1-13 months ago today and 1-13 "
+        "months before the planned start, inside the 6-month window. Ketamine raises blood pressure and "
+        "heart rate for about an hour, a serious hazard after a recent heart attack. Defer until 15 Apr 2027 "
+        "and ask cardiology to clear the patient.",
+        "- Myocardial infarction, latest possible onset 14 Oct, onset recorded as age 45 years: between "
+        "2025-10-15 and 2026-10-14",
+        NO_ORDER_DATE,
+    ]
+
+
+def test_unreadable_records_are_named_by_kind_dated_first_and_not_counted_to_a_date(
+    ctx: EngineContext, knowledge: Knowledge
+) -> None:
+    # a condition with no code or text has no name of its own and its type has no label: "(no name
+    # recorded)"; a blood pressure Observation without a name is a "blood pressure reading". The reading
+    # dated after today comes first (dated records before undated ones); none of these has a window, so no
+    # line says what windows are counted to.
+    uncoded = replace(condition(Concept(), None), unreadable="condition-not-coded")
+    unreadable = BloodPressureFact(
+        SourceRef("Observation", "bp1"), datetime(2026, 11, 20, 9, 30), None, None, "bp-value-unreadable"
+    )
+    future = BloodPressureFact(SourceRef("Observation", "bp2"), datetime(2026, 12, 1, 9, 30), 120, 80)
+    facts = PatientFacts(None, conditions=(uncoded,), blood_pressures=(unreadable, future))
+    card = card_of(cards(ctx, knowledge, facts, situation()), "3 record(s)")
+    assert card["detail"] == (
+        "The screen could not read or confirm the records below, so it cannot say whether they matter for "
+        "ketamine infusion. Check each of them by hand; the rest of the screen is unaffected.\n\n"
+        "- blood pressure reading, measured 1 Dec, blood pressure dated after today: left out of the latest "
+        "reading\n"
+        "- (no name recorded), condition has no code or text\n"
+        "- blood pressure reading, blood pressure value unreadable"
+    )
+
+
+def test_a_date_basis_the_wording_file_does_not_name_leaves_the_bare_date(
+    ctx: EngineContext, knowledge: Knowledge
+) -> None:
+    no_bases = CardText({**knowledge.card_text.raw, "date_basis": {}})
+    facts = PatientFacts(None, conditions=(condition(MI, date(2026, 10, 10)),))
+    findings = evaluate(ctx, knowledge.rules, facts, situation())
+    [rendered] = render(
+        findings,
+        CardInputs(situation=situation(), facts=facts),
+        ctx=ctx,
+        text=no_bases,
+        override_catalogue=knowledge.override_reasons,
+        new_uuid=lambda: "uuid",
+    )
+    assert rendered.card["detail"].split("\n\n")[1] == "- Myocardial infarction, 10 Oct"
+
+
+# ------------------------------------------------------------------------- how many records fit in 900
+
+
+def mi_text(label: str) -> str:
+    """The contraindication text for an infarction on 10 Oct 2026, screened on 22 Nov with no order date."""
+    return (
+        f"**{label}** dates from 10 Oct: 1 month ago today and 1 month before the planned start, inside the "
+        "6-month window. Ketamine raises blood pressure and heart rate for about an hour, a serious hazard "
+        "after a recent heart attack. Defer until 11 Apr 2027 and ask cardiology to clear the patient."
+    )
+
+
+def mi_detail(ctx: EngineContext, knowledge: Knowledge, *records: tuple[str, date]) -> str:
+    facts = PatientFacts(None, conditions=tuple(condition(Concept(MI.codings, n), d) for n, d in records))
+    detail = card_of(cards(ctx, knowledge, facts, situation()), "Heart attack")["detail"]
+    assert isinstance(detail, str)
+    return detail
+
+
+def test_a_detail_of_exactly_900_characters_keeps_all_three_records(
+    ctx: EngineContext, knowledge: Knowledge
+) -> None:
+    # 303 (the text) + 2 + 36 + 1 + 36 + 1 + 451 (the oldest record's line) + 2 + 65 (the counting) = 900
+    mi = "Myocardial infarction"
+    oldest = "Myocardial infarction " + "x" * 414
+    detail = mi_detail(
+        ctx, knowledge, (mi, date(2026, 10, 10)), (mi, date(2026, 9, 10)), (oldest, date(2026, 8, 10))
+    )
+    assert detail == (
+        f"{mi_text(mi)}\n\n- {mi}, onset 10 Oct\n- {mi}, onset 10 Sep\n- {oldest}, onset 10 Aug"
+        f"\n\n{NO_ORDER_DATE}"
+    )
+    assert len(detail) == 900
+
+
+def test_one_record_beyond_three_is_counted_too(ctx: EngineContext, knowledge: Knowledge) -> None:
+    mi = "Myocardial infarction"
+    onsets = (date(2026, 10, 10), date(2026, 9, 10), date(2026, 8, 10), date(2026, 7, 10))
+    detail = mi_detail(ctx, knowledge, *((mi, onset) for onset in onsets))
+    assert detail.split("\n\n")[1] == (
+        f"- {mi}, onset 10 Oct\n- {mi}, onset 10 Sep\n- {mi}, onset 10 Aug\n"
+        "- and 1 earlier records (all on the screening page)"
+    )
+
+
+def test_when_three_records_pass_900_characters_two_are_listed_and_the_rest_counted(
+    ctx: EngineContext, knowledge: Knowledge
+) -> None:
+    # a 132-character name in the text and on every line: with three records the detail is 981 characters,
+    # with two 832
+    name = "Myocardial infarction " + "x" * 110
+    onsets = (date(2026, 10, 10), date(2026, 9, 10), date(2026, 8, 10), date(2026, 7, 10))
+    detail = mi_detail(ctx, knowledge, *((name, onset) for onset in onsets))
+    assert detail == (
+        f"{mi_text(name)}\n\n- {name}, onset 10 Oct\n- {name}, onset 10 Sep\n"
+        f"- and 2 earlier records (all on the screening page)\n\n{NO_ORDER_DATE}"
+    )
+
+
+def test_when_even_one_record_passes_900_characters_the_records_are_only_counted(
+    ctx: EngineContext, knowledge: Knowledge
+) -> None:
+    # a 272-character name: the text and one record line pass 900 (963), the text and the count fit (674)
+    name = "Myocardial infarction " + "x" * 250
+    onsets = (date(2026, 10, 10), date(2026, 9, 10), date(2026, 8, 10))
+    detail = mi_detail(ctx, knowledge, *((name, onset) for onset in onsets))
+    assert detail == (
+        f"{mi_text(name)}\n\n- and 3 earlier records (all on the screening page)\n\n{NO_ORDER_DATE}"
+    )
+
+
+def test_a_detail_cut_at_a_space_ends_on_the_word_before_it(ctx: EngineContext, knowledge: Knowledge) -> None:
+    # the name starts at character 2 (after "**"): its character 896 is the detail's 898, the last one kept
+    # before the ellipsis, and it is a space
+    name = "Myocardial infarction " + "a" * 874 + " " + "b" * 100
+    detail = mi_detail(ctx, knowledge, (name, date(2026, 10, 10)))
+    assert detail == "**Myocardial infarction " + "a" * 874 + "…"
+
+
+# ------------------------------------------------------------------------------------- site settings
+
+
+def site_set(ctx: EngineContext, rule_id: str, **values: Any) -> EngineContext:
+    """`ctx` with the site choosing `values` for the rule's parameters."""
+    parameters = dict(ctx.policy.parameters)
+    chosen = {name: ResolvedParameter(value, SITE_ORIGIN) for name, value in values.items()}
+    parameters[rule_id] = {**parameters[rule_id], **chosen}
+    return replace(ctx, policy=replace(ctx.policy, parameters=parameters))
+
+
+CRITICAL_AT_3 = (
+    "Clinic setting: Myocardial infarction within this many months of the planned start is a "
+    "contraindication, 3 months (the usual default is 6 months)."
+)
+
+
+@pytest.mark.parametrize(
+    ("chosen", "lines"),
+    [
+        ({"critical_months": 3}, [CRITICAL_AT_3]),
+        # a site value equal to the default is not a different setting: not said
+        ({"critical_months": 3, "review_months": 12}, [CRITICAL_AT_3]),
+        (
+            {"critical_months": 3, "review_months": 9},
+            [
+                "Clinic setting: Myocardial infarction within this many months needs cardiology review, "
+                "9 months (the usual default is 12 months).",
+                CRITICAL_AT_3,
+            ],
+        ),
+    ],
+)
+def test_a_card_says_each_window_the_site_set_away_from_the_default(
+    ctx: EngineContext, knowledge: Knowledge, chosen: dict[str, int], lines: list[str]
+) -> None:
+    # an infarction on 22 Jul is 4 months before 22 Nov: past a 3-month contraindication window, inside
+    # the review window (12 or 9 months), which names both windows
+    facts = PatientFacts(None, conditions=(condition(MI, date(2026, 7, 22)),))
+    card = card_of(cards(site_set(ctx, MI_RULE, **chosen), knowledge, facts, situation()), "Heart attack")
+    assert card["summary"] == "Heart attack 4 months ago (22 Jul): cardiology review before ketamine infusion"
+    assert card["detail"].split("\n\n")[2:] == ["\n".join(lines), NO_ORDER_DATE]
+
+
+def test_a_setting_without_a_unit_is_said_without_one(ctx: EngineContext, knowledge: Knowledge) -> None:
+    # lamotrigine 2 x 100 mg a day = 200 mg/day, over the default 100: the site raised the card to a warning
+    lamotrigine = Concept((Coding(RXNORM, "198427", "lamotrigine 100 MG Oral Tablet"),))
+    facts = PatientFacts(None, medications=(medication(lamotrigine, per_day=2),))
+    site = site_set(ctx, "lamotrigine-response", indicator="warning")
+    card = card_of(cards(site, knowledge, facts, situation()), "Lamotrigine")
+    assert card["indicator"] == "warning"
+    assert card["detail"].split("\n\n")[-1] == (
+        "Clinic setting: Card level for lamotrigine above the threshold, warning (the usual default is info)."
+    )
+
+
+def test_a_setting_described_with_its_own_full_stop_gets_no_second_one(
+    ctx: EngineContext, knowledge: Knowledge
+) -> None:
+    def reworded(rule: Rule) -> Rule:
+        if rule.id != MI_RULE:
+            return rule
+        critical = replace(
+            rule.parameters["critical_months"],
+            description="Myocardial infarction within this many months, as coded in ICD-10 chapter IX.",
+        )
+        return replace(rule, parameters={**rule.parameters, "critical_months": critical})
+
+    facts = PatientFacts(None, conditions=(condition(MI, date(2026, 10, 10)),))
+    site = site_set(ctx, MI_RULE, critical_months=3)
+    screen = situation()
+    findings = evaluate(site, tuple(reworded(r) for r in knowledge.rules), facts, screen)
+    rendered = render(
+        findings,
+        CardInputs(situation=screen, facts=facts),
+        ctx=site,
+        text=knowledge.card_text,
+        override_catalogue=knowledge.override_reasons,
+        new_uuid=lambda: "uuid",
+    )
+    [card] = [r.card for r in rendered]
+    assert card["detail"].split("\n\n")[2] == (
+        "Clinic setting: Myocardial infarction within this many months, as coded in ICD-10 chapter IX, "
+        "3 months (the usual default is 6 months)."
+    )
+
+
+# ------------------------------------------------------------------------------- the hold plan, in hours
+
+BENZO_TEXT = (
+    "Regular benzodiazepines add up to **20 mg/day diazepam-eq**, over 8 mg/day diazepam-eq; higher doses "
+    "were linked to a weaker or shorter response to ketamine. Agree a timed hold with the prescriber. {plan} "
+    "Never stop a regular benzodiazepine abruptly (withdrawal seizures). With esketamine, monitor for deeper "
+    "sedation."
+)
+
+
+@pytest.mark.parametrize(
+    ("chosen", "planned", "plan"),
+    [
+        (
+            {},
+            None,
+            "If the prescriber agrees to a hold: last dose 48 h before each session; resume 6 h after its "
+            "start (no session date on the order yet).",
+        ),
+        # a session on 2 Dec at 09:00: 48 h before is 09:00 on 30 Nov, 1.5 h after the start is 10:30
+        (
+            {"resume_hours_after": 1.5},
+            date(2026, 12, 2),
+            "If the prescriber agrees to a hold: last dose by 09:00 on 30 Nov (48 h before the session at "
+            "09:00 on 2 Dec); resume from 10:30 on 2 Dec (1.5 h after the start).",
+        ),
+        # whole hours are written out in full, however many (never "1e+06")
+        (
+            {"hold_hours_before": "1000000"},
+            None,
+            "If the prescriber agrees to a hold: last dose 1000000 h before each session; resume 6 h after "
+            "its start (no session date on the order yet).",
+        ),
+    ],
+)
+def test_the_hold_plan_is_the_one_sentence_for_its_case_with_the_hours_as_set(
+    ctx: EngineContext, knowledge: Knowledge, chosen: dict[str, Any], planned: date | None, plan: str
+) -> None:
+    facts = PatientFacts(None, medications=(medication(ALPRAZOLAM, per_day=4),))
+    screen = ordered_for(planned) if planned else situation()
+    card = card_of(cards(site_set(ctx, BENZO_RULE, **chosen), knowledge, facts, screen), "Benzodiazepines")
+    assert card["detail"].split("\n\n")[0] == BENZO_TEXT.format(plan=plan)
