@@ -858,7 +858,7 @@ def test_one_record_beyond_three_is_counted_too(ctx: EngineContext, knowledge: K
     detail = mi_detail(ctx, knowledge, *((mi, onset) for onset in onsets))
     assert detail.split("\n\n")[1] == (
         f"- {mi}, onset 10 Oct\n- {mi}, onset 10 Sep\n- {mi}, onset 10 Aug\n"
-        "- and 1 earlier records (all on the screening page)"
+        "- and 1 earlier record (on the screening page)"
     )
 
 

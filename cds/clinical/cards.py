@@ -267,7 +267,9 @@ def _records(text: CardText, hits: Sequence[Hit], values: Mapping[str, str], tod
     ordered = _newest_first(hits)
     lines = [_record_line(text, hit, values, today) for hit in ordered[:shown]]
     hidden = len(ordered) - shown
-    if hidden > 0:
+    if hidden == 1:
+        lines.append(text.t("more_record"))
+    elif hidden > 1:
         lines.append(text.fill(text.t("more_records"), count=str(hidden)))
     return "\n".join(lines)
 
