@@ -22,6 +22,7 @@ from cds.clinical.engine import (
     months_before,
 )
 from cds.clinical.knowledge import Knowledge
+from cds.clinical.policy import SITE_ORIGIN, ResolvedParameter
 from cds.clinical.rules import Rule
 from cds.clinical.situation import INTERACTION, NONE
 from cds.fhir.facts import condition_fact
@@ -32,6 +33,8 @@ from cds.fhir.model import (
     Concept,
     ConditionFact,
     DataGap,
+    MedicationFact,
+    MedicationKind,
     OnsetAge,
     PatientFacts,
     ReactionFact,
@@ -342,14 +345,83 @@ def test_an_intolerance_whose_reaction_is_not_described_stays_critical(
     )
 
 
-def test_the_same_dose_ordered_twice_is_one_therapy(ctx: EngineContext, knowledge: Knowledge) -> None:
-    # each order: 4 x 0.25 mg = 1 mg clonazepam = 20 mg diazepam-eq (Ashton: 0.5 mg = 10 mg); not 40
-    first, second = medication(CLONAZEPAM, per_day=4), medication(CLONAZEPAM, per_day=4)
+def statement(concept: Concept, per_day: float) -> MedicationFact:
+    """An active medication statement of `per_day` units a day (the patient's own account)."""
+    return replace(
+        medication(concept, per_day=per_day),
+        source=SourceRef("MedicationStatement", fact_id("s")),
+        kind=MedicationKind.STATEMENT,
+        intent=None,
+    )
+
+
+@pytest.mark.parametrize(
+    ("kind", "note"),
+    [(MedicationKind.REQUEST, "same-therapy:orders"), (MedicationKind.STATEMENT, "same-therapy:statements")],
+)
+def test_the_same_dose_recorded_twice_in_one_kind_of_record_is_one_therapy(
+    ctx: EngineContext, knowledge: Knowledge, kind: MedicationKind, note: str
+) -> None:
+    # each record: 4 x 0.25 mg = 1 mg clonazepam = 20 mg diazepam-eq (Ashton: 0.5 mg = 10 mg); not 40.
+    # The note says which kind of record held it twice.
+    def record() -> MedicationFact:
+        return (
+            statement(CLONAZEPAM, 4)
+            if kind is MedicationKind.STATEMENT
+            else medication(CLONAZEPAM, per_day=4)
+        )
+
+    first, second = record(), record()
     found = finding(
         ctx, knowledge, "benzodiazepine-response", PatientFacts(None, medications=(first, second))
     )
     assert found is not None
     assert found.values["total"] == "20"
+    assert [(hit.source, hit.notes) for hit in found.hits] == [
+        (first.source, (note,)),
+        (second.source, (f"same-therapy-as:{first.source.reference()}",)),
+    ]
+
+
+def test_one_therapy_in_two_statements_and_an_order_is_mixed_and_the_higher_side_counts(
+    ctx: EngineContext, knowledge: Knowledge
+) -> None:
+    # order: 4 x 0.25 mg = 1 mg = 20 mg diazepam-eq; two statements of 2 x 0.25 mg = 0.5 mg = 10 mg each,
+    # one therapy stated twice. Three records in statements and orders: "mixed", not "statement and
+    # order"; the order's 20 is higher than the statements' 10, so 20 is the total, not 30 or 40
+    first, second = statement(CLONAZEPAM, 2), statement(CLONAZEPAM, 2)
+    order = medication(CLONAZEPAM, per_day=4)
+    found = finding(
+        ctx, knowledge, "benzodiazepine-response", PatientFacts(None, medications=(first, second, order))
+    )
+    assert found is not None
+    assert found.values["total"] == "20"
+    anchor = f"same-therapy-as:{order.source.reference()}"
+    assert [(hit.source, hit.notes) for hit in found.hits] == [
+        (order.source, ("same-therapy:mixed", "same-therapy-highest")),
+        (first.source, (anchor,)),
+        (second.source, (anchor,)),
+    ]
+
+
+def test_a_repeated_therapy_without_a_diazepam_equivalent_leaves_the_evidence_total_unknown(
+    ctx: EngineContext, knowledge: Knowledge
+) -> None:
+    # totalled in mg of the drug itself: each order is 1 x 20 mg halazepam = 20 mg/day, one therapy
+    # ordered twice (20, not 40); the Ashton table has no halazepam, so there is no diazepam-eq total
+    rules = {**ctx.policy.parameters}
+    rules["benzodiazepine-response"] = {
+        **rules["benzodiazepine-response"],
+        "basis": ResolvedParameter("drug-mg", SITE_ORIGIN),
+    }
+    in_mg = replace(ctx, policy=replace(ctx.policy, parameters=rules))
+    halazepam = Concept(text="halazepam 20 MG Oral Tablet")
+    first, second = medication(halazepam, per_day=1), medication(halazepam, per_day=1)
+    found = finding(
+        in_mg, knowledge, "benzodiazepine-response", PatientFacts(None, medications=(first, second))
+    )
+    assert found is not None
+    assert (found.values["total"], found.values["evidence_total"]) == ("20", "?")
     assert [(hit.source, hit.notes) for hit in found.hits] == [
         (first.source, ("same-therapy:orders",)),
         (second.source, (f"same-therapy-as:{first.source.reference()}",)),
