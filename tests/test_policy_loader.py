@@ -83,6 +83,7 @@ def test_without_a_site_file_every_value_is_the_evidence_default(tmp_path: Path)
 
 def test_a_preset_sets_the_parameters_that_define_it_and_names_itself(tmp_path: Path) -> None:
     policy = policy_from(tmp_path, "preset: clinic_faq\n")
+    assert policy.preset == "clinic_faq"
     assert policy.param("benzo", "threshold").value == 100
     assert policy.param("benzo", "threshold").origin == "clinic_faq"
     assert policy.param("benzo", "indicator").value == "warning"
@@ -106,6 +107,13 @@ def test_site_settings_replace_the_shipped_ones_key_by_key(tmp_path: Path) -> No
     assert policy.treatments == frozenset({"esketamine"})
     assert policy.stale_after_days == 90
     assert policy.disabled_rules == frozenset({"mi"})
+
+
+def test_the_site_can_show_the_instructions_card_at_order_sign_which_the_defaults_do_not(
+    tmp_path: Path,
+) -> None:
+    assert policy_from(tmp_path, None).order_sign_instructions is False
+    assert policy_from(tmp_path, "order_sign_instructions: true\n").order_sign_instructions is True
 
 
 def test_parameters_of_one_rule_merge_with_the_defaults_file(tmp_path: Path) -> None:
@@ -145,6 +153,26 @@ def test_an_unreadable_file_is_refused(tmp_path: Path) -> None:
 )
 def test_a_malformed_site_file_is_refused(tmp_path: Path, text: str, expected: str) -> None:
     assert expected in refusal(tmp_path, text)
+
+
+@pytest.mark.parametrize(
+    ("text", "where"),
+    [
+        ("treshold: 3\n", "(root): Additional properties are not allowed ('treshold' was unexpected)"),
+        ("parameters:\n  benzo:\n    threshold: [3]\n", "parameters/benzo/threshold: [3] is not of type"),
+    ],
+)
+def test_a_refusal_names_where_the_site_file_is_wrong(tmp_path: Path, text: str, where: str) -> None:
+    assert refusal(tmp_path, text).startswith(f"site policy {tmp_path / 'site.yaml'}: {where}")
+
+
+def test_of_several_mistakes_the_one_first_in_key_order_is_named(tmp_path: Path) -> None:
+    # two wrong settings; the schema lists session_time before screen_link_hours, the refusal names the
+    # one that comes first by key: screen_link_hours
+    message = refusal(tmp_path, "session_time: noon\nscreen_link_hours: 0\n")
+    assert (
+        message == f"site policy {tmp_path / 'site.yaml'}: screen_link_hours: 0 is less than the minimum of 1"
+    )
 
 
 def test_an_unknown_parameter_is_refused(tmp_path: Path) -> None:
