@@ -23,6 +23,7 @@ from cds.fhir.model import (
     Coding,
     Concept,
     ConditionFact,
+    DataGap,
     MedicationFact,
     OnsetAge,
     PatientFacts,
@@ -797,6 +798,19 @@ def test_unreadable_records_are_named_by_kind_dated_first_and_not_counted_to_a_d
         "reading\n"
         "- (no name recorded), condition has no code or text\n"
         "- blood pressure reading, blood pressure value unreadable"
+    )
+
+
+def test_a_finding_without_records_of_its_own_has_its_rule_s_text_alone(
+    ctx: EngineContext, knowledge: Knowledge
+) -> None:
+    # conditions that could not be fetched: the unreadable-records card has no record to list, no site
+    # setting and no window, so the detail is the rule's text for ketamine infusion and nothing after it
+    facts = PatientFacts(None, gaps=(DataGap("Condition", "timeout"),))
+    [card] = cards(ctx, knowledge, facts, situation())
+    assert card["detail"] == (
+        "The screen could not read or confirm the records below, so it cannot say whether they matter for "
+        "ketamine infusion. Check each of them by hand; the rest of the screen is unaffected."
     )
 
 
