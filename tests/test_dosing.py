@@ -248,6 +248,85 @@ def test_when_codes_are_administrations(vocab: DosingVocabulary) -> None:
     assert result.mg_per_day == pytest.approx(1.5)
 
 
+def test_a_milligram_dose_is_written_once_and_other_mass_units_show_the_mg(vocab: DosingVocabulary) -> None:
+    # diazepam 2 mg twice a day: 2 mg x 2 = 4 mg/day, whether the unit is written "mg" or "milligrams"
+    for unit in ("mg", "milligrams"):
+        dosage = {"doseAndRate": dose(2, unit), "timing": per(2)}
+        result = daily_dose(med("diazepam 2 MG Oral Tablet", dosage), "diazepam", vocab)
+        assert result.mg_per_day == 4.0
+        assert result.explanation == "2 mg x 2/day = 4 mg/day", unit
+
+
+def test_a_frequency_with_a_period_unit_but_no_period_is_per_one_unit(vocab: DosingVocabulary) -> None:
+    # 3 times per day (period absent, periodUnit d): 1 tablet x 3 x 0.5 mg = 1.5 mg/day
+    dosage = {"doseAndRate": dose(1, "tablet"), "timing": {"repeat": {"frequency": 3, "periodUnit": "d"}}}
+    result = daily_dose(med(CLONAZEPAM_05, dosage), "clonazepam", vocab)
+    assert result.mg_per_day == 1.5
+    assert result.explanation == "1 tablet x 3/day x 0.5 mg/tablet = 1.5 mg/day"
+
+
+def test_a_bare_period_is_once_per_period(vocab: DosingVocabulary) -> None:
+    # every 2 days, no frequency: 1 tablet x 0.5/day x 0.5 mg = 0.25 mg/day
+    dosage = {"doseAndRate": dose(1, "tablet"), "timing": {"repeat": {"period": 2, "periodUnit": "d"}}}
+    result = daily_dose(med(CLONAZEPAM_05, dosage), "clonazepam", vocab)
+    assert result.mg_per_day == 0.25
+    assert result.explanation == "1 tablet x 1 per 2 d (0.5/day) x 0.5 mg/tablet = 0.25 mg/day"
+
+
+def test_a_frequency_max_without_a_frequency_is_the_count(vocab: DosingVocabulary) -> None:
+    # up to 3 times a day: 1 tablet x 3 x 0.5 mg = 1.5 mg/day
+    repeat = {"frequencyMax": 3, "period": 1, "periodUnit": "d"}
+    dosage = {"doseAndRate": dose(1, "tablet"), "timing": {"repeat": repeat}}
+    result = daily_dose(med(CLONAZEPAM_05, dosage), "clonazepam", vocab)
+    assert result.mg_per_day == 1.5
+    assert result.explanation == "1 tablet x 3/day (frequencyMax) x 0.5 mg/tablet = 1.5 mg/day"
+
+
+def test_a_meal_code_is_three_administrations_and_an_unknown_code_is_one(vocab: DosingVocabulary) -> None:
+    # AC (before meals) = breakfast, lunch, dinner: 1 tablet x 3 x 0.5 mg = 1.5 mg/day
+    meals = {"doseAndRate": dose(1, "tablet"), "timing": {"repeat": {"when": ["AC"]}}}
+    result = daily_dose(med(CLONAZEPAM_05, meals), "clonazepam", vocab)
+    assert result.mg_per_day == 1.5
+    assert result.explanation == "1 tablet x 3/day (AC) x 0.5 mg/tablet = 1.5 mg/day"
+    # MORN and a code the vocabulary does not know ("SNACK"): one each, 2 x 0.5 mg = 1 mg/day
+    other = {"doseAndRate": dose(1, "tablet"), "timing": {"repeat": {"when": ["SNACK", "MORN"]}}}
+    result = daily_dose(med(CLONAZEPAM_05, other), "clonazepam", vocab)
+    assert result.mg_per_day == 1.0
+    assert result.explanation == "1 tablet x 2/day (MORN, SNACK) x 0.5 mg/tablet = 1 mg/day"
+
+
+def test_times_of_day_are_counted_to_the_minute_and_listed(vocab: DosingVocabulary) -> None:
+    # 08:00 written twice ("08:00", "08:00:00") is one time: 08:00 and 20:00 = 2 x 0.5 mg = 1 mg/day
+    times = {
+        "doseAndRate": dose(1, "tablet"),
+        "timing": {"repeat": {"timeOfDay": ["20:00:00", "08:00", "08:00:00"]}},
+    }
+    result = daily_dose(med(CLONAZEPAM_05, times), "clonazepam", vocab)
+    assert result.mg_per_day == 1.0
+    assert result.explanation == "1 tablet x 2/day (08:00, 20:00) x 0.5 mg/tablet = 1 mg/day"
+    # the same on Monday and Thursday only: 2 x 2/7 = 0.571429 a day, x 0.5 mg = 0.285714 mg/day
+    repeat = {"timeOfDay": ["08:00:00", "20:00:00"], "dayOfWeek": ["mon", "thu"]}
+    weekly = {"doseAndRate": dose(1, "tablet"), "timing": {"repeat": repeat}}
+    result = daily_dose(med(CLONAZEPAM_05, weekly), "clonazepam", vocab)
+    assert result.mg_per_day == pytest.approx(2 / 7)
+    assert result.explanation == (
+        "1 tablet x 2/day (08:00, 20:00) on 2 of 7 days (0.571429/day) x 0.5 mg/tablet = 0.285714 mg/day"
+    )
+
+
+def test_times_of_day_without_a_clock_time_spoil_the_total_beside_a_readable_instruction(
+    vocab: DosingVocabulary,
+) -> None:
+    good = {"doseAndRate": dose(1, "tablet"), "timing": {"repeat": {"when": ["MORN"]}}}
+    bedtime = {"doseAndRate": dose(1, "tablet"), "timing": {"repeat": {"timeOfDay": ["bedtime"]}}}
+    result = daily_dose(med(CLONAZEPAM_05, good, bedtime), "clonazepam", vocab)
+    assert (result.status, result.mg_per_day, result.problem) == (
+        DoseStatus.UNKNOWN,
+        None,
+        "unreadable-dosage",
+    )
+
+
 @pytest.mark.parametrize("field", ["when", "timeOfDay"])
 def test_one_hundred_times_of_day_are_read_and_more_are_not(vocab: DosingVocabulary, field: str) -> None:
     # the same bedtime (or 21:00) a hundred times is once a day: 1 tablet x 0.5 mg; a hundred and one
@@ -535,6 +614,78 @@ def test_a_maximum_per_period_whose_code_is_no_period_reads_its_unit_text(vocab:
     result = daily_dose(med(CLONAZEPAM_05, dosage), "clonazepam", vocab)
     assert result.mg_per_day == 2.0
     assert result.explanation == "as needed, at most 4 tablet per 1 day x 0.5 mg/tablet = 2 mg/day"
+
+
+def test_as_needed_without_a_maximum_says_so(vocab: DosingVocabulary) -> None:
+    dosage = {"asNeededBoolean": True, "doseAndRate": dose(1, "tablet")}
+    result = daily_dose(med(CLONAZEPAM_05, dosage), "clonazepam", vocab)
+    assert (result.status, result.mg_per_day, result.problem) == (DoseStatus.AS_NEEDED, None, None)
+    assert result.explanation == "as needed, no maxDosePerPeriod"
+
+
+def test_a_readable_limit_after_an_unreadable_one_still_binds(vocab: DosingVocabulary) -> None:
+    # "1 day" is no Duration; the next limit, 3 tablets a day x 0.5 mg, gives 1.5 mg/day
+    unreadable = {"numerator": {"value": 4, "unit": "tablet"}, "denominator": "1 day"}
+    readable = {"numerator": {"value": 3, "unit": "tablet"}, "denominator": {"value": 1, "code": "d"}}
+    dosage = {
+        "asNeededBoolean": True,
+        "doseAndRate": dose(1, "tablet"),
+        "maxDosePerPeriod": [unreadable, readable],
+    }
+    result = daily_dose(med(CLONAZEPAM_05, dosage), "clonazepam", vocab)
+    assert (result.status, result.mg_per_day, result.problem) == (DoseStatus.AS_NEEDED, 1.5, None)
+    assert result.explanation == "as needed, at most 3 tablet per 1 d x 0.5 mg/tablet = 1.5 mg/day"
+
+
+def test_of_two_limits_allowing_the_same_day_the_first_is_shown(vocab: DosingVocabulary) -> None:
+    # 4 tablets a day and 8 tablets per 2 days both allow 2 mg/day; the first as written explains it
+    result = daily_dose(
+        med(CLONAZEPAM_05, prn_limited((4, "tablet", 1, "d"), (8, "tablet", 2, "d"))), "clonazepam", vocab
+    )
+    assert result.mg_per_day == 2.0
+    assert result.explanation == "as needed, at most 4 tablet per 1 d x 0.5 mg/tablet = 2 mg/day"
+    result = daily_dose(
+        med(CLONAZEPAM_05, prn_limited((8, "tablet", 2, "d"), (4, "tablet", 1, "d"))), "clonazepam", vocab
+    )
+    assert result.mg_per_day == 2.0
+    assert result.explanation == "as needed, at most 8 tablet per 2 d x 0.5 mg/tablet = 2 mg/day"
+
+
+PER_FORTNIGHT = {
+    "numerator": {"value": 3, "unit": "tablet"},
+    "denominator": {"value": 1, "unit": "fortnight"},
+}
+
+
+@pytest.mark.parametrize(
+    "unreadable",
+    [
+        5,  # not a Ratio
+        {"numerator": {"value": 4, "unit": "tablet"}, "denominator": "1 day"},  # not a Duration
+        # 5e-324 mcg is 0 mg once converted (below the smallest float): no maximum a day
+        {"numerator": {"value": 5e-324, "unit": "mcg"}, "denominator": {"value": 1, "code": "d"}},
+    ],
+)
+def test_of_several_unreadable_limits_the_first_names_the_problem(
+    vocab: DosingVocabulary, unreadable: Any
+) -> None:
+    for limits, problem in (
+        ([unreadable, PER_FORTNIGHT], "unreadable-dosage"),
+        ([PER_FORTNIGHT, unreadable], "unit-not-convertible"),  # "fortnight" is no period unit
+    ):
+        dosage = {"asNeededBoolean": True, "doseAndRate": dose(1, "tablet"), "maxDosePerPeriod": limits}
+        result = daily_dose(med(CLONAZEPAM_05, dosage), "clonazepam", vocab)
+        assert (result.status, result.mg_per_day, result.problem) == (DoseStatus.AS_NEEDED, None, problem)
+        assert result.explanation == "as needed, maxDosePerPeriod not computable"
+
+
+def test_a_maximum_per_period_without_a_period_value_is_per_one_unit(vocab: DosingVocabulary) -> None:
+    # at most 4 tablets per day (denominator value absent = 1 d): 4 x 0.5 mg = 2 mg/day
+    limit = {"numerator": {"value": 4, "unit": "tablet"}, "denominator": {"unit": "day", "code": "d"}}
+    dosage = {"asNeededBoolean": True, "doseAndRate": dose(1, "tablet"), "maxDosePerPeriod": limit}
+    result = daily_dose(med(CLONAZEPAM_05, dosage), "clonazepam", vocab)
+    assert (result.status, result.mg_per_day) == (DoseStatus.AS_NEEDED, 2.0)
+    assert result.explanation == "as needed, at most 4 tablet per 1 d x 0.5 mg/tablet = 2 mg/day"
 
 
 @pytest.mark.parametrize(
@@ -865,6 +1016,79 @@ def test_a_duration_over_a_hundred_years_is_no_duration(vocab: DosingVocabulary)
     unplaced = daily_dose(taper(36526), "clonazepam", vocab, on=NOV_22)
     assert unplaced.mg_per_day == 1.0
     assert unplaced.explanation == (
+        "in force on 2026-11-22 (from 2026-11-01): sequence 1: 2 tablet x 1/day x 0.5 mg/tablet = 1 mg/day"
+        " | sequence 2: 1 tablet x 1/day x 0.5 mg/tablet = 0.5 mg/day; no dates say which applies: "
+        "highest 1 mg/day"
+    )
+
+
+def test_a_duration_in_weeks_by_its_code_alone_or_in_days_by_its_unit_text_alone_chains(
+    vocab: DosingVocabulary,
+) -> None:
+    # from 1 Nov: 2 tablets for 2 wk (code only) = 14 days, 1-14 Nov; 1 tablet for 14 "days" (unit text only),
+    # 15-28 Nov; then half a tablet for 14 d, 29 Nov-12 Dec
+    steps = (
+        {
+            "sequence": 1,
+            "doseAndRate": dose(2, "tablet"),
+            "timing": per(1, boundsDuration={"value": 2, "code": "wk"}),
+        },
+        {
+            "sequence": 2,
+            "doseAndRate": dose(1, "tablet"),
+            "timing": per(1, boundsDuration={"value": 14, "unit": "days"}),
+        },
+        chained(0.5, 14, 3),
+    )
+    taper = replace(med(CLONAZEPAM_05, *steps), effective_start=date(2026, 11, 1))
+    assert daily_dose(taper, "clonazepam", vocab, on=date(2026, 11, 14)).mg_per_day == 1.0
+    second = daily_dose(taper, "clonazepam", vocab, on=date(2026, 11, 15))
+    assert second.mg_per_day == 0.5
+    assert second.explanation == (
+        "in force on 2026-11-15 (2026-11-15 to 2026-11-28): 1 tablet x 1/day x 0.5 mg/tablet = 0.5 mg/day"
+    )
+    assert daily_dose(taper, "clonazepam", vocab, on=date(2026, 11, 28)).mg_per_day == 0.5
+    assert daily_dose(taper, "clonazepam", vocab, on=date(2026, 11, 29)).mg_per_day == 0.25
+
+
+def test_a_phase_lasts_as_long_as_its_longest_instruction(vocab: DosingVocabulary) -> None:
+    # step 1: 2 tablets a day for 14 days and 1 tablet at night for 7 days: the step is 1-14 Nov;
+    # step 2 (1 tablet for 14 days) starts on 15 Nov. On 10 Nov: 1 mg + 0.5 mg = 1.5 mg/day
+    night = {
+        "sequence": 1,
+        "doseAndRate": dose(1, "tablet"),
+        "timing": {"repeat": {"when": ["HS"], "boundsDuration": {"value": 7, "code": "d"}}},
+    }
+    steps = (chained(2, 14, 1), night, chained(1, 14, 2))
+    taper = replace(med(CLONAZEPAM_05, *steps), effective_start=date(2026, 11, 1))
+    result = daily_dose(taper, "clonazepam", vocab, on=date(2026, 11, 10))
+    assert result.mg_per_day == 1.5
+    assert result.explanation == (
+        "in force on 2026-11-10 (2026-11-01 to 2026-11-14): 2 tablet x 1/day x 0.5 mg/tablet = 1 mg/day; "
+        "1 tablet x 1/day (HS) x 0.5 mg/tablet = 0.5 mg/day; total 1.5 mg/day"
+    )
+    assert daily_dose(taper, "clonazepam", vocab, on=date(2026, 11, 15)).mg_per_day == 0.5
+
+
+@pytest.mark.parametrize(
+    "duration",
+    [
+        {"value": 14, "code": 14},  # a unit that is not text
+        {"value": 14, "unit": "fortnight"},  # no period unit
+        {"value": "14", "code": "d"},  # a value that is not a number
+        {"value": 101, "code": "a"},  # 101 years = 36,890.25 days, past the 100-year limit
+    ],
+)
+def test_a_duration_that_cannot_be_read_leaves_its_phase_open_ended(
+    vocab: DosingVocabulary, duration: dict[str, Any]
+) -> None:
+    # step 1 starts on 1 Nov with no end; step 2 cannot be placed and counts beside it: the higher, 1 mg/day
+    first = {"sequence": 1, "doseAndRate": dose(2, "tablet"), "timing": per(1, boundsDuration=duration)}
+    taper = replace(med(CLONAZEPAM_05, first, chained(1, 14, 2)), effective_start=date(2026, 11, 1))
+    result = daily_dose(taper, "clonazepam", vocab, on=NOV_22)
+    assert result.status is DoseStatus.COMPUTED
+    assert result.mg_per_day == 1.0
+    assert result.explanation == (
         "in force on 2026-11-22 (from 2026-11-01): sequence 1: 2 tablet x 1/day x 0.5 mg/tablet = 1 mg/day"
         " | sequence 2: 1 tablet x 1/day x 0.5 mg/tablet = 0.5 mg/day; no dates say which applies: "
         "highest 1 mg/day"
