@@ -6,6 +6,8 @@ where a test needs a rule of its own to show a property (ties between bands of t
 
 from __future__ import annotations
 
+import json
+import shutil
 from dataclasses import replace
 from datetime import date, datetime, timedelta
 from typing import Any
@@ -21,7 +23,7 @@ from cds.clinical.engine import (
     fmt_number,
     months_before,
 )
-from cds.clinical.knowledge import Knowledge
+from cds.clinical.knowledge import Knowledge, load_knowledge
 from cds.clinical.policy import SITE_ORIGIN, ResolvedParameter
 from cds.clinical.rules import Rule
 from cds.clinical.situation import INTERACTION, NONE
@@ -40,7 +42,8 @@ from cds.fhir.model import (
     ReactionFact,
     SourceRef,
 )
-from tests.support.builders import SNOMED
+from tests.support.builders import RXNORM, SNOMED
+from tests.support.constants import ROOT
 from tests.support.facts import (
     AVM,
     CLONAZEPAM,
@@ -641,3 +644,272 @@ def test_an_onset_age_that_cannot_be_dated_beside_a_period_is_the_period_s_last_
     assert found is not None
     assert found.band.id == "within-review-window"
     assert (found.values["onset"], found.values["months_ago"]) == ("2026-03-31 at the latest", "7")
+
+
+# ------------------------------------------------------------ the benzodiazepine dose, checked by hand
+# Clonazepam is 0.5 mg = 10 mg diazepam in the Ashton table (the default) and 1 mg = 10 mg in VA/DoD.
+
+CLONAZEPAM_05_CODING = Coding(RXNORM, "197527", "clonazepam 0.5 MG Oral Tablet")
+CLONAZEPAM_05 = Concept((CLONAZEPAM_05_CODING,))
+CLONAZEPAM_05_CODE_ONLY = Concept((Coding(RXNORM, "197527"),))  # the value set names it, the record not
+
+
+def benzodiazepines(ctx: EngineContext, knowledge: Knowledge, *meds: MedicationFact) -> Finding:
+    found = finding(ctx, knowledge, "benzodiazepine-response", PatientFacts(None, medications=meds))
+    assert found is not None
+    return found
+
+
+def rows(found: Finding) -> list[tuple[SourceRef, str | None, tuple[str, ...]]]:
+    """What the pharmacist reads on each record: which one, the arithmetic, the notes."""
+    return [(hit.source, hit.figures, hit.notes) for hit in found.hits]
+
+
+def with_dosages(med: MedicationFact, *dosages: dict[str, Any]) -> MedicationFact:
+    return replace(med, dosages=dosages)
+
+
+def tablets(count: float, *, start: str | None = None, end: str | None = None) -> dict[str, Any]:
+    """`count` tablets once a day, in force from `start` to `end` when given."""
+    repeat: dict[str, Any] = {"frequency": 1, "period": 1, "periodUnit": "d"}
+    if start or end:
+        repeat["boundsPeriod"] = {k: v for k, v in (("start", start), ("end", end)) if v}
+    return {
+        "timing": {"repeat": repeat},
+        "doseAndRate": [{"doseQuantity": {"value": count, "unit": "{tbl}"}}],
+    }
+
+
+def with_parameters(ctx: EngineContext, **values: str) -> EngineContext:
+    parameters = {**ctx.policy.parameters}
+    parameters["benzodiazepine-response"] = {
+        **parameters["benzodiazepine-response"],
+        **{name: ResolvedParameter(value, SITE_ORIGIN) for name, value in values.items()},
+    }
+    return replace(ctx, policy=replace(ctx.policy, parameters=parameters))
+
+
+def test_a_coded_dose_record_is_cited_with_its_code_its_authored_date_and_its_arithmetic(
+    ctx: EngineContext, knowledge: Knowledge
+) -> None:
+    # order authored 1 Sep: 2 x 0.5 mg = 1 mg = 20 mg diazepam-eq; undated statement: 1 x 0.5 mg = 0.5 mg
+    # = 10 mg diazepam-eq, the same therapy told from the other side: the order's 20 is counted
+    order = replace(medication(CLONAZEPAM_05, per_day=2), recorded=date(2026, 9, 1))
+    told = statement(CLONAZEPAM_05, 1)
+    found = benzodiazepines(ctx, knowledge, order, told)
+    assert found.values["total"] == "20"
+    label = "clonazepam 0.5 MG Oral Tablet"
+    assert found.hits == (
+        Hit(
+            source=order.source,
+            label=label,
+            coding=CLONAZEPAM_05_CODING,
+            match_method="code",
+            date=date(2026, 9, 1),
+            date_basis="authored",
+            figures="2 tablet x 1/day x 0.5 mg/tablet = 1 mg/day = 20 mg/day diazepam-eq",
+            notes=("same-therapy:statement-and-order", "same-therapy-highest"),
+        ),
+        Hit(
+            source=told.source,
+            label=label,
+            coding=CLONAZEPAM_05_CODING,
+            match_method="code",
+            date=None,
+            date_basis=None,
+            figures="1 tablet x 1/day x 0.5 mg/tablet = 0.5 mg/day = 10 mg/day diazepam-eq",
+            notes=(f"same-therapy-as:{order.source.reference()}",),
+        ),
+    )
+
+
+def test_a_statement_derived_from_an_order_on_the_chart_is_listed_and_the_order_counted(
+    ctx: EngineContext, knowledge: Knowledge
+) -> None:
+    # the order: 2 x 0.25 mg = 0.5 mg = 10 mg diazepam-eq. The statement derived from it says 4 x 0.25 mg
+    # (20): it is the order's therapy, listed, never the higher side. A statement derived from an order
+    # that is not on the chart stands alone: diazepam 1 x 5 mg = 5 mg = 5 mg diazepam-eq. Total 10 + 5.
+    order = medication(CLONAZEPAM, per_day=2)
+    derived = replace(statement(CLONAZEPAM, 4), derived_from=(order.source.reference(),))
+    alone = replace(
+        statement(Concept(text="diazepam 5 MG Oral Tablet"), 1),
+        derived_from=("MedicationRequest/not-fetched",),
+    )
+    found = benzodiazepines(ctx, knowledge, order, derived, alone)
+    assert found.values["total"] == "15"
+    assert [(source, notes) for source, _, notes in rows(found)] == [
+        (order.source, ()),
+        (alone.source, ()),
+        (derived.source, (f"same-therapy-as:{order.source.reference()}",)),
+    ]
+
+
+def test_records_no_longer_current_on_the_reference_date_are_listed_with_when_they_ended(
+    ctx: EngineContext, knowledge: Knowledge
+) -> None:
+    # 22 Nov 2026 is the reference date. A statement whose period ends that day is still taken that day:
+    # 4 x 0.25 mg = 1 mg = 20 mg diazepam-eq, counted. One that ended on 21 Nov is past use, and so is an
+    # order whose only dated instruction ran 1 Sep to 31 Oct: listed, neither adds to the 20.
+    today = replace(statement(CLONAZEPAM, 4), effective_end=TODAY)
+    yesterday = replace(statement(CLONAZEPAM, 2), effective_end=TODAY - timedelta(days=1))
+    phased = with_dosages(medication(CLONAZEPAM), tablets(6, start="2026-09-01", end="2026-10-31"))
+    found = benzodiazepines(ctx, knowledge, today, yesterday, phased)
+    assert found.values["total"] == "20"
+    assert rows(found) == [
+        (today.source, "4 tablet x 1/day x 0.25 mg/tablet = 1 mg/day = 20 mg/day diazepam-eq", ()),
+        (yesterday.source, None, ("ended:2026-11-21",)),
+        (phased.source, "every phase ended by 2026-10-31", ("phases-ended",)),
+    ]
+
+
+def test_midazolam_or_remimazolam_for_the_session_is_listed_as_given_with_it(
+    ctx: EngineContext, knowledge: Knowledge
+) -> None:
+    # an order naming both session sedatives belongs to the session as much as one naming either
+    daily = medication(CLONAZEPAM, per_day=4)
+    sedation = medication(Concept(text="midazolam or remimazolam IV for sedation"), draft=True)
+    found = benzodiazepines(ctx, knowledge, daily, sedation)
+    assert found.values["total"] == "20"
+    assert [(source, notes) for source, _, notes in rows(found)] == [
+        (daily.source, ()),
+        (sedation.source, ("given-with-session",)),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("dosages", "total", "figures", "notes"),
+    [
+        # 2 x 0.5 mg (the value set's name for 197527) = 1 mg = 20 mg diazepam-eq
+        (
+            (tablets(2),),
+            "20",
+            "2 tablet x 1/day x 0.5 mg/tablet = 1 mg/day = 20 mg/day diazepam-eq",
+            ("strength-from-code-name",),
+        ),
+        # on 22 Nov only the phase from 1 Nov holds: 1 x 0.5 mg = 0.5 mg = 10, not both phases (6 tablets)
+        (
+            (tablets(5, start="2026-09-01", end="2026-10-31"), tablets(1, start="2026-11-01")),
+            "10",
+            "in force on 2026-11-22 (from 2026-11-01): 1 tablet x 1/day x 0.5 mg/tablet = 0.5 mg/day"
+            " = 10 mg/day diazepam-eq",
+            ("strength-from-code-name",),
+        ),
+        # no dosage at all: the code's name cannot help, and is not said to
+        ((), "0", None, ("dose:no-dosage",)),
+        # the name gives the strength, but "1 tablet" says not how often
+        (
+            ({"doseAndRate": [{"doseQuantity": {"value": 1, "unit": "{tbl}"}}]},),
+            "0",
+            None,
+            ("strength-from-code-name", "dose:no-frequency"),
+        ),
+    ],
+)
+def test_a_product_code_alone_is_dosed_through_the_value_set_s_name_for_it(
+    ctx: EngineContext,
+    knowledge: Knowledge,
+    dosages: tuple[dict[str, Any], ...],
+    total: str,
+    figures: str | None,
+    notes: tuple[str, ...],
+) -> None:
+    record = with_dosages(medication(CLONAZEPAM_05_CODE_ONLY), *dosages)
+    found = benzodiazepines(ctx, knowledge, record)
+    assert found.values["total"] == total
+    assert rows(found) == [(record.source, figures, notes)]
+
+
+def test_the_equivalence_table_the_site_chose_converts_every_dose(
+    ctx: EngineContext, knowledge: Knowledge
+) -> None:
+    # VA/DoD: clonazepam 1 mg = 10 mg diazepam. 4 x 0.25 mg = 1 mg/day = 10 mg/day diazepam-eq (Ashton
+    # would say 20), both as the total and, when totalled in drug mg, as the evidence total.
+    record = medication(CLONAZEPAM, per_day=4)
+    va_dod = benzodiazepines(with_parameters(ctx, equivalence_table="va_dod"), knowledge, record)
+    assert (va_dod.values["total"], va_dod.values["evidence_total"]) == ("10", "10")
+    assert rows(va_dod) == [
+        (record.source, "4 tablet x 1/day x 0.25 mg/tablet = 1 mg/day = 10 mg/day diazepam-eq", ())
+    ]
+    in_mg = benzodiazepines(
+        with_parameters(ctx, equivalence_table="va_dod", basis="drug-mg"), knowledge, record
+    )
+    assert (in_mg.band.id, in_mg.values["total"], in_mg.values["evidence_total"]) == (
+        "above-evidence-level",
+        "1",
+        "10",
+    )
+    assert rows(in_mg) == [(record.source, "4 tablet x 1/day x 0.25 mg/tablet = 1 mg/day", ())]
+
+
+def test_a_basis_the_card_text_gives_no_words_for_is_written_as_its_name(
+    ctx: EngineContext, knowledge: Knowledge
+) -> None:
+    record = medication(CLONAZEPAM, per_day=4)
+    unnamed = replace(ctx, dose_units={"drug-mg": "mg/day"})
+    found = benzodiazepines(unnamed, knowledge, record)
+    assert rows(found) == [
+        (record.source, "4 tablet x 1/day x 0.25 mg/tablet = 1 mg/day = 20 diazepam-equivalent", ())
+    ]
+
+
+def test_an_as_needed_maximum_is_shown_in_mg_of_the_drug_and_not_converted(
+    ctx: EngineContext, knowledge: Knowledge
+) -> None:
+    # at most 4 x 0.25 mg a day as needed: 1 mg/day at most, listed; no diazepam-eq figure, no total
+    prn = {
+        "asNeededBoolean": True,
+        "doseAndRate": [{"doseQuantity": {"value": 1, "unit": "{tbl}"}}],
+        "maxDosePerPeriod": {
+            "numerator": {"value": 4, "unit": "{tbl}"},
+            "denominator": {"value": 1, "unit": "d"},
+        },
+    }
+    record = with_dosages(medication(CLONAZEPAM), prn)
+    found = benzodiazepines(ctx, knowledge, record)
+    assert (found.band.id, found.values["total"]) == ("as-needed-only", "0")
+    assert rows(found) == [
+        (record.source, "as needed, at most 4 tablet per 1 d x 0.25 mg/tablet = 1 mg/day", ("as-needed",))
+    ]
+
+
+@pytest.fixture(scope="module")
+def other_names(tmp_path_factory: pytest.TempPathFactory) -> Knowledge:
+    """The shipped knowledge with three more product codes in the benzodiazepine value set, named as other
+    sources name products: not at all, by a brand only, and as a dose form without a strength."""
+    root = tmp_path_factory.mktemp("other-names")
+    for folder in ("hooks", "rules", "fhir_profiles"):
+        shutil.copytree(ROOT / folder, root / folder)
+    path = root / "fhir_profiles" / "valuesets" / "benzodiazepine-medications.json"
+    valueset = json.loads(path.read_text(encoding="utf-8"))
+    valueset["expansion"]["contains"] += [
+        {"system": RXNORM, "code": "99000001"},
+        {"system": RXNORM, "code": "99000002", "display": "Klonopin 0.5 MG Oral Tablet"},
+        {"system": RXNORM, "code": "99000003", "display": "clonazepam Oral Tablet"},
+    ]
+    path.write_text(json.dumps(valueset), encoding="utf-8")
+    return load_knowledge(root=root)
+
+
+@pytest.mark.parametrize(
+    ("code", "total", "figures", "notes"),
+    [
+        # in the class by its code, but no name says which benzodiazepine: no dose can be worked out
+        ("99000001", "0", None, ("dose:no-strength",)),
+        # Klonopin is clonazepam's brand: 2 x 0.5 mg = 1 mg = 20 mg diazepam-eq
+        (
+            "99000002",
+            "20",
+            "2 tablet x 1/day x 0.5 mg/tablet = 1 mg/day = 20 mg/day diazepam-eq",
+            ("strength-from-code-name",),
+        ),
+        # the name says clonazepam tablets but no strength: read, and no wiser, so not said to be used
+        ("99000003", "0", None, ("dose:no-strength",)),
+    ],
+)
+def test_a_product_code_named_otherwise_in_the_value_set_is_dosed_only_as_far_as_its_name_tells(
+    other_names: Knowledge, code: str, total: str, figures: str | None, notes: tuple[str, ...]
+) -> None:
+    record = with_dosages(medication(Concept((Coding(RXNORM, code),))), tablets(2))
+    found = benzodiazepines(other_names.engine_context(), other_names, record)
+    assert found.values["total"] == total
+    assert rows(found) == [(record.source, figures, notes)]
