@@ -50,6 +50,8 @@ class Settings:
     max_body_bytes: int = 16 * 1024 * 1024
     max_json_depth: int = 64
     max_resources: int = 20_000
+    # large request bodies (1 MiB and over) one worker screens at once, by size (cds/web/admission.py)
+    max_inflight_body_bytes: int = 6 * 1024 * 1024
     request_time_budget_s: float = 8.0
     # outbound FHIR
     fhir_connect_timeout_s: float = 2.0
@@ -302,6 +304,7 @@ def validate(settings: Settings) -> None:
         "max_body_bytes",
         "max_json_depth",
         "max_resources",
+        "max_inflight_body_bytes",
         "request_time_budget_s",
         "fhir_connect_timeout_s",
         "fhir_read_timeout_s",

@@ -78,6 +78,7 @@ def _read_json(validator: Draft202012Validator) -> dict[str, Any]:
     length = request.content_length
     if length is not None and length > rt.settings.max_body_bytes:
         raise PayloadTooLarge(f"the request body is over {rt.settings.max_body_bytes} bytes")
+    g.body_weight = rt.body_budget.admit(length, rt.settings.request_time_budget_s)
     return read_json_object(request.get_data(cache=False), validator, rt.settings)
 
 
@@ -240,6 +241,13 @@ def _after(response: Response) -> Response:
     if _event() is not None and request.method != "OPTIONS":
         rt.audit(call, response.status_code, time.perf_counter() - call.started)
     return response
+
+
+@bp.teardown_app_request
+def _release_body(_exc: BaseException | None) -> None:
+    weight = g.pop("body_weight", 0)
+    if weight:
+        runtime().body_budget.release(weight)
 
 
 @bp.app_errorhandler(CdsError)

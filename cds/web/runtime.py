@@ -33,6 +33,7 @@ from cds.storage.guard import Guard
 from cds.storage.outbox import Outbox, OutboxFull, PendingFeedback, database_id
 from cds.storage.shared_state import ReplayCache, SeenFindings
 from cds.storage.store import AuditRecord, FeedbackItem, IssuedCard, ScreenPage, Store, patient_hash
+from cds.web.admission import BodyBudget
 from cds.web.auth import ClientAuthenticator, VerifiedClient, expected_audience
 from cds.web.cors import CorsPolicy
 from cds.web.logs import SAFE_EXTRA
@@ -95,8 +96,10 @@ class Runtime:
     draining: Callable[[], bool] = _never
     _local: threading.local = field(default_factory=threading.local)
     outbox: Outbox = field(init=False)
+    body_budget: BodyBudget = field(init=False)
 
     def __post_init__(self) -> None:
+        self.body_budget = BodyBudget(self.settings.max_inflight_body_bytes)
         directory = Path(self.settings.outbox_dir) / database_id(self.store.redacted_url)
         self.outbox = Outbox(
             directory,
