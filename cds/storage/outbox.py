@@ -23,7 +23,6 @@ import atexit
 import contextlib
 import fcntl
 import hashlib
-import json
 import logging
 import os
 import sqlite3
@@ -38,6 +37,7 @@ from typing import Any, Protocol
 
 import sqlalchemy as sa
 
+from cds.storage import codec
 from cds.storage.store import AuditRecord, FeedbackItem, IssuedCard, ScreenPage
 
 __all__ = ["Outbox", "OutboxFull", "OutboxMetrics", "PendingFeedback", "database_id"]
@@ -86,25 +86,19 @@ def database_id(redacted_url: str) -> str:
 def _encode(record: Record) -> tuple[str, str]:
     if isinstance(record, IssuedCard):
         fields: dict[str, Any] = {name: getattr(record, name) for name in IssuedCard.__dataclass_fields__}
-        return "card", json.dumps(fields, default=_iso)
+        return "card", codec.dumps(fields)
     if isinstance(record, AuditRecord):
         fields = {name: getattr(record, name) for name in AuditRecord.__dataclass_fields__}
-        return "audit", json.dumps(fields, default=_iso)
+        return "audit", codec.dumps(fields)
     if isinstance(record, ScreenPage):
         fields = {name: getattr(record, name) for name in ScreenPage.__dataclass_fields__}
-        return "page", json.dumps(fields, default=_iso)
+        return "page", codec.dumps(fields)
     item = {name: getattr(record.item, name) for name in FeedbackItem.__dataclass_fields__}
-    return "feedback", json.dumps({"service_id": record.service_id, "item": item}, default=_iso)
-
-
-def _iso(value: Any) -> Any:
-    if isinstance(value, datetime):
-        return value.isoformat()
-    raise TypeError(type(value).__name__)
+    return "feedback", codec.dumps({"service_id": record.service_id, "item": item})
 
 
 def _decode(kind: str, payload: str) -> Record:
-    data = json.loads(payload)
+    data = codec.loads(payload)
     if kind == "card":
         return IssuedCard(**{**data, "issued_at": datetime.fromisoformat(data["issued_at"])})
     if kind == "audit":

@@ -55,6 +55,7 @@ from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.engine import URL, Connection, Engine, make_url
 
 from cds.errors import ConfigError
+from cds.storage import codec
 
 __all__ = [
     "AuditRecord",
@@ -305,6 +306,10 @@ class ScreenPage:
     payload: Mapping[str, Any]
 
 
+# JSON columns (screening pages, audit lists) written and read with msgspec: cds/storage/codec.py.
+_JSON_CODEC: dict[str, Any] = {"json_serializer": codec.dumps, "json_deserializer": codec.loads}
+
+
 def _normalise_url(database_url: str) -> URL:
     try:
         url = make_url(database_url)
@@ -358,13 +363,14 @@ class Store:
         try:
             marker_engine = None
             if url.get_backend_name() == "sqlite":
-                engine = sa.create_engine(url)
+                engine = sa.create_engine(url, **_JSON_CODEC)
                 _configure_sqlite(engine, synchronous="FULL")
-                marker_engine = sa.create_engine(url)
+                marker_engine = sa.create_engine(url, **_JSON_CODEC)
                 _configure_sqlite(marker_engine, synchronous="NORMAL")
             else:
                 engine = sa.create_engine(
                     url,
+                    **_JSON_CODEC,
                     pool_pre_ping=True,
                     pool_timeout=pool_timeout_s,
                     connect_args=_postgres_limits(url, connect_timeout_s, statement_timeout_s),

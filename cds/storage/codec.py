@@ -1,0 +1,29 @@
+"""JSON text for what the service stores: outbox rows and the database's JSON columns.
+
+msgspec writes it several times faster than `json.dumps` (the screening page, several kilobytes per call,
+was encoded twice on its way to the database: a tenth of a small call's CPU). Datetimes are written as
+RFC 3339 text, which `datetime.fromisoformat` reads back; text written by earlier versions with the
+standard library (NaN tokens included) is still read.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import msgspec
+
+_ENCODER = msgspec.json.Encoder()
+_DECODER = msgspec.json.Decoder()
+
+
+def dumps(value: Any) -> str:
+    """JSON text of plain data (dicts, lists, tuples, strings, numbers, None, datetimes)."""
+    return _ENCODER.encode(value).decode("utf-8")
+
+
+def loads(text: str | bytes) -> Any:
+    try:
+        return _DECODER.decode(text)
+    except msgspec.DecodeError:
+        return json.loads(text)
