@@ -37,7 +37,7 @@ from typing import Any, Protocol
 
 import sqlalchemy as sa
 
-from cds.storage import codec
+from cds import jsontext
 from cds.storage.store import AuditRecord, FeedbackItem, IssuedCard, ScreenPage
 
 __all__ = ["Outbox", "OutboxFull", "OutboxMetrics", "PendingFeedback", "database_id"]
@@ -86,19 +86,19 @@ def database_id(redacted_url: str) -> str:
 def _encode(record: Record) -> tuple[str, str]:
     if isinstance(record, IssuedCard):
         fields: dict[str, Any] = {name: getattr(record, name) for name in IssuedCard.__dataclass_fields__}
-        return "card", codec.dumps(fields)
+        return "card", jsontext.dumps(fields)
     if isinstance(record, AuditRecord):
         fields = {name: getattr(record, name) for name in AuditRecord.__dataclass_fields__}
-        return "audit", codec.dumps(fields)
+        return "audit", jsontext.dumps(fields)
     if isinstance(record, ScreenPage):
         fields = {name: getattr(record, name) for name in ScreenPage.__dataclass_fields__}
-        return "page", codec.dumps(fields)
+        return "page", jsontext.dumps(fields)
     item = {name: getattr(record.item, name) for name in FeedbackItem.__dataclass_fields__}
-    return "feedback", codec.dumps({"service_id": record.service_id, "item": item})
+    return "feedback", jsontext.dumps({"service_id": record.service_id, "item": item})
 
 
 def _decode(kind: str, payload: str) -> Record:
-    data = codec.loads(payload)
+    data = jsontext.loads(payload)
     if kind == "card":
         return IssuedCard(**{**data, "issued_at": datetime.fromisoformat(data["issued_at"])})
     if kind == "audit":

@@ -54,8 +54,8 @@ from sqlalchemy.dialects import postgresql as pg_dialect
 from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.engine import URL, Connection, Engine, make_url
 
+from cds import jsontext
 from cds.errors import ConfigError
-from cds.storage import codec
 
 __all__ = [
     "AuditRecord",
@@ -306,8 +306,8 @@ class ScreenPage:
     payload: Mapping[str, Any]
 
 
-# JSON columns (screening pages, audit lists) written and read with msgspec: cds/storage/codec.py.
-_JSON_CODEC: dict[str, Any] = {"json_serializer": codec.dumps, "json_deserializer": codec.loads}
+# JSON columns (screening pages, audit lists) written and read with msgspec: cds/jsontext.py.
+_JSON_CODEC: dict[str, Any] = {"json_serializer": jsontext.dumps, "json_deserializer": jsontext.loads}
 
 
 def _normalise_url(database_url: str) -> URL:

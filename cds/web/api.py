@@ -10,7 +10,6 @@ the runtime explicitly for the audit line; ``flask.g`` holds only that record.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from datetime import UTC, datetime
@@ -20,6 +19,7 @@ from flask import Blueprint, Response, current_app, g, request
 from jsonschema import Draft202012Validator
 from werkzeug.exceptions import HTTPException
 
+from cds import jsontext
 from cds.errors import (
     BadRequest,
     CdsError,
@@ -52,7 +52,7 @@ def runtime() -> Runtime:
 
 
 def _json_response(payload: Any, status: int = 200, content_type: str = JSON) -> Response:
-    return Response(json.dumps(payload, separators=(",", ":")), status=status, content_type=content_type)
+    return Response(jsontext.encode(payload), status=status, content_type=content_type)
 
 
 def current_call() -> CallRecord:

@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from cds.storage import codec
+from cds import jsontext
 from cds.storage.outbox import Outbox
 from cds.storage.store import AuditRecord, ScreenPage
 
@@ -22,15 +22,15 @@ class _Counts:
 
 
 def test_datetimes_are_written_as_rfc3339_text_that_reads_back() -> None:
-    text = codec.dumps({"at": AT, "ids": ("a", "b"), "n": 2.5, "none": None})
+    text = jsontext.dumps({"at": AT, "ids": ("a", "b"), "n": 2.5, "none": None})
     written = {"at": "2026-02-28T23:59:30.125000Z", "ids": ["a", "b"], "n": 2.5, "none": None}
     assert json.loads(text) == written
     assert datetime.fromisoformat(json.loads(text)["at"]) == AT
 
 
 def test_text_the_standard_library_wrote_is_still_read() -> None:
-    assert codec.loads('{"x": NaN, "y": "caf\\u00e9"}')["y"] == "café"
-    assert codec.loads(b'[1, "\\ud800"]') == [1, "\ud800"]
+    assert jsontext.loads('{"x": NaN, "y": "caf\\u00e9"}')["y"] == "café"
+    assert jsontext.loads(b'[1, "\\ud800"]') == [1, "\ud800"]
 
 
 def test_outbox_rows_of_either_format_ship_as_the_records_they_were(tmp_path: Path) -> None:

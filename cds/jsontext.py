@@ -1,4 +1,4 @@
-"""JSON text for what the service stores: outbox rows and the database's JSON columns.
+"""JSON text the service writes: responses, outbox rows and the database's JSON columns.
 
 msgspec writes it several times faster than `json.dumps` (the screening page, several kilobytes per call,
 was encoded twice on its way to the database: a tenth of a small call's CPU). Datetimes are written as
@@ -17,8 +17,12 @@ _ENCODER = msgspec.json.Encoder()
 _DECODER = msgspec.json.Decoder()
 
 
+def encode(value: Any) -> bytes:
+    """Compact UTF-8 JSON of plain data (dicts, lists, tuples, strings, numbers, None, datetimes)."""
+    return _ENCODER.encode(value)
+
+
 def dumps(value: Any) -> str:
-    """JSON text of plain data (dicts, lists, tuples, strings, numbers, None, datetimes)."""
     return _ENCODER.encode(value).decode("utf-8")
 
 
