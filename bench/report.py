@@ -482,6 +482,20 @@ def _fhir_resources_note(results: dict[str, Any]) -> str:
     return text
 
 
+def _stage_table(profile: dict[str, Any]) -> list[str]:
+    return _table(
+        ["stage", "ms per request", "share of request"],
+        [
+            [
+                s["stage"].replace("  ", "&nbsp;&nbsp;"),
+                _f(s["cum_ms_per_request"], 2) if s.get("called", True) else "not called",
+                _f(s["share"] * 100, 0, " %") if s.get("share") is not None else "-",
+            ]
+            for s in profile["stages"]
+        ],
+    )
+
+
 def _gc_section(profile: dict[str, Any]) -> list[str]:
     study = profile.get("gc")
     if not study or "latency_after_tuning" not in study:
@@ -972,17 +986,7 @@ def markdown(results: dict[str, Any]) -> str:
             "### Stages (cumulative)",
             "",
         ]
-        lines += _table(
-            ["stage", "ms per request", "share of request"],
-            [
-                [
-                    s["stage"].replace("  ", "&nbsp;&nbsp;"),
-                    _f(s["cum_ms_per_request"], 2) if s.get("called", True) else "not called",
-                    _f(s["share"] * 100, 0, " %") if s.get("share") is not None else "-",
-                ]
-                for s in profile["stages"]
-            ],
-        )
+        lines += _stage_table(profile)
         lines += _gc_section(profile)
         lines += ["", "### Top functions by own time", ""]
         lines += _table(
@@ -1011,6 +1015,19 @@ def markdown(results: dict[str, Any]) -> str:
                 for r in profile["top_cumulative_cds"][:20]
             ],
         )
+    small = results.get("profile_small")
+    if small:
+        lines += [
+            "",
+            f"## Where the fixed cost goes ({small['size']:,} resources, full prefetch)",
+            "",
+            f"The same profile of the smallest request ({small['requests']} requests): "
+            f"{small['wall_ms_per_request']:.1f} ms per request without the profiler, "
+            f"{small['wall_ms_per_request_profiled']:.1f} ms with it. The request's own thread only: the "
+            "outbox thread that ships the call's records to the database afterwards is not in it.",
+            "",
+        ]
+        lines += _stage_table(small)
     if results.get("profile_error"):
         lines += [
             "",

@@ -572,6 +572,21 @@ def main(argv: list[str] | None = None) -> int:
         except Exception as exc:  # keep the measurements; say why the profile is missing
             _log(f"profiling failed: {type(exc).__name__}: {exc}")
             results["profile_error"] = f"{type(exc).__name__}: {str(exc)[:500]}"
+        small = sizes[0]
+        if small != profile_size:  # the fixed cost per call, which dominates small requests
+            _log(f"profiling the {small}-resource prefetch request in process")
+            try:
+                results["profile_small"] = {
+                    "size": small,
+                    **profile_in_subprocess(
+                        prefetch_bodies[small],
+                        SERVICE_PATH,
+                        requests=args.profile_requests * 10,
+                        gc_requests=20,
+                    ),
+                }
+            except Exception as exc:
+                _log(f"profiling failed: {type(exc).__name__}: {exc}")
     results["meta"]["duration_s"] = time.monotonic() - started
     results["meta"]["loadavg_at_end"] = Path("/proc/loadavg").read_text().split()[:3]
     results["analysis"] = analyse(results)
