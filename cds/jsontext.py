@@ -9,6 +9,7 @@ standard library (NaN tokens included) is still read.
 from __future__ import annotations
 
 import json
+from datetime import datetime
 from typing import Any
 
 import msgspec
@@ -18,12 +19,24 @@ _DECODER = msgspec.json.Decoder()
 
 
 def encode(value: Any) -> bytes:
-    """Compact UTF-8 JSON of plain data (dicts, lists, tuples, strings, numbers, None, datetimes)."""
-    return _ENCODER.encode(value)
+    """Compact UTF-8 JSON of plain data (dicts, lists, tuples, strings, numbers, None, datetimes).
+
+    Text from a chart can hold a lone surrogate (read through the standard library's decoder), which UTF-8
+    cannot carry: such a value is written by the standard library instead, as a \\u escape."""
+    try:
+        return _ENCODER.encode(value)
+    except UnicodeEncodeError:
+        return json.dumps(value, default=_isoformat, separators=(",", ":")).encode("ascii")
 
 
 def dumps(value: Any) -> str:
-    return _ENCODER.encode(value).decode("utf-8")
+    return encode(value).decode("utf-8")
+
+
+def _isoformat(value: Any) -> str:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    raise TypeError(type(value).__name__)
 
 
 def loads(text: str | bytes) -> Any:

@@ -394,3 +394,19 @@ def test_health_says_when_authentication_is_off(client: FlaskClient) -> None:
     health = client.get("/healthz").get_json()
     assert health["status"] == "ok"
     assert "authentication OFF" in health["mode"]
+
+
+def test_chart_text_with_a_lone_surrogate_is_screened_and_answered(app: Flask) -> None:
+    """A lone surrogate (no character; UTF-8 cannot carry it) in a chart's text used to be a 500: it is read
+    as the replacement character, the allergy is found, and the call's records are stored."""
+    ketamine_allergy = allergy(concept(text="ketamine \ud800"))
+    body = json.dumps(  # ensure_ascii: the surrogate is sent as the escape "\\ud800"
+        hook_request("order-select", drafts=[ketamine_order()], allergies=[ketamine_allergy])
+    )
+    response = app.test_client().post(
+        "/cds-services/ketamine-order-select", data=body, content_type="application/json"
+    )
+    assert response.status_code == 200
+    assert "ketamine \ufffd" in response.get_data(as_text=True)  # the chart's own words
+    assert findings_shown(response.get_json()["cards"])
+    assert app.extensions["ketamine_cds"].flush()

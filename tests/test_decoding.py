@@ -44,8 +44,15 @@ def test_what_msgspec_refuses_is_read_by_the_standard_parser() -> None:
     """Bare NaN tokens and lone surrogates (sloppy senders) do not cost the whole screen."""
     decoded = decode_json(b'{"doseQuantity": {"value": NaN}, "note": "\\ud800", "max": Infinity}')
     assert math.isnan(decoded["doseQuantity"]["value"])
-    assert decoded["note"] == "\ud800"
+    assert decoded["note"] == "\ufffd"  # no character: the replacement character stands in
     assert decoded["max"] == math.inf
+
+
+def test_lone_surrogates_become_replacement_characters_anywhere_and_pairs_stay() -> None:
+    raw = b'[{"a\\udc00": ["x\\ud800y", {"k": "\\ud83d\\udc8a \\udfff"}]}, "\\ud800", NaN]'
+    decoded = decode_json(raw)
+    assert decoded[:2] == [{"a\ufffd": ["x\ufffdy", {"k": "\U0001f48a \ufffd"}]}, "\ufffd"]
+    assert decode_json(b'"\\ud800"') == "\ufffd"
 
 
 def test_malformed_and_pathological_json_raise_what_the_edge_expects() -> None:

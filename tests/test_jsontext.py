@@ -28,6 +28,12 @@ def test_datetimes_are_written_as_rfc3339_text_that_reads_back() -> None:
     assert datetime.fromisoformat(json.loads(text)["at"]) == AT
 
 
+def test_a_lone_surrogate_from_a_chart_is_written_as_an_escape() -> None:
+    written = jsontext.encode({"text": "clonazepam \ud800", "at": AT})
+    assert written == b'{"text":"clonazepam \\ud800","at":"2026-02-28T23:59:30.125000+00:00"}'
+    assert jsontext.loads(written) == {"text": "clonazepam \ud800", "at": "2026-02-28T23:59:30.125000+00:00"}
+
+
 def test_text_the_standard_library_wrote_is_still_read() -> None:
     assert jsontext.loads('{"x": NaN, "y": "caf\\u00e9"}')["y"] == "café"
     assert jsontext.loads(b'[1, "\\ud800"]') == [1, "\ud800"]

@@ -8,7 +8,8 @@ and it needs each record's exact bytes kept aside for the conformance check of c
 
 What msgspec refuses (bare NaN and Infinity tokens, lone surrogates) is handed to `json.loads`, which
 accepts them as it always did: a sloppy sender's record is then judged unreadable on its own instead of
-the whole request being refused.
+the whole request being refused. A lone surrogate is no character; it becomes U+FFFD (the replacement
+character) there, so the rest of the service only ever sees text UTF-8 can carry.
 """
 
 from __future__ import annotations
@@ -27,4 +28,32 @@ def decode_json(raw: bytes) -> Any:
     try:
         return _DECODER.decode(raw)
     except msgspec.DecodeError:
-        return json.loads(raw)
+        return _without_lone_surrogates(json.loads(raw))
+
+
+def _without_lone_surrogates(document: Any) -> Any:
+    """Each lone surrogate (an escape like "\\ud800" with no partner) replaced by U+FFFD, the Unicode
+    replacement character: it is no character at all, and text holding one cannot be hashed, logged or
+    stored as UTF-8, which made such a chart a 500. Iterative, so a deep document costs no recursion."""
+    if isinstance(document, str):
+        return _scrubbed(document)
+    stack = [document]
+    while stack:
+        node = stack.pop()
+        items = list(node.items()) if isinstance(node, dict) else list(enumerate(node))
+        for key, value in items:
+            if isinstance(value, str):
+                node[key] = _scrubbed(value)
+            elif isinstance(value, (dict, list)):
+                stack.append(value)
+            if isinstance(key, str) and _scrubbed(key) is not key:
+                node[_scrubbed(key)] = node.pop(key)
+    return document
+
+
+def _scrubbed(text: str) -> str:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    return text
