@@ -468,6 +468,162 @@ def test_a_bedtime_dose_on_four_weekdays_is_counted_on_four_of_seven_days(vocab:
     )
 
 
+def test_an_empty_day_of_week_list_is_every_day(vocab: DosingVocabulary) -> None:
+    # dayOfWeek [] names no day: twice a day every day, 2 x 1 tablet x 0.5 mg = 1 mg/day
+    dosage = {"doseAndRate": dose(1, "tablet"), "timing": per(2, dayOfWeek=[])}
+    result = daily_dose(med(CLONAZEPAM_05, dosage), "clonazepam", vocab)
+    assert (result.status, result.mg_per_day) == (DoseStatus.COMPUTED, 1.0)
+    assert result.explanation == "1 tablet x 2/day x 0.5 mg/tablet = 1 mg/day"
+
+
+def test_days_of_week_do_not_thin_a_schedule_longer_than_a_day(vocab: DosingVocabulary) -> None:
+    # once every 2 days already says how often: 0.5/day, the weekdays listed do not reduce it again;
+    # 1 tablet x 0.5/day x 0.5 mg = 0.25 mg/day (not 0.5 x 3/7)
+    dosage = {"doseAndRate": dose(1, "tablet"), "timing": per(1, 2, "d", dayOfWeek=["mon", "wed", "fri"])}
+    result = daily_dose(med(CLONAZEPAM_05, dosage), "clonazepam", vocab)
+    assert result.mg_per_day == 0.25
+    assert result.explanation == "1 tablet x 1 per 2 d (0.5/day) x 0.5 mg/tablet = 0.25 mg/day"
+
+
+def test_days_of_week_given_as_an_object_are_unreadable(vocab: DosingVocabulary) -> None:
+    dosage = {"doseAndRate": dose(1, "tablet"), "timing": per(1, dayOfWeek={"mon": True})}
+    result = daily_dose(med(CLONAZEPAM_05, dosage), "clonazepam", vocab)
+    assert (result.status, result.mg_per_day, result.problem) == (
+        DoseStatus.UNKNOWN,
+        None,
+        "unreadable-dosage",
+    )
+
+
+@pytest.mark.parametrize(
+    ("repeat", "mg", "explanation"),
+    [
+        # frequency 2, frequencyMax 2: the maximum adds nothing, so it is not named: 2 x 0.5 mg = 1 mg/day
+        ({"frequency": 2, "frequencyMax": 2}, 1.0, "1 tablet x 2/day x 0.5 mg/tablet = 1 mg/day"),
+        # frequency 3, frequencyMax 2 (written the wrong way round): 3 a day is read, 1.5 mg/day
+        ({"frequency": 3, "frequencyMax": 2}, 1.5, "1 tablet x 3/day x 0.5 mg/tablet = 1.5 mg/day"),
+        # up to once a day: the count is the frequencyMax, 0.5 mg/day
+        ({"frequencyMax": 1}, 0.5, "1 tablet x 1/day (frequencyMax) x 0.5 mg/tablet = 0.5 mg/day"),
+        # half a time a day, as written (FHIR wants a whole number; the figure is not rounded up to 1)
+        ({"frequency": 0.5}, 0.25, "1 tablet x 0.5/day x 0.5 mg/tablet = 0.25 mg/day"),
+        ({"frequencyMax": 0.5}, 0.25, "1 tablet x 0.5/day (frequencyMax) x 0.5 mg/tablet = 0.25 mg/day"),
+    ],
+)
+def test_frequency_max_is_named_only_when_it_raises_the_count(
+    vocab: DosingVocabulary, repeat: dict[str, Any], mg: float, explanation: str
+) -> None:
+    timing = {"repeat": {**repeat, "period": 1, "periodUnit": "d"}}
+    dosage = {"doseAndRate": dose(1, "tablet"), "timing": timing}
+    result = daily_dose(med(CLONAZEPAM_05, dosage), "clonazepam", vocab)
+    assert (result.status, result.mg_per_day) == (DoseStatus.COMPUTED, mg)
+    assert result.explanation == explanation
+
+
+def test_a_timing_said_two_ways_is_read_at_the_higher(vocab: DosingVocabulary) -> None:
+    # repeat says twice a day, the code says TID: 3 a day is read, 3 x 0.5 mg = 1.5 mg/day
+    timing = {
+        "repeat": {"frequency": 2, "period": 1, "periodUnit": "d"},
+        "code": {"coding": [{"code": "TID"}]},
+    }
+    result = daily_dose(
+        med(CLONAZEPAM_05, {"doseAndRate": dose(1, "tablet"), "timing": timing}), "clonazepam", vocab
+    )
+    assert (result.status, result.mg_per_day) == (DoseStatus.COMPUTED, 1.5)
+    assert result.explanation == "1 tablet x TID (3/day) x 0.5 mg/tablet = 1.5 mg/day"
+
+
+def test_codings_without_a_code_or_with_an_unknown_code_are_passed_over(vocab: DosingVocabulary) -> None:
+    # a coding with no code, a local code the vocabulary does not know, then BID: 2 x 0.5 mg = 1 mg/day
+    codings = [
+        {"system": "urn:example:local"},
+        {"system": "urn:example:local", "code": "TWICE-A-DAY"},
+        {"system": "http://terminology.hl7.org/CodeSystem/v3-GTSAbbreviation", "code": "BID"},
+    ]
+    timing = {"code": {"coding": codings}}
+    result = daily_dose(
+        med(CLONAZEPAM_05, {"doseAndRate": dose(1, "tablet"), "timing": timing}), "clonazepam", vocab
+    )
+    assert (result.status, result.mg_per_day) == (DoseStatus.COMPUTED, 1.0)
+    assert result.explanation == "1 tablet x BID (2/day) x 0.5 mg/tablet = 1 mg/day"
+
+
+def test_very_small_and_very_large_figures_are_written_out_without_an_exponent(
+    vocab: DosingVocabulary,
+) -> None:
+    # 0.05 mcg once a day = 0.00005 mg/day (not "5e-05")
+    micro = {"doseAndRate": dose(0.05, "mcg"), "timing": per(1)}
+    result = daily_dose(med("diazepam 5 MG Oral Tablet", micro), "diazepam", vocab)
+    assert result.mg_per_day == pytest.approx(0.00005)
+    assert result.explanation == "0.05 mcg (0.00005 mg) x 1/day = 0.00005 mg/day"
+    # a strength recorded as 2e15 mg a tablet: written in full, with no exponent and no trailing point
+    huge = (Strength("clonazepam", Quantity(2e15, "mg")),)
+    tablets = {"doseAndRate": dose(1, "tablet"), "timing": per(1)}
+    result = daily_dose(med(None, tablets, text="clonazepam", strengths=huge), "clonazepam", vocab)
+    assert result.mg_per_day == 2e15
+    assert result.explanation == "1 tablet x 1/day x 2000000000000000 mg/tablet = 2000000000000000 mg/day"
+
+
+def test_of_several_doses_the_highest_is_read_and_a_tie_shows_the_first(vocab: DosingVocabulary) -> None:
+    # 2 tablets then 1 tablet: the 2 tablets count, 2 x 0.5 mg x 2/day = 2 mg/day
+    two_then_one = [
+        {"doseQuantity": {"value": 2, "unit": "tablet"}},
+        {"doseQuantity": {"value": 1, "unit": "tablet"}},
+    ]
+    result = daily_dose(
+        med(CLONAZEPAM_05, {"doseAndRate": two_then_one, "timing": per(2)}), "clonazepam", vocab
+    )
+    assert result.mg_per_day == 2.0
+    assert result.explanation == "2 tablet x 2/day x 0.5 mg/tablet = 2 mg/day"
+    # 1 tablet (0.5 mg) and 500 mcg (0.5 mg) are the same dose: the first written is shown
+    tie = [{"doseQuantity": {"value": 1, "unit": "tablet"}}, {"doseQuantity": {"value": 500, "unit": "mcg"}}]
+    result = daily_dose(med(CLONAZEPAM_05, {"doseAndRate": tie, "timing": per(2)}), "clonazepam", vocab)
+    assert result.mg_per_day == 1.0
+    assert result.explanation == "1 tablet x 2/day x 0.5 mg/tablet = 1 mg/day"
+
+
+def test_a_readable_dose_after_an_open_range_is_read(vocab: DosingVocabulary) -> None:
+    # "at least 1 tablet" has no upper end; the 1 tablet written after it is read: 1 x 0.5 mg x 2 = 1 mg/day
+    items = [
+        {"doseRange": {"low": {"value": 1, "unit": "tablet"}}},
+        {"doseQuantity": {"value": 1, "unit": "tablet"}},
+    ]
+    result = daily_dose(med(CLONAZEPAM_05, {"doseAndRate": items, "timing": per(2)}), "clonazepam", vocab)
+    assert (result.status, result.mg_per_day) == (DoseStatus.COMPUTED, 1.0)
+    assert result.explanation == "1 tablet x 2/day x 0.5 mg/tablet = 1 mg/day"
+
+
+def test_of_several_unreadable_doses_the_first_names_the_problem(vocab: DosingVocabulary) -> None:
+    # an open range (no-dose-quantity) before a negative dose (unreadable): the first problem is named
+    items = [
+        {"doseRange": {"low": {"value": 1, "unit": "tablet"}}},
+        {"doseQuantity": {"value": -1, "unit": "tablet"}},
+    ]
+    result = daily_dose(med(CLONAZEPAM_05, {"doseAndRate": items, "timing": per(2)}), "clonazepam", vocab)
+    assert (result.status, result.problem) == (DoseStatus.UNKNOWN, "no-dose-quantity")
+    # a dose item that is no object at all is unreadable, not a missing dose
+    result = daily_dose(med(CLONAZEPAM_05, {"doseAndRate": [["x"]], "timing": per(2)}), "clonazepam", vocab)
+    assert (result.status, result.problem) == (DoseStatus.UNKNOWN, "unreadable-dosage")
+
+
+def test_the_high_end_of_a_range_keeps_its_own_unit_and_borrows_the_low_ends_code(
+    vocab: DosingVocabulary,
+) -> None:
+    # 0.5 mg to 1000 mcg: the high end is 1000 mcg = 1 mg, twice a day = 2 mg/day (not 1000 mg)
+    own = {"low": {"value": 0.5, "unit": "mg"}, "high": {"value": 1000, "unit": "mcg"}}
+    result = daily_dose(
+        med(CLONAZEPAM_05, {"doseAndRate": [{"doseRange": own}], "timing": per(2)}), "clonazepam", vocab
+    )
+    assert result.mg_per_day == 2.0
+    assert result.explanation == "1000 mcg (1 mg) (high end of dose range of 0.5-1000) x 2/day = 2 mg/day"
+    # 250 to 500 with the UCUM code ug on the low end only: the high end is 500 ug = 0.5 mg, x 2 = 1 mg/day
+    low = {"value": 250, "code": "ug", "system": "http://unitsofmeasure.org"}
+    borrowed = {"low": low, "high": {"value": 500}}
+    dosage = {"doseAndRate": [{"doseRange": borrowed}], "timing": per(2)}
+    result = daily_dose(med(CLONAZEPAM_05, dosage), "clonazepam", vocab)
+    assert result.mg_per_day == 1.0
+    assert result.explanation == "500 ug (0.5 mg) (high end of dose range of 250-500) x 2/day = 1 mg/day"
+
+
 # ------------------------------------------------------------------------------------------ as needed
 
 
