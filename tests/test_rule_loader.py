@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from cds.clinical.knowledge import PLACEHOLDERS, load_knowledge
-from cds.clinical.rules import COMMON_WHEN_KEYS, WHEN_KEYS, Rule, load_rules
+from cds.clinical.rules import COMMON_WHEN_KEYS, WHEN_KEYS, Citation, DoseSpec, Parameter, Rule, load_rules
 from cds.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -196,7 +196,7 @@ def test_a_when_value_must_name_a_declared_parameter_of_its_type(
     tmp_path: Path, when: dict[str, Any], fragments: list[str]
 ) -> None:
     message = refused(tmp_path, rule_with(MI_RULE, lambda d: band(d).update(when=when)))
-    assert "band recent" in message
+    assert message.startswith("rules/test-rule.yaml: band recent when.")
     for fragment in fragments:
         assert fragment in message
 
@@ -254,6 +254,75 @@ def test_a_misspelt_key_in_a_shipped_rule_stops_start_up(tmp_path: Path) -> None
     assert raised.value.message.startswith(
         "rules/recent-myocardial-infarction.yaml: band within-contraindication-window: "
         "when key 'onset_within_month' is unknown"
+    )
+
+
+def test_a_flag_key_does_not_end_the_check_of_the_keys_after_it(tmp_path: Path) -> None:
+    when = {"onset_unknown": True, "onset_within_months": "no_such_window"}
+    message = refused(tmp_path, rule_with(MI_RULE, lambda d: band(d).update(when=when)))
+    assert "band recent when.onset_within_months names undeclared parameter 'no_such_window'" in message
+
+
+def test_a_misspelt_key_is_named_after_bands_the_key_check_must_skip(tmp_path: Path) -> None:
+    """A band without `when:` and a band without a kind of fact come first; the third band's misspelt key
+    is still named by band (not left to the schema's anonymous `bands/2/when` message)."""
+
+    def change(data: dict[str, Any]) -> None:
+        first = band(data)
+        no_when = {**copy.deepcopy(first), "id": "no-when"}
+        del no_when["when"]
+        no_facts = {**copy.deepcopy(first), "id": "no-facts"}
+        del no_facts["facts"]
+        misspelt = {**copy.deepcopy(first), "id": "misspelt", "when": {"onset_within_month": "window_months"}}
+        data["bands"] = [no_when, no_facts, misspelt]
+
+    message = refused(tmp_path, rule_with(MI_RULE, change))
+    assert message.startswith(
+        "rules/test-rule.yaml: band misspelt: when key 'onset_within_month' is unknown;"
+    )
+
+
+def test_a_band_without_an_id_is_named_by_its_position(tmp_path: Path) -> None:
+    def change(data: dict[str, Any]) -> None:
+        second = {**copy.deepcopy(band(data)), "when": {"onset_within_month": "window_months"}}
+        del second["id"]
+        data["bands"].append(second)
+
+    message = refused(tmp_path, rule_with(MI_RULE, change))
+    assert message.startswith("rules/test-rule.yaml: band #2: when key 'onset_within_month' is unknown;")
+
+
+def test_a_band_inheriting_its_kind_of_fact_is_checked_for_that_kind(tmp_path: Path) -> None:
+    def change(data: dict[str, Any]) -> None:
+        data["facts"] = "condition"
+        del band(data)["facts"]
+        band(data)["when"] = {"total_above": "window_months"}
+
+    message = refused(tmp_path, rule_with(MI_RULE, change))
+    assert message.startswith(
+        "rules/test-rule.yaml: band recent: when key 'total_above' applies to medication facts, "
+        "not condition; condition bands may use "
+        "['enabled', 'onset_before_months', 'onset_unknown', 'onset_within_months']"
+    )
+
+
+def test_an_unknown_kind_of_fact_is_left_to_the_schema_message(tmp_path: Path) -> None:
+    message = refused(tmp_path, rule_with(MI_RULE, lambda d: band(d).update(facts="vital-signs")))
+    assert message.startswith("rules/test-rule.yaml: bands/0/facts: 'vital-signs' is not one of")
+
+
+def test_an_unknown_reaction_value_set_on_an_allergy_band_is_refused(tmp_path: Path) -> None:
+    def change(data: dict[str, Any]) -> None:
+        band(data).update(
+            facts="allergy",
+            match=[VS + "ketamine-substances"],
+            when={"intolerance_with_reactions_in": VS + "no-such-reactions"},
+            summary="Allergy to $substance: avoid $product",
+            detail="Reaction: $reaction.",
+        )
+
+    assert refused(tmp_path, rule_with(MI_RULE, change)) == (
+        f"rules/test-rule.yaml: unknown value set {VS}no-such-reactions"
     )
 
 
@@ -401,6 +470,175 @@ def test_a_placeholder_the_band_cannot_fill_is_refused(tmp_path: Path) -> None:
     assert "band recent detail: unknown placeholders ['systolic']" in refused(tmp_path, data)
 
 
+def test_an_indicator_parameter_may_allow_all_three_card_indicators(tmp_path: Path) -> None:
+    def change(data: dict[str, Any]) -> None:
+        data["parameters"]["level"]["allowed"] = ["info", "warning", "critical"]
+        band(data)["indicator"] = {"param": "level"}
+
+    write(tmp_path, rule_with(MI_RULE, change))
+    assert load(tmp_path)[0].bands[0].indicator_param == "level"
+
+
+def test_an_indication_band_needs_dose_indication(tmp_path: Path) -> None:
+    data = rule_with(DOSE_RULE, lambda d: band(d)["when"].update(indication=True))
+    assert refused(tmp_path, data) == "rules/test-rule.yaml: `indication` bands need dose.indication"
+
+
+@pytest.mark.parametrize(
+    "indication",
+    [{"conditions": [VS + "mi-acute"]}, {"ingredients": ["Midazolam"]}],
+    ids=["conditions", "ingredients"],
+)
+def test_dose_indication_by_conditions_or_by_ingredients_alone_is_enough(
+    tmp_path: Path, indication: dict[str, Any]
+) -> None:
+    data = rule_with(
+        DOSE_RULE,
+        lambda d: (band(d)["when"].update(indication=True), d["dose"].update(indication=indication)),
+    )
+    write(tmp_path, data)
+    spec = load(tmp_path)[0].dose
+    assert spec is not None
+    assert (spec.indication_conditions, spec.indication_ingredients) == (
+        tuple(indication.get("conditions", ())),
+        frozenset({"midazolam"}) if "ingredients" in indication else frozenset(),
+    )
+
+
+@pytest.mark.parametrize("key", ["evidence_total_above", "evidence_total_at_most"])
+def test_an_evidence_total_band_needs_dose_evidence_basis(tmp_path: Path, key: str) -> None:
+    data = rule_with(DOSE_RULE, lambda d: band(d)["when"].update({key: "threshold"}))
+    assert refused(tmp_path, data) == "rules/test-rule.yaml: evidence_total bands need dose.evidence_basis"
+
+
+FULL_RULE: dict[str, Any] = {
+    "id": "full-rule",
+    "version": "2.3.4",
+    "title": "Every field written",
+    "category": "interaction",
+    "evidence_tier": "REL",
+    "clinical_status": "any",
+    "policy_note": "Ask the session pharmacist.",
+    "parameters": {
+        "threshold": {
+            "default": 8,
+            "unit": "mg",
+            "minimum": 0,
+            "maximum": 100,
+            "presets": {"clinic_faq": 10},
+            "description": "threshold per day",
+            "source": "Smith 2020",
+        },
+        "basis": {
+            "default": "drug-mg",
+            "allowed": ["drug-mg"],
+            "description": "dose basis",
+            "source": "a test",
+        },
+        "table": {"default": "ashton", "description": "equivalence table", "source": "a test"},
+        "level": {
+            "default": "warning",
+            "allowed": ["info", "warning"],
+            "description": "level",
+            "source": "a test",
+        },
+    },
+    "dose": {
+        "match": [VS + "benzodiazepine-medications"],
+        "exclude": [VS + "ketamine-substances"],
+        "basis": "basis",
+        "equivalence_source": "table",
+        "evidence_basis": "diazepam-equivalent",
+        "indication": {"conditions": [VS + "mi-acute"], "ingredients": ["Clonazepam", "ALPRAZOLAM"]},
+        "given_with_session": ["Midazolam"],
+    },
+    "bands": [
+        {
+            "id": "above",
+            "facts": "medication",
+            "products": ["ketamine"],
+            "when": {"total_above": "threshold", "evidence_total_above": "threshold", "indication": True},
+            "indicator": {"param": "level"},
+            "summary": "Benzodiazepines $total $basis_unit: response may be weaker",
+            "detail": "The total is $total $basis_unit, over $threshold.",
+        },
+        {
+            "id": "unknown-dose",
+            "facts": "medication",
+            "when": {"dose_unknown": True},
+            "indicator": "info",
+            "summary": "Benzodiazepine dose unknown: check $medication",
+            "detail": "No dose could be read for $medication.",
+        },
+    ],
+    "suggest_remove_order": ["critical", "warning"],
+    "override_reasons": ["risk-benefit-ratio", "record-out-of-date"],
+    "citations": [{"label": "With a link", "url": "https://example.org/a"}, {"label": "Without a link"}],
+}
+
+
+def test_a_valid_rule_loads_with_exactly_the_fields_written(tmp_path: Path) -> None:
+    write(tmp_path, FULL_RULE)
+    (rule,) = load(tmp_path)
+    assert (rule.id, rule.version, rule.title, rule.category, rule.evidence_tier) == (
+        "full-rule",
+        "2.3.4",
+        "Every field written",
+        "interaction",
+        "REL",
+    )
+    assert (rule.clinical_status, rule.policy_note) == ("any", "Ask the session pharmacist.")
+    assert rule.parameters["threshold"] == Parameter(
+        name="threshold",
+        default=8,
+        description="threshold per day",
+        source="Smith 2020",
+        unit="mg",
+        allowed=None,
+        minimum=0,
+        maximum=100,
+        presets={"clinic_faq": 10},
+    )
+    assert rule.parameters["basis"].allowed == ("drug-mg",)
+    assert rule.dose == DoseSpec(
+        match=(VS + "benzodiazepine-medications",),
+        exclude=(VS + "ketamine-substances",),
+        basis_param="basis",
+        equivalence_source_param="table",
+        evidence_basis="diazepam-equivalent",
+        indication_conditions=(VS + "mi-acute",),
+        indication_ingredients=frozenset({"clonazepam", "alprazolam"}),
+        given_with_session=frozenset({"midazolam"}),
+    )
+    above, unknown = rule.bands
+    assert (above.id, above.facts, above.match, above.products) == (
+        "above",
+        "medication",
+        (),
+        frozenset({"ketamine"}),
+    )
+    assert above.when == {"total_above": "threshold", "evidence_total_above": "threshold", "indication": True}
+    assert (above.indicator, above.indicator_param) == (None, "level")
+    assert (unknown.indicator, unknown.indicator_param) == ("info", None)
+    assert unknown.products == frozenset({"ketamine", "esketamine"})
+    assert unknown.summary.template == "Benzodiazepine dose unknown: check $medication"
+    assert rule.suggest_remove_order == frozenset({"critical", "warning"})
+    assert rule.override_reasons == ("risk-benefit-ratio", "record-out-of-date")
+    assert rule.citations == (
+        Citation("With a link", "https://example.org/a"),
+        Citation("Without a link", None),
+    )
+
+
+def test_optional_rule_keys_left_out_load_as_their_defaults(tmp_path: Path) -> None:
+    data = rule_with(MI_RULE, lambda d: d.pop("override_reasons"))
+    write(tmp_path, data)
+    (rule,) = load(tmp_path)
+    assert rule.clinical_status == "active"  # only active conditions count unless the file says "any"
+    assert (rule.policy_note, rule.dose) == (None, None)
+    assert (rule.suggest_remove_order, rule.override_reasons) == (frozenset(), ())
+
+
 # ----------------------------------------------------------------------------------------- parameters
 
 
@@ -416,7 +654,11 @@ def test_a_placeholder_the_band_cannot_fill_is_refused(tmp_path: Path) -> None:
         ("shown", {"presets": {"clinic_faq": 1}}, "shown must be like True"),
         ("level", {"default": 3}, "level must be one of"),
         ("level", {"presets": {"clinic_faq": "critical"}}, "level must be one of ['info', 'warning']"),
-        ("window_months", {"default": 0}, "window_months must be at least 1"),
+        (
+            "window_months",
+            {"default": 0},
+            "rules/test-rule.yaml default: window_months must be at least 1, got 0",
+        ),
         ("window_months", {"presets": {"clinic_faq": 40}}, "window_months must be at most 36"),
     ],
 )
