@@ -25,6 +25,7 @@ from cds.errors import ConfigError
 from cds.fhir.model import (
     Coding,
     Concept,
+    DailyDose,
     DoseStatus,
     MedicationFact,
     MedicationKind,
@@ -688,6 +689,25 @@ def prn_limited(*limits: tuple[float, str, float, str]) -> dict[str, Any]:
         "doseAndRate": dose(1, "tablet"),
         "maxDosePerPeriod": ratios[0] if len(ratios) == 1 else ratios,
     }
+
+
+def test_an_as_needed_result_names_its_ingredient_and_no_problem(vocab: DosingVocabulary) -> None:
+    # without a maximum: as needed, no amount, and nothing wrong with the record
+    no_limit = {"asNeededBoolean": True, "doseAndRate": dose(1, "tablet")}
+    result = daily_dose(med(CLONAZEPAM_05, no_limit), "clonazepam", vocab)
+    assert result == DailyDose(
+        "clonazepam", DoseStatus.AS_NEEDED, None, "as needed, no maxDosePerPeriod", None
+    )
+    # at most 4 tablets a day: 4 x 0.5 mg = 2 mg/day
+    limited = prn_limited((4, "tablet", 1, "d"))
+    result = daily_dose(med(CLONAZEPAM_05, limited), "clonazepam", vocab)
+    assert result == DailyDose(
+        "clonazepam",
+        DoseStatus.AS_NEEDED,
+        2.0,
+        "as needed, at most 4 tablet per 1 d x 0.5 mg/tablet = 2 mg/day",
+        None,
+    )
 
 
 def test_an_as_needed_maximum_beside_a_regular_dose_is_never_added_to_it(vocab: DosingVocabulary) -> None:
@@ -1462,6 +1482,49 @@ def test_garbage_next_to_a_good_entry_spoils_the_total(vocab: DosingVocabulary) 
     good = {"doseAndRate": dose(1), "timing": per(2)}
     bad = {"doseAndRate": dose(-3), "timing": per(2)}
     assert daily_dose(med(CLONAZEPAM_1, good, bad), "clonazepam", vocab).status is DoseStatus.UNKNOWN
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"doseAndRate": dose(1, "tablet"), "timing": "BID"},  # a timing that is no object
+        {"doseAndRate": dose(1, "tablet"), "timing": {"repeat": "BID"}},  # a repeat that is no object
+        {"doseAndRate": dose(1, "tablet"), "timing": per(1, 1e-310, "d")},  # every 1e-310 days: infinite
+        {"doseAndRate": dose(1, "tablet"), "timing": per(2000)},  # 2000 a day is over the 1440 limit
+        {"doseAndRate": dose(1, "tablet"), "timing": per(1, dayOfWeek="mon")},  # a day that is no list
+        {"doseAndRate": dose(1, "tablet"), "timing": per(1, dayOfWeek=["someday"])},  # no day it names
+        {"doseAndRate": dose(1, "tablet"), "timing": per(1, 1, 1)},  # a periodUnit that is no word
+        {"doseAndRate": dose(1, "tablet"), "timing": per(1, 1, "fortnight")},  # a periodUnit not known
+        {"doseAndRate": dose(1, "tablet"), "timing": {"code": "BID"}},  # a code that is no object
+        {"doseAndRate": dose(1, "tablet"), "timing": {"code": {"coding": "BID"}}},  # codings not a list
+        {"doseAndRate": "1 tablet", "timing": per(2)},  # doseAndRate that is neither object nor list
+        {"doseAndRate": [["x"]], "timing": per(2)},  # a dose item that is no object
+    ],
+)
+def test_an_unreadable_instruction_beside_a_readable_one_leaves_no_total(
+    vocab: DosingVocabulary, bad: Any
+) -> None:
+    # 1 tablet twice a day alone is 1 mg/day; beside an instruction that cannot be read, no total is given
+    good = {"doseAndRate": dose(1, "tablet"), "timing": per(2)}
+    assert daily_dose(med(CLONAZEPAM_05, good), "clonazepam", vocab).mg_per_day == 1.0
+    result = daily_dose(med(CLONAZEPAM_05, good, bad), "clonazepam", vocab)
+    assert (result.status, result.mg_per_day, result.problem) == (
+        DoseStatus.UNKNOWN,
+        None,
+        "unreadable-dosage",
+    )
+    assert result.ingredient == "clonazepam"
+
+
+def test_a_total_too_large_to_represent_is_unreadable_never_infinite(vocab: DosingVocabulary) -> None:
+    # a strength recorded as 1e305 mg a tablet: 1000 tablets a day is 1e308 mg/day, still a number;
+    # two such instructions together come to 2e308, beyond the largest float (about 1.8e308)
+    huge = (Strength("clonazepam", Quantity(1e305, "mg")),)
+    thousand = {"doseAndRate": dose(1000, "tablet"), "timing": per(1)}
+    one = daily_dose(med(None, thousand, text="clonazepam", strengths=huge), "clonazepam", vocab)
+    assert (one.status, one.mg_per_day) == (DoseStatus.COMPUTED, 1e308)
+    both = daily_dose(med(None, thousand, thousand, text="clonazepam", strengths=huge), "clonazepam", vocab)
+    assert both == DailyDose("clonazepam", DoseStatus.UNKNOWN, problem="unreadable-dosage")
 
 
 def test_garbage_strengths_and_ingredient(vocab: DosingVocabulary) -> None:
