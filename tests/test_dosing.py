@@ -8,6 +8,7 @@ import math
 from dataclasses import replace
 from datetime import date, timedelta
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -604,6 +605,25 @@ def test_of_several_unreadable_doses_the_first_names_the_problem(vocab: DosingVo
     # a dose item that is no object at all is unreadable, not a missing dose
     result = daily_dose(med(CLONAZEPAM_05, {"doseAndRate": [["x"]], "timing": per(2)}), "clonazepam", vocab)
     assert (result.status, result.problem) == (DoseStatus.UNKNOWN, "unreadable-dosage")
+
+
+@pytest.mark.parametrize(
+    ("items", "problem"),
+    [
+        ([{"doseQuantity": "1 tablet"}], "unreadable-dosage"),  # a dose that is no object
+        ([{"doseQuantity": {"value": 1, "unit": 7}}], "unreadable-dosage"),  # a unit that is no text
+        ([{"doseQuantity": {"value": None, "unit": "tablet"}}], "no-dose-quantity"),
+        ([{"doseQuantity": {"unit": "tablet"}}], "no-dose-quantity"),
+        # a dose without its value before an unreadable one: the first problem is named
+        ([{"doseQuantity": {"unit": "tablet"}}, {"doseQuantity": "x"}], "no-dose-quantity"),
+        ([{"doseQuantity": "x"}, {"doseQuantity": {"unit": "tablet"}}], "unreadable-dosage"),
+    ],
+)
+def test_a_dose_without_a_value_is_missing_and_a_malformed_one_unreadable(
+    vocab: DosingVocabulary, items: list[Any], problem: str
+) -> None:
+    result = daily_dose(med(CLONAZEPAM_05, {"doseAndRate": items, "timing": per(2)}), "clonazepam", vocab)
+    assert (result.status, result.mg_per_day, result.problem) == (DoseStatus.UNKNOWN, None, problem)
 
 
 def test_the_high_end_of_a_range_keeps_its_own_unit_and_borrows_the_low_ends_code(
@@ -1400,6 +1420,50 @@ def test_a_malformed_strength_is_unreadable_not_guessed(vocab: DosingVocabulary,
     assert result.problem == "unreadable-dosage"
 
 
+def test_a_strength_that_only_looks_like_a_quantity_is_unreadable(vocab: DosingVocabulary) -> None:
+    # numerator or denominator of another type, even with a text unit, is not read as mg per tablet
+    tablets = {"doseAndRate": dose(1, "tablet"), "timing": per(2)}
+    lookalike: Any = SimpleNamespace(value=0.5, unit="mg")
+    per_tablet: Any = SimpleNamespace(value=1, unit="tablet")
+    for strength in (
+        Strength("clonazepam", lookalike),
+        Strength("clonazepam", Quantity(0.5, "mg"), per_tablet),
+    ):
+        result = daily_dose(med(None, tablets, text="clonazepam", strengths=(strength,)), "clonazepam", vocab)
+        assert (result.status, result.problem) == (DoseStatus.UNKNOWN, "unreadable-dosage")
+
+
+def test_a_pack_of_a_solution_and_tablets_reads_the_strength_of_the_form_dosed(
+    vocab: DosingVocabulary,
+) -> None:
+    pack = "{1 (diazepam 5 MG/ML Injectable Solution) / 10 (diazepam 2 MG Oral Tablet) } Pack"
+    # tablets: the solution's 5 mg/mL is passed over, 1 tablet x 2/day x 2 mg = 4 mg/day
+    tablets = daily_dose(med(pack, {"doseAndRate": dose(1, "tablet"), "timing": per(2)}), "diazepam", vocab)
+    assert (tablets.status, tablets.mg_per_day) == (DoseStatus.COMPUTED, 4.0)
+    assert tablets.explanation == "1 tablet x 2/day x 2 mg/tablet = 4 mg/day"
+    # millilitres: the tablet's 2 mg is passed over, 2 mL x 2/day x 5 mg/mL = 20 mg/day
+    ml = daily_dose(med(pack, {"doseAndRate": dose(2, "mL"), "timing": per(2)}), "diazepam", vocab)
+    assert (ml.status, ml.mg_per_day) == (DoseStatus.COMPUTED, 20.0)
+    assert ml.explanation == "2 mL x 2/day x 5 mg/mL = 20 mg/day"
+
+
+@pytest.mark.parametrize(
+    "odd",
+    [
+        Strength("clonazepam", Quantity(1e-300, "ng"), Quantity(1e300, "tablet")),  # 1e-906 mg: 0 as a float
+        Strength("clonazepam", Quantity(1e308, "kg"), Quantity(1, "tablet")),  # 1e314 mg: infinite
+    ],
+)
+def test_a_strength_beyond_float_range_beside_a_readable_one_is_unreadable(
+    vocab: DosingVocabulary, odd: Strength
+) -> None:
+    # not "two strengths" (ambiguous-combination): one of them cannot be read at all
+    tablets = {"doseAndRate": dose(1, "tablet"), "timing": per(1)}
+    strengths = (Strength("clonazepam", Quantity(0.5, "mg")), odd)
+    result = daily_dose(med(None, tablets, text="clonazepam", strengths=strengths), "clonazepam", vocab)
+    assert (result.status, result.problem) == (DoseStatus.UNKNOWN, "unreadable-dosage")
+
+
 def test_patches_of_a_per_hour_strength_cannot_be_converted(vocab: DosingVocabulary) -> None:
     # 0.025 mg/h is a delivery rate: one patch every 72 h gives no mg per patch to multiply
     dosage = {"doseAndRate": dose(1, "patch"), "timing": per(1, 72, "h")}
@@ -1749,20 +1813,142 @@ def _edited(change: Any) -> dict[str, Any]:
             "'product_names.denominator_units.ML' must be a unit",
         ),
         (lambda v: v.update(limits=1440), "'limits' must be an object"),
+        # a section missing or empty, for every section read
+        (lambda v: v.pop("mass_units_to_mg"), "'mass_units_to_mg' must be a non-empty object"),
+        (lambda v: v.update(count_units={}), "'count_units' must be a non-empty object"),
+        (lambda v: v.update(timing_codes={}), "'timing_codes' must be a non-empty object"),
+        (
+            lambda v: v.update(event_timing_administrations={}),
+            "'event_timing_administrations' must be a non-empty object",
+        ),
+        (
+            lambda v: v["product_names"].update(strength_units={}),
+            "'strength_units' must be a non-empty object",
+        ),
+        (
+            lambda v: v["product_names"].pop("denominator_units"),
+            "'denominator_units' must be a non-empty object",
+        ),
+        # one wrong entry, in every section
+        (lambda v: v["volume_units_to_ml"].update(ml=0), "'volume_units_to_ml.ml' must be a positive number"),
+        (
+            lambda v: v["period_units_to_days"].update(d="one"),
+            "'period_units_to_days.d' must be a positive number",
+        ),
+        (lambda v: v["count_units"].update(tablet=" "), "'count_units.tablet' must name a label"),
+        # "tab" as millilitres and as tablets: the volume and count tables overlap (mass is not involved)
+        (lambda v: v["volume_units_to_ml"].update(tab=1), "units listed as more than one kind: ['tab']"),
+        (
+            lambda v: v["timing_codes"].update(BID={"frequency": 2, "periodUnit": "d"}),
+            "'timing_codes.BID' needs frequency, period and periodUnit",
+        ),
+        (
+            lambda v: v["timing_codes"].update(BID={"period": 1, "periodUnit": "d"}),
+            "'timing_codes.BID' needs frequency, period and periodUnit",
+        ),
+        (lambda v: v.update(days_of_week=["mon"]), "'days_of_week' must list the seven FHIR day codes"),
+        (
+            lambda v: v["product_names"]["strength_units"].update(MG=["mg", 0]),
+            "'product_names.strength_units.MG' must be [unit, factor]",
+        ),
+        (
+            lambda v: v["product_names"].update(salt_words=["hydrochloride", "  "]),
+            "'product_names.salt_words' must be a list of non-empty strings",
+        ),
     ],
 )
 def test_each_malformed_field_is_named(tmp_path: Path, change: Any, message: str) -> None:
+    # the whole message: the file, then what is wrong where, nothing else
     path = tmp_path / "vocabulary.json"
     path.write_text(json.dumps(_edited(change)), encoding="utf-8")
     with pytest.raises(ConfigError) as raised:
         DosingVocabulary.load(path)
-    assert message in str(raised.value)
+    assert str(raised.value) == f"{path}: {message}"
+
+
+def test_a_vocabulary_that_cannot_be_read_or_is_not_an_object_is_named(tmp_path: Path) -> None:
+    absent = tmp_path / "absent.json"
+    with pytest.raises(ConfigError) as raised:
+        DosingVocabulary.load(absent)
+    assert str(raised.value).startswith(f"{absent}: cannot read dosing vocabulary: ")
+    assert "No such file" in str(raised.value)
+    listed = tmp_path / "list.json"
+    listed.write_text("[1, 2]", encoding="utf-8")
+    with pytest.raises(ConfigError) as raised:
+        DosingVocabulary.load(listed)
+    assert str(raised.value) == f"{listed}: the dosing vocabulary must be a JSON object"
 
 
 def test_a_unit_spelt_twice_with_one_factor_loads(tmp_path: Path) -> None:
     path = tmp_path / "vocabulary.json"
     path.write_text(json.dumps(_edited(lambda v: v["mass_units_to_mg"].update(MG=1))), encoding="utf-8")
     assert DosingVocabulary.load(path).mass_factor("Mg") == 1
+
+
+def _site_vocabulary(v: dict[str, Any]) -> None:
+    v["timing_codes"][" q5h "] = {"frequency": 1, "period": 5, "periodUnit": " H "}
+    v["event_timing_administrations"][" Snack "] = 2
+    v["product_names"]["keep_names"] = ["Ferrous   Sulfate"]
+    v["product_names"]["salt_words"] = [" Hydrochloride ", "Sodium"]
+
+
+def test_a_valid_vocabulary_loads_with_exactly_the_values_written(tmp_path: Path) -> None:
+    path = tmp_path / "vocabulary.json"
+    path.write_text(json.dumps(_edited(_site_vocabulary)), encoding="utf-8")
+    vocabulary = DosingVocabulary.load(path)
+    # timing codes upper-cased and trimmed, their period unit a lower-case unit key
+    bid = vocabulary.timing_codes["BID"]
+    assert (bid.frequency, bid.period, bid.period_unit) == (2, 1, "d")
+    q5h = vocabulary.timing_codes["Q5H"]
+    assert (q5h.frequency, q5h.period, q5h.period_unit) == (1, 5, "h")
+    assert "q5h" not in vocabulary.timing_codes
+    # EventTiming codes lower-cased and trimmed, with the count written
+    assert vocabulary.when_administrations["snack"] == 2
+    assert vocabulary.when_administrations["ac"] == 3
+    assert vocabulary.when_administrations["morn.early"] == 1
+    assert "SNACK" not in vocabulary.when_administrations
+    # product-name units: RxNorm unit -> (unit, factor) and RxNorm denominator -> unit, as written
+    assert vocabulary.strength_units["MCG"] == ("mg", 0.001)
+    assert vocabulary.denominator_units["ML"] == "mL"
+    assert vocabulary.denominator_units["ACTUAT"] == "{actuat}"
+    # word lists lower-cased with their spaces made single
+    assert vocabulary.keep_names == frozenset({"ferrous sulfate"})
+    assert vocabulary.salt_words == frozenset({"hydrochloride", "sodium"})
+    assert vocabulary.normalise_ingredient("Ferrous Sulfate") == "ferrous sulfate"
+    assert vocabulary.normalise_ingredient("Oxycodone Hydrochloride") == "oxycodone"
+
+
+def test_product_names_read_with_a_freshly_loaded_vocabulary(tmp_path: Path) -> None:
+    vocabulary = DosingVocabulary.load(VOCABULARY_FILE)
+    # one tablet of clonazepam holds 0.5 mg; no denominator means per tablet
+    assert vocabulary.parse_strengths("clonazePAM 0.5 MG Oral Tablet") == (
+        Strength("clonazepam", Quantity(0.5, "mg")),
+    )
+    # 5 mg in each mL, the units written in lower case
+    assert vocabulary.parse_strengths("diazepam 5 mg/ml Injectable Solution") == (
+        Strength("diazepam", Quantity(5, "mg"), Quantity(1, "mL")),
+    )
+    # 0.09 mg per actuation; 1 G is 1000 mg
+    assert vocabulary.parse_strengths("albuterol 0.09 MG/ACTUAT Metered Dose Inhaler") == (
+        Strength("albuterol", Quantity(0.09, "mg"), Quantity(1, "{actuat}")),
+    )
+    assert vocabulary.parse_strengths("levetiracetam 1 G Oral Tablet") == (
+        Strength("levetiracetam", Quantity(1000, "mg")),
+    )
+
+
+def test_the_longest_unit_spelling_is_read_first(tmp_path: Path) -> None:
+    # a site that lists "MG/ACTUAT" as a numerator unit of its own has it read whole: 0.09 mg and no
+    # denominator, not "MG" followed by the denominator "/ACTUAT"
+    def spelled(v: dict[str, Any]) -> None:
+        v["product_names"]["strength_units"]["MG/ACTUAT"] = ["mg", 1]
+
+    path = tmp_path / "vocabulary.json"
+    path.write_text(json.dumps(_edited(spelled)), encoding="utf-8")
+    vocabulary = DosingVocabulary.load(path)
+    assert vocabulary.parse_strengths("albuterol 0.09 MG/ACTUAT Metered Dose Inhaler") == (
+        Strength("albuterol", Quantity(0.09, "mg")),
+    )
 
 
 # ------------------------------------------------------------------------------------------ property
