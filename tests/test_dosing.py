@@ -1855,6 +1855,19 @@ def _edited(change: Any) -> dict[str, Any]:
             lambda v: v["product_names"].update(salt_words=["hydrochloride", "  "]),
             "'product_names.salt_words' must be a list of non-empty strings",
         ),
+        (
+            lambda v: v["product_names"].update(keep_names=["ferrous sulfate", ""]),
+            "'product_names.keep_names' must be a list of non-empty strings",
+        ),
+        # one limit missing is enough to refuse the file (the other one is present and valid)
+        (
+            lambda v: v["limits"].pop("max_administrations_per_day"),
+            "'limits' needs positive max_quantity_value and max_administrations_per_day",
+        ),
+        (
+            lambda v: v["limits"].update(max_quantity_value=-1),
+            "'limits' needs positive max_quantity_value and max_administrations_per_day",
+        ),
     ],
 )
 def test_each_malformed_field_is_named(tmp_path: Path, change: Any, message: str) -> None:
@@ -1877,6 +1890,15 @@ def test_a_vocabulary_that_cannot_be_read_or_is_not_an_object_is_named(tmp_path:
     with pytest.raises(ConfigError) as raised:
         DosingVocabulary.load(listed)
     assert str(raised.value) == f"{listed}: the dosing vocabulary must be a JSON object"
+
+
+def test_keep_names_may_be_left_out(tmp_path: Path) -> None:
+    # keep_names is optional: without it no name is kept whole, and salt words are still stripped
+    path = tmp_path / "vocabulary.json"
+    path.write_text(json.dumps(_edited(lambda v: v["product_names"].pop("keep_names"))), encoding="utf-8")
+    vocabulary = DosingVocabulary.load(path)
+    assert vocabulary.keep_names == frozenset()
+    assert vocabulary.normalise_ingredient("Clonazepam  Hydrochloride") == "clonazepam"
 
 
 def test_a_unit_spelt_twice_with_one_factor_loads(tmp_path: Path) -> None:
