@@ -1082,9 +1082,7 @@ def test_an_undated_entry_applies_throughout_a_dated_schedule(vocab: DosingVocab
 def test_a_schedule_whose_every_phase_ended_is_ended(vocab: DosingVocabulary) -> None:
     old = med(CLONAZEPAM_05, phase(2, "2026-09-01", "2026-09-30"), phase(1, "2026-10-01", "2026-10-31"))
     result = daily_dose(old, "clonazepam", vocab, on=NOV_22)
-    assert result.status is DoseStatus.ENDED
-    assert result.mg_per_day is None
-    assert result.explanation == "every phase ended by 2026-10-31"
+    assert result == DailyDose("clonazepam", DoseStatus.ENDED, None, "every phase ended by 2026-10-31", None)
 
 
 def test_a_schedule_not_yet_started_counts_its_first_phase(vocab: DosingVocabulary) -> None:
@@ -1195,6 +1193,112 @@ def test_a_phase_of_unknown_length_starts_and_nothing_after_it_is_placed(vocab: 
         "highest 0.5 mg/day"
     )
     assert daily_dose(taper, "clonazepam", vocab, on=date(2027, 6, 1)).mg_per_day == 0.5
+
+
+def test_a_period_that_ends_before_it_starts_holds_on_no_day_not_even_its_start(
+    vocab: DosingVocabulary,
+) -> None:
+    # "from 22 Nov to 20 Nov" never holds; on 22 Nov it has not "not started yet" either: it ended on 20 Nov
+    inverted = med(CLONAZEPAM_05, phase(1, "2026-11-22", "2026-11-20"))
+    result = daily_dose(inverted, "clonazepam", vocab, on=NOV_22)
+    assert result == DailyDose("clonazepam", DoseStatus.ENDED, None, "every phase ended by 2026-11-20", None)
+
+
+def test_a_sequence_that_is_not_a_whole_number_counts_beside_every_phase(vocab: DosingVocabulary) -> None:
+    # sequence "2" (text) is no sequence: it applies with sequence 1, 0.5 mg + 1 mg = 1.5 mg/day
+    first = {"sequence": 1, "doseAndRate": dose(1, "tablet"), "timing": per(1)}
+    texted = {"sequence": "2", "doseAndRate": dose(2, "tablet"), "timing": per(1)}
+    result = daily_dose(med(CLONAZEPAM_05, first, texted), "clonazepam", vocab)
+    assert result == DailyDose(
+        "clonazepam",
+        DoseStatus.COMPUTED,
+        1.5,
+        "1 tablet x 1/day x 0.5 mg/tablet = 0.5 mg/day; 2 tablet x 1/day x 0.5 mg/tablet = 1 mg/day; "
+        "total 1.5 mg/day",
+        None,
+    )
+
+
+def test_an_ingredient_that_is_not_text_has_no_strength(vocab: DosingVocabulary) -> None:
+    good = {"doseAndRate": dose(1, "tablet"), "timing": per(2)}
+    result = daily_dose(med(CLONAZEPAM_05, good), None, vocab)  # type: ignore[arg-type]
+    assert result == DailyDose("", DoseStatus.UNKNOWN, None, None, "no-strength")
+
+
+def test_a_recorded_strength_whose_ingredient_is_not_text_is_unreadable(vocab: DosingVocabulary) -> None:
+    good = {"doseAndRate": dose(1, "tablet"), "timing": per(2)}
+    odd = (Strength(None, Quantity(1, "mg")),)  # type: ignore[arg-type]
+    result = daily_dose(med(CLONAZEPAM_05, good, strengths=odd), "clonazepam", vocab)
+    assert result == DailyDose("clonazepam", DoseStatus.UNKNOWN, None, None, "unreadable-dosage")
+
+
+def test_a_brand_starting_with_x_reads_its_strength_by_alias(vocab: DosingVocabulary) -> None:
+    # Xanax 0.5 mg, 1 tablet twice a day: 1 mg/day of alprazolam
+    xanax = med(None, {"doseAndRate": dose(1, "tablet"), "timing": per(2)}, text="Xanax 0.5 MG Oral Tablet")
+    result = daily_dose(xanax, "alprazolam", vocab, aliases=("Xanax",))
+    assert (result.mg_per_day, result.explanation) == (1.0, "1 tablet x 2/day x 0.5 mg/tablet = 1 mg/day")
+
+
+def test_a_mass_dose_naming_its_ingredient_reads_on_a_recorded_combination(vocab: DosingVocabulary) -> None:
+    # Medication.ingredient: acetaminophen 325 mg and oxycodone hydrochloride 5 mg a tablet.
+    # "5 mg oxycodone" twice a day is 10 mg/day of oxycodone; a bare "5 mg" could be either ingredient
+    own = (
+        Strength("acetaminophen", Quantity(325, "mg")),
+        Strength("oxycodone hydrochloride", Quantity(5, "mg")),
+    )
+    named = {"doseAndRate": dose(5, "mg oxycodone", code="mg"), "timing": per(2)}
+    result = daily_dose(med(None, named, strengths=own), "oxycodone", vocab)
+    assert result == DailyDose("oxycodone", DoseStatus.COMPUTED, 10.0, "5 mg x 2/day = 10 mg/day", None)
+    bare = {"doseAndRate": dose(5, "mg"), "timing": per(2)}
+    result = daily_dose(med(None, bare, strengths=own), "oxycodone", vocab)
+    assert (result.status, result.problem) == (DoseStatus.UNKNOWN, "ambiguous-combination")
+
+
+def test_recorded_ingredients_without_the_one_asked_give_no_strength_for_a_mass_dose(
+    vocab: DosingVocabulary,
+) -> None:
+    # the record's ingredient is diazepam 5 mg: "5 mg" is not read as clonazepam
+    own = (Strength("diazepam", Quantity(5, "mg")),)
+    milligrams = {"doseAndRate": dose(5, "mg"), "timing": per(2)}
+    result = daily_dose(med(None, milligrams, text="clonazepam", strengths=own), "clonazepam", vocab)
+    assert (result.status, result.mg_per_day, result.problem) == (DoseStatus.UNKNOWN, None, "no-strength")
+
+
+def test_a_mass_dose_naming_its_ingredient_reads_on_an_unparsed_combination(vocab: DosingVocabulary) -> None:
+    # "Mestranol / Norethynodrel" carries no strengths; "5 mg mestranol" once a day is 5 mg/day of mestranol
+    named = {"doseAndRate": dose(5, "mg mestranol", code="mg"), "timing": per(1)}
+    result = daily_dose(med(None, named, text="Mestranol / Norethynodrel"), "mestranol", vocab)
+    assert result == DailyDose("mestranol", DoseStatus.COMPUTED, 5.0, "5 mg x 1/day = 5 mg/day", None)
+
+
+@pytest.mark.parametrize(
+    "flag",
+    [{"asNeeded": True}, {"asNeededFor": [{"text": "anxiety"}]}],
+    ids=["R5 asNeeded", "R5 asNeededFor"],
+)
+def test_the_r5_as_needed_fields_make_a_dose_as_needed(vocab: DosingVocabulary, flag: dict[str, Any]) -> None:
+    # at most 4 tablets of 0.5 mg a day: 2 mg/day as needed
+    limit = {"numerator": {"value": 4, "unit": "tablet"}, "denominator": {"value": 1, "code": "d"}}
+    dosage = {**flag, "doseAndRate": dose(1, "tablet"), "maxDosePerPeriod": limit}
+    result = daily_dose(med(CLONAZEPAM_05, dosage), "clonazepam", vocab)
+    assert result == DailyDose(
+        "clonazepam",
+        DoseStatus.AS_NEEDED,
+        2.0,
+        "as needed, at most 4 tablet per 1 d x 0.5 mg/tablet = 2 mg/day",
+        None,
+    )
+
+
+def test_an_empty_or_malformed_as_needed_for_leaves_a_regular_dose(vocab: DosingVocabulary) -> None:
+    # 1 tablet of 0.5 mg twice a day: 1 mg/day, whatever an empty or non-list asNeededFor says
+    reasons: object
+    for reasons in ([], "anxiety", {}):
+        dosage = {"asNeededFor": reasons, "doseAndRate": dose(1, "tablet"), "timing": per(2)}
+        result = daily_dose(med(CLONAZEPAM_05, dosage), "clonazepam", vocab)
+        assert result == DailyDose(
+            "clonazepam", DoseStatus.COMPUTED, 1.0, "1 tablet x 2/day x 0.5 mg/tablet = 1 mg/day", None
+        )
 
 
 def test_a_duration_over_a_hundred_years_is_no_duration(vocab: DosingVocabulary) -> None:
@@ -1563,6 +1667,18 @@ def test_garbage_next_to_a_good_entry_spoils_the_total(vocab: DosingVocabulary) 
         {"doseAndRate": dose(1, "tablet"), "timing": {"code": {"coding": "BID"}}},  # codings not a list
         {"doseAndRate": "1 tablet", "timing": per(2)},  # doseAndRate that is neither object nor list
         {"doseAndRate": [["x"]], "timing": per(2)},  # a dose item that is no object
+        {
+            "doseAndRate": dose(1, "tablet"),
+            "timing": per(1),
+            "asNeededBoolean": "yes",
+        },  # a flag not true/false
+        {
+            "doseAndRate": dose(1, "tablet"),
+            "timing": per(1),
+            "asNeededCodeableConcept": "anxiety",
+        },  # no object
+        # 5e-324 mg once a year: less than the smallest float a day, so 0 mg/day, never a readable figure
+        {"doseAndRate": dose(5e-324, "mg"), "timing": per(1, 1, "a")},
     ],
 )
 def test_an_unreadable_instruction_beside_a_readable_one_leaves_no_total(
@@ -1641,6 +1757,19 @@ def test_garbage_strengths_and_ingredient(vocab: DosingVocabulary) -> None:
             "{21 (clonazepam 0.5 MG Oral Tablet) / 7 (clonazepam 1 MG Oral Tablet) } Pack",
             [("clonazepam", 0.5, "mg", None), ("clonazepam", 1, "mg", None)],
         ),
+        # a strength per 5 mL keeps its 5 mL: 300 mg in 5 mL, not 300 mg/mL
+        ("lithium citrate 300 MG/5 ML Oral Solution", [("lithium", 300, "mg", (5, "mL"))]),
+        # Adderall 10 mg: two salts of each moiety add up, 2.5 + 2.5 mg each
+        (
+            "amphetamine aspartate 2.5 MG / amphetamine sulfate 2.5 MG / dextroamphetamine saccharate 2.5 MG"
+            " / dextroamphetamine sulfate 2.5 MG Oral Tablet",
+            [("amphetamine", 5, "mg", None), ("dextroamphetamine", 5, "mg", None)],
+        ),
+        # a name wrapped in brackets, and a lower-case duration before the ingredient
+        ("(clonazepam 0.5 MG Oral Tablet)", [("clonazepam", 0.5, "mg", None)]),
+        ("24 hr lamotrigine 300 mg extended release tablet", [("lamotrigine", 300, "mg", None)]),
+        # a strength with no ingredient name before it is passed over; the next one in the component is read
+        ("0.5 MG clonazepam 1 MG Oral Tablet", [("clonazepam", 1, "mg", None)]),
         ("clonazepam 0 MG Oral Tablet", []),
         ("diazepam 5 MG/0 ML Oral Solution", []),
         ("Camila 28 Day Pack", []),
