@@ -335,6 +335,38 @@ def test_a_file_without_the_when_then_opening_is_refused(tmp_path: Path) -> None
     assert "When ... Then" in message
 
 
+@pytest.mark.parametrize(
+    "opening",
+    [
+        "# When the chart says so, the card says so.\n",  # no Then
+        "# If the chart says so,\n# Then the card says so.\n",  # Then, but not opening with When
+    ],
+)
+def test_the_opening_needs_both_when_and_then(tmp_path: Path, opening: str) -> None:
+    assert refused(tmp_path, MI_RULE, opening=opening) == (
+        "rules/test-rule.yaml: must open with a plain-language '# When ... Then ...' comment"
+    )
+
+
+def test_the_opening_comment_keeps_a_line_that_starts_with_a_letter_after_the_hash(tmp_path: Path) -> None:
+    write(
+        tmp_path,
+        MI_RULE,
+        opening="# When the chart says so,\n#XR tablets included,\n## Then the card says so.\n",
+    )
+    (rule,) = load(tmp_path)
+    assert rule.when_then == "When the chart says so, XR tablets included, Then the card says so."
+
+
+def test_of_several_schema_violations_the_first_by_path_is_named(tmp_path: Path) -> None:
+    # the schema checks version before category; the message names category, first in path order
+    data = rule_with(MI_RULE, lambda d: d.update(version="one", category="advice"))
+    assert refused(tmp_path, data) == (
+        "rules/test-rule.yaml: category: 'advice' is not one of "
+        "['contraindication', 'interaction', 'information', 'procedure', 'data-quality']"
+    )
+
+
 def test_invalid_yaml_is_refused(tmp_path: Path) -> None:
     (tmp_path / "broken.yaml").write_text(OPENING + "id: [unclosed\n", encoding="utf-8")
     with pytest.raises(ConfigError, match=r"rules/broken\.yaml: not valid YAML"):
