@@ -150,6 +150,27 @@ def test_condition_sets_match_by_name_only_where_no_code_is_known_and_the_words_
     assert term.match(BASE + "stroke-history-tia", sequela) is not None
 
 
+@pytest.mark.parametrize(
+    ("text", "set_id", "name"),
+    [
+        ("Heat stroke", "stroke", "stroke"),
+        ("Aneurysmal bone cyst of the tibia", "aneurysm-avm", "aneurysmal"),
+        ("Febrile seizures as a child", "seizure-disorder", "seizures"),
+        ("Pregnancy test", "pregnancy", "pregnancy"),
+        ("Mild MI on echo", "mi-acute", "mi"),  # mild mitral insufficiency, not an infarction
+    ],
+)
+def test_a_longer_phrase_a_set_excludes_does_not_name_its_condition(
+    term: Terminology, text: str, set_id: str, name: str
+) -> None:
+    # each set's match-name-excluded phrases hold one of its names but mean something else
+    assert term.match(BASE + set_id, concept(text=text)) is None
+    assert BASE + set_id not in term.memberships(concept(text=text))
+    found = term.match(BASE + set_id, concept(text=name))  # the name on its own is the condition
+    assert found is not None
+    assert (found.method, found.term) == ("name", name)
+
+
 def test_a_name_said_as_past_history_goes_where_its_set_says(term: Terminology) -> None:
     """A past infarction belongs to the history set, a past pregnancy to none (the pregnancy set ignores past
     mentions), and a past epilepsy stays a seizure disorder (its set neither moves nor ignores them)."""
@@ -353,6 +374,25 @@ def test_word_boundaries(term: Terminology) -> None:
     assert term.ingredients(concept(text="Xanax XR 1 mg")) == ("alprazolam",)
 
 
+@pytest.mark.parametrize(
+    ("text", "valueset", "term_found"),
+    [
+        ("Xanax XR 1 mg", BENZO, "xanax xr"),
+        ("XANAX  XR 0.5 mg tablet", BENZO, "xanax xr"),  # any case, any run of spaces between the words
+        ("Xanax 1 mg", BENZO, "xanax"),
+        ("MS Contin 30 mg", BASE + "opioid-medications", "ms contin"),
+        ("Risperdal Consta 25 mg injection", BASE + "risperidone-olanzapine-medications", "risperdal consta"),
+    ],
+)
+def test_the_longest_name_written_is_the_one_matched(
+    term: Terminology, text: str, valueset: str, term_found: str
+) -> None:
+    # "Xanax XR" is its own brand name: the match names it whole, not the "Xanax" it begins with
+    found = term.match(valueset, concept(text=text))
+    assert found is not None
+    assert (found.method, found.term) == ("name", term_found)
+
+
 def test_rescue_and_procedural_benzodiazepines(term: Terminology) -> None:
     valtoco = concept(rx("2272619", "diazepam 100 MG/ML Nasal Spray [Valtoco]"))
     oral = concept(rx("197591", "Diazepam 5 MG Oral Tablet"))
@@ -495,6 +535,13 @@ def test_diazepam_equivalents(term: Terminology) -> None:
     assert term.diazepam_mg_equivalent("lamotrigine", "ashton") is None
     with pytest.raises(ConfigError):
         term.diazepam_mg_equivalent("clonazepam", "who")
+
+
+def test_without_a_source_the_table_s_default_source_is_used(term: Terminology) -> None:
+    # diazepam-equivalence.json names Ashton as its default: clonazepam 0.5 mg (VA/DoD would say 1 mg)
+    assert term.diazepam_mg_equivalent("clonazepam") == 0.5
+    assert term.diazepam_mg_equivalent("bromazepam") == 5.5
+    assert term.diazepam_mg_equivalent("midazolam") is None
 
 
 def test_blood_pressure_codes(term: Terminology) -> None:
@@ -729,6 +776,11 @@ def _rename_ingredient(data: Any) -> None:
             "tables/blood-pressure-codes.json",
             lambda d: d["systolic"].update(system="http://example.org/vitals"),
             "systolic.system is not in tables/code-systems.json",
+        ),
+        (
+            "tables/mention-cues.json",
+            lambda d: d.pop("window_words"),
+            "tables/mention-cues.json: malformed cue table",
         ),
         (
             "valuesets/mi-acute.json",
