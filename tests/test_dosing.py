@@ -1770,6 +1770,12 @@ def test_garbage_strengths_and_ingredient(vocab: DosingVocabulary) -> None:
         ("24 hr lamotrigine 300 mg extended release tablet", [("lamotrigine", 300, "mg", None)]),
         # a strength with no ingredient name before it is passed over; the next one in the component is read
         ("0.5 MG clonazepam 1 MG Oral Tablet", [("clonazepam", 1, "mg", None)]),
+        # a salt that is also a mineral: what is left when the salt word is stripped is the ingredient
+        ("Calcium Carbonate 500 MG Oral Tablet", [("calcium", 500, "mg", None)]),
+        # a [Brand] written between the ingredient and its strength is passed over
+        ("Oxycodone Hydrochloride [Roxicodone] 5 MG Oral Tablet", [("oxycodone", 5, "mg", None)]),
+        # a note in parentheses after a single product is not a pack: the whole name is read
+        ("Diazepam 5 MG Oral Tablet (Valium)", [("diazepam", 5, "mg", None)]),
         ("clonazepam 0 MG Oral Tablet", []),
         ("diazepam 5 MG/0 ML Oral Solution", []),
         ("Camila 28 Day Pack", []),
@@ -1788,6 +1794,28 @@ def test_parse_strengths(name: str, expected: list[tuple[str, float, str, Any]])
         for s in parse_strengths(name)
     ]
     assert found == [(i, pytest.approx(v), u, d) for i, v, u, d in expected]
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("Oxycodone Hydrochloride", "oxycodone"),
+        ("Oxycodone Hydrochloride,", "oxycodone"),  # a trailing comma is no part of the salt word
+        ("Lithium,Carbonate", "lithium"),  # a comma separates words like a space
+        ("Amphetamine Aspartate Monohydrate", "amphetamine"),  # every trailing salt word goes
+        ("Penicillin G Potassium", "penicillin g"),  # only trailing words: "G" stops the stripping
+        ("Insulin  Glargine ", "insulin glargine"),  # no salt: words kept, single-spaced
+        ("Calcium Carbonate", "calcium"),  # a salt word left alone is the ingredient, not stripped
+        ("Magnesium", "magnesium"),
+        ("Ferrous Sulfate", "ferrous sulfate"),  # a keep_names entry stays whole
+        (" Ferrous   SULFATE ", "ferrous sulfate"),
+        ("Ferrous Sulfate Heptahydrate", "ferrous sulfate heptahydrate"),  # not a salt word
+    ],
+)
+def test_ingredient_names_are_normalised_as_a_pharmacist_reads_them(
+    vocab: DosingVocabulary, name: str, expected: str
+) -> None:
+    assert vocab.normalise_ingredient(name) == expected
 
 
 def test_parse_strengths_tolerates_junk() -> None:
@@ -2067,6 +2095,21 @@ def test_a_valid_vocabulary_loads_with_exactly_the_values_written(tmp_path: Path
     assert vocabulary.salt_words == frozenset({"hydrochloride", "sodium"})
     assert vocabulary.normalise_ingredient("Ferrous Sulfate") == "ferrous sulfate"
     assert vocabulary.normalise_ingredient("Oxycodone Hydrochloride") == "oxycodone"
+
+
+def test_a_strength_too_large_to_hold_is_dropped_and_the_next_ingredient_still_read(tmp_path: Path) -> None:
+    # a site unit worth 1e308 mg: 10 of it is beyond float range, so that strength is no number at all;
+    # the clonazepam written after it in the same product is still 0.5 mg per tablet
+    path = tmp_path / "vocabulary.json"
+    path.write_text(
+        json.dumps(_edited(lambda v: v["product_names"]["strength_units"].update(HUGE=["mg", 1e308]))),
+        encoding="utf-8",
+    )
+    vocabulary = DosingVocabulary.load(path)
+    assert vocabulary.parse_strengths("ketamine 10 HUGE / clonazepam 0.5 MG Oral Tablet") == (
+        Strength("clonazepam", Quantity(0.5, "mg")),
+    )
+    assert vocabulary.parse_strengths("ketamine 10 HUGE Oral Tablet") == ()
 
 
 def test_product_names_read_with_a_freshly_loaded_vocabulary(tmp_path: Path) -> None:
