@@ -265,6 +265,7 @@ def test_the_fingerprint_changes_with_the_evidence_only(ctx: EngineContext, know
     assert again is not None
     assert moved is not None
     assert first.fingerprint == again.fingerprint != moved.fingerprint
+    assert len(first.fingerprint) == 32  # 32 hex digits of a SHA-256
 
 
 # ------------------------------------------------------------------------------------- evidence details
@@ -913,3 +914,226 @@ def test_a_product_code_named_otherwise_in_the_value_set_is_dosed_only_as_far_as
     found = benzodiazepines(other_names.engine_context(), other_names, record)
     assert found.values["total"] == total
     assert rows(found) == [(record.source, figures, notes)]
+
+
+# ------------------------------------------------------------------------ what the card's values say
+
+
+EPILEPSY_CODING = Coding("http://hl7.org/fhir/sid/icd-10-cm", "G40", "Epilepsy and recurrent seizures")
+EPILEPSY = Concept((EPILEPSY_CODING,))
+BENZODIAZEPINES = VALUESET + "benzodiazepine-medications"
+
+
+def epilepsy(onset: date | None, recorded: date | None, *, verification: str | None = None) -> ConditionFact:
+    return ConditionFact(
+        SourceRef("Condition", fact_id("c")), EPILEPSY, "active", verification, onset, recorded
+    )
+
+
+def test_the_indication_is_cited_with_its_code_and_the_onset_else_the_recorded_date(
+    ctx: EngineContext, knowledge: Knowledge
+) -> None:
+    # 4 x 0.25 mg clonazepam = 1 mg = 20 mg/day diazepam-eq, over 8: with a seizure disorder on record the
+    # antiepileptic band holds. A refuted epilepsy first in the list does not count and does not stop the
+    # search; the next two are cited, one by its onset (not its later recorded date), one by its recorded
+    # date since it has no onset. The indication named is the first counted: its display.
+    refuted = epilepsy(date(2018, 1, 1), date(2018, 1, 2), verification="refuted")
+    onset = epilepsy(date(2019, 3, 4), date(2020, 1, 10))
+    recorded = epilepsy(None, date(2021, 5, 6))
+    daily = medication(CLONAZEPAM, per_day=4)
+    facts = PatientFacts(None, medications=(daily,), conditions=(refuted, onset, recorded))
+    found = finding(ctx, knowledge, "benzodiazepine-response", facts)
+    assert found is not None
+    assert (found.band.id, found.values["indication"]) == (
+        "antiepileptic-above-threshold",
+        "Epilepsy and recurrent seizures",
+    )
+    assert [hit.source for hit in found.hits] == [daily.source, onset.source, recorded.source]
+    assert found.hits[1:] == (
+        Hit(
+            source=onset.source,
+            label="Epilepsy and recurrent seizures",
+            coding=EPILEPSY_CODING,
+            match_method="code",
+            date=date(2019, 3, 4),
+            date_basis="onset",
+        ),
+        Hit(
+            source=recorded.source,
+            label="Epilepsy and recurrent seizures",
+            coding=EPILEPSY_CODING,
+            match_method="code",
+            date=date(2021, 5, 6),
+            date_basis="recorded",
+        ),
+    )
+
+
+def test_a_dose_rule_with_indication_conditions_only_still_looks_for_them(
+    ctx: EngineContext, knowledge: Knowledge
+) -> None:
+    template = rule(knowledge, "benzodiazepine-response")
+    assert template.dose is not None
+    conditions_only = replace(template, dose=replace(template.dose, indication_ingredients=frozenset()))
+    facts = PatientFacts(
+        None, medications=(medication(CLONAZEPAM, per_day=4),), conditions=(epilepsy(None, None),)
+    )
+    found = evaluate_rule(ctx, conditions_only, facts, situation())
+    assert found is not None
+    assert (found.band.id, found.values["indication"]) == (
+        "antiepileptic-above-threshold",
+        "Epilepsy and recurrent seizures",
+    )
+
+
+def test_a_dose_rule_over_two_value_sets_counts_the_members_of_both(
+    ctx: EngineContext, knowledge: Knowledge
+) -> None:
+    # clonazepam is in the first set only: 4 x 0.25 mg = 1 mg = 20 mg/day diazepam-eq, still counted
+    template = rule(knowledge, "benzodiazepine-response")
+    assert template.dose is not None
+    wider = replace(
+        template,
+        dose=replace(template.dose, match=(BENZODIAZEPINES, VALUESET + "lamotrigine-medications")),
+    )
+    record = medication(CLONAZEPAM, per_day=4)
+    found = evaluate_rule(ctx, wider, PatientFacts(None, medications=(record,)), situation())
+    assert found is not None
+    assert found.values["total"] == "20"
+    assert rows(found) == [
+        (record.source, "4 tablet x 1/day x 0.25 mg/tablet = 1 mg/day = 20 mg/day diazepam-eq", ())
+    ]
+
+
+def test_a_basis_without_words_is_named_as_itself_in_the_card_s_units(
+    ctx: EngineContext, knowledge: Knowledge
+) -> None:
+    unnamed = replace(ctx, dose_units={"drug-mg": "mg/day"})
+    found = benzodiazepines(unnamed, knowledge, medication(CLONAZEPAM, per_day=4))
+    assert (found.values["total"], found.values["basis_unit"], found.values["evidence_unit"]) == (
+        "20",
+        "diazepam-equivalent",
+        "diazepam-equivalent",
+    )
+
+
+def test_parameters_are_written_in_the_card_values_as_a_person_reads_them(
+    ctx: EngineContext, knowledge: Knowledge
+) -> None:
+    found = benzodiazepines(ctx, knowledge, medication(CLONAZEPAM, per_day=4))
+    assert (found.values["threshold"], found.values["hold_hours_before"]) == ("8", "24-48")
+    assert found.values["basis"] == "diazepam-equivalent"
+    order = medication(KETAMINE, draft=True)
+    ordered = situation(hook="order-select", ketamine_orders=(order,))
+    instructions = rule(knowledge, "ordering-instructions")
+    found = evaluate_rule(ctx, instructions, PatientFacts(None, medications=(order,)), ordered)
+    assert found is not None
+    assert (found.values["enabled"], found.values["solids_hours"]) == ("on", "6")
+    # the order behind the session card is cited by its name
+    assert found.hits == (Hit(source=order.source, label="ketamine"),)
+    # a switch set to false is written "off" where a rule shows it without being gated by it
+    ungated = replace(instructions, bands=tuple(replace(b, when={}) for b in instructions.bands))
+    parameters = {**ctx.policy.parameters}
+    parameters["ordering-instructions"] = {
+        **parameters["ordering-instructions"],
+        "enabled": ResolvedParameter(False, SITE_ORIGIN),
+    }
+    switched_off = replace(ctx, policy=replace(ctx.policy, parameters=parameters))
+    found = evaluate_rule(switched_off, ungated, PatientFacts(None, medications=(order,)), ordered)
+    assert found is not None
+    assert found.values["enabled"] == "off"
+
+
+def test_a_procedure_rule_is_run_only_when_ketamine_is_ordered(
+    ctx: EngineContext, knowledge: Knowledge
+) -> None:
+    as_procedure = replace(rule(knowledge, "recent-myocardial-infarction"), category="procedure")
+    order = medication(KETAMINE, draft=True)
+    facts = PatientFacts(None, conditions=(condition(MI, months_ago(2)),))
+    assert evaluate(ctx, [as_procedure], facts, situation()) == []
+    ordered = situation(hook="order-select", ketamine_orders=(order,))
+    assert [f.rule.id for f in evaluate(ctx, [as_procedure], facts, ordered)] == [
+        "recent-myocardial-infarction"
+    ]
+
+
+def test_the_card_names_the_condition_and_the_substance_as_recorded(
+    ctx: EngineContext, knowledge: Knowledge
+) -> None:
+    found = finding(
+        ctx,
+        knowledge,
+        "recent-myocardial-infarction",
+        PatientFacts(None, conditions=(condition(MI, months_ago(2)),)),
+    )
+    assert found is not None
+    assert found.values["condition"] == "Myocardial infarction"
+    # a refuted allergy listed first does not end the search: the active one behind it is the finding
+    refuted = AllergyFact(SourceRef("AllergyIntolerance", fact_id("a")), (KETAMINE,), "active", "refuted")
+    active = AllergyFact(SourceRef("AllergyIntolerance", fact_id("a")), (KETAMINE,), "active", None)
+    found = finding(
+        ctx, knowledge, "ketamine-hypersensitivity", PatientFacts(None, allergies=(refuted, active))
+    )
+    assert found is not None
+    assert [hit.source for hit in found.hits] == [active.source]
+    assert found.values["substance"] == "ketamine"
+
+
+def test_a_diastolic_only_reading_is_shown_with_its_systolic_unknown(
+    ctx: EngineContext, knowledge: Knowledge
+) -> None:
+    # a diastolic of 112.5 (no systolic) taken 19 Nov 2026, paired with a second record: 112.5 >= 110 is
+    # the severe band; both records are cited with the reading and the day it was taken
+    partner = SourceRef("Observation", fact_id("bp"))
+    reading = BloodPressureFact(
+        SourceRef("Observation", fact_id("bp")),
+        datetime(2026, 11, 19, 8, 30),
+        None,
+        112.5,
+        partners=(partner,),
+    )
+    found = finding(ctx, knowledge, "elevated-blood-pressure", PatientFacts(None, blood_pressures=(reading,)))
+    assert found is not None
+    assert found.band.id == "severe-reading"
+    assert (found.values["systolic"], found.values["diastolic"], found.values["reading_date"]) == (
+        "?",
+        "112.5",
+        "2026-11-19",
+    )
+    assert found.hits == tuple(
+        Hit(source=source, label=None, date=date(2026, 11, 19), date_basis="taken", figures="?/112.5 mmHg")
+        for source in (reading.source, partner)
+    )
+
+
+def test_a_statement_of_an_order_on_the_chart_is_one_record_of_a_medicine_in_use(
+    ctx: EngineContext, knowledge: Knowledge
+) -> None:
+    theophylline = Concept(text="theophylline 300 MG Extended Release Oral Tablet")
+    order = medication(theophylline)
+    told = replace(statement(theophylline, 1), derived_from=(order.source.reference(),))
+    alone = replace(statement(theophylline, 1), derived_from=("MedicationRequest/not-fetched",))
+    facts = PatientFacts(None, medications=(order, told, alone))
+    found = finding(ctx, knowledge, "theophylline-seizure-threshold", facts)
+    assert found is not None
+    assert [hit.source for hit in found.hits] == [order.source, alone.source]
+
+
+def test_the_unreadable_records_finding_lists_each_record_by_its_name_once(
+    ctx: EngineContext, knowledge: Knowledge
+) -> None:
+    # an unknown code with no name is cited by its code; "possible TIA; possible MI" leaves two names in
+    # doubt, but the record is listed once, with the first of them
+    unknown = condition(Concept((Coding(SNOMED, "1234567000"),)), None)
+    doubtful = condition(Concept(text="possible TIA; possible MI"), None)
+    found = finding(ctx, knowledge, "unreadable-records", PatientFacts(None, conditions=(unknown, doubtful)))
+    assert found is not None
+    assert found.hits == (
+        Hit(source=unknown.source, label="1234567000", notes=("unreadable:code-not-recognised",)),
+        Hit(source=doubtful.source, label="possible TIA; possible MI", notes=("unconfirmed-name:tia",)),
+    )
+    assert found.values["count"] == "2"
+
+
+def test_a_value_just_below_zero_is_written_0_not_minus_0() -> None:
+    assert fmt_number(-0.001) == "0"
