@@ -7,6 +7,8 @@ the rule files and the site policy defaults (sessions at 09:00, a 24-48 h hold, 
 
 from __future__ import annotations
 
+import hashlib
+import string
 from dataclasses import replace
 from datetime import date, datetime
 from typing import Any
@@ -1039,3 +1041,316 @@ def test_the_hold_plan_is_the_one_sentence_for_its_case_with_the_hours_as_set(
     screen = ordered_for(planned) if planned else situation()
     card = card_of(cards(site_set(ctx, BENZO_RULE, **chosen), knowledge, facts, screen), "Benzodiazepines")
     assert card["detail"].split("\n\n")[0] == BENZO_TEXT.format(plan=plan)
+
+
+# ------------------------------------------------------------ the newest record dates and names the card
+
+
+def test_the_newest_of_several_records_dates_and_names_the_card(
+    ctx: EngineContext, knowledge: Knowledge
+) -> None:
+    # two infarctions inside the 6-month window, the older one first in the chart: the card is about the
+    # newer one (10 Oct: 1 month before 22 Nov, eligible from 11 Apr 2027), named as that record names it
+    older = condition(Concept(MI.codings, "Infarction in September"), date(2026, 9, 10))
+    newer = condition(Concept(MI.codings, "Infarction in October"), date(2026, 10, 10))
+    card = card_of(cards(ctx, knowledge, PatientFacts(None, conditions=(older, newer)), situation()), "Heart")
+    assert (
+        card["summary"]
+        == "Heart attack 1 month ago (10 Oct): defer ketamine infusion; eligible from 11 Apr 2027"
+    )
+    assert card["detail"].split("\n\n")[0] == mi_text("Infarction in October")
+
+
+def test_an_end_of_window_in_this_year_is_given_without_the_year(
+    ctx: EngineContext, knowledge: Knowledge
+) -> None:
+    # an infarction on 1 Jun 2026 is 5 whole months before 22 Nov; 6 months after it is 1 Dec, so the
+    # first day outside the window is 2 Dec, this year: no year on it
+    facts = PatientFacts(None, conditions=(condition(MI, date(2026, 6, 1)),))
+    card = card_of(cards(ctx, knowledge, facts, situation()), "Heart attack")
+    assert (
+        card["summary"] == "Heart attack 5 months ago (1 Jun): defer ketamine infusion; eligible from 2 Dec"
+    )
+
+
+def test_an_onset_age_without_a_birth_date_is_dated_at_the_latest_on_the_card(
+    ctx: EngineContext, knowledge: Knowledge
+) -> None:
+    # onsetAge 45 years with no birth date (no dates of its own), sent alongside an onsetPeriod of
+    # 1 Sep to 14 Oct 2026: the period's last day dates the record, and the card says it is the latest day
+    # (card-text date_values, onset-age: "$date at the latest"); 14 Oct is 1 whole month before 22 Nov,
+    # and the window ends 6 months and a day after it, 15 Apr 2027
+    infarction = replace(
+        condition(MI, date(2026, 10, 14)),
+        onset_span=(date(2026, 9, 1), date(2026, 10, 14)),
+        onset_age=OnsetAge(45, 45, "a", None, None),
+    )
+    card = card_of(cards(ctx, knowledge, PatientFacts(None, conditions=(infarction,)), situation()), "Heart")
+    assert card["summary"] == (
+        "Heart attack 1 month ago (14 Oct at the latest): defer ketamine infusion; eligible from 15 Apr 2027"
+    )
+    assert card["detail"].startswith("**Myocardial infarction** dates from 14 Oct at the latest: 1 month ago")
+
+
+def test_a_wording_file_without_date_values_leaves_the_bare_date(
+    ctx: EngineContext, knowledge: Knowledge
+) -> None:
+    # the same record as above; the wording file has no date_values section (it is optional): "14 Oct"
+    no_date_values = CardText({k: v for k, v in knowledge.card_text.raw.items() if k != "date_values"})
+    infarction = replace(
+        condition(MI, date(2026, 10, 14)),
+        onset_span=(date(2026, 9, 1), date(2026, 10, 14)),
+        onset_age=OnsetAge(45, 45, "a", None, None),
+    )
+    facts = PatientFacts(None, conditions=(infarction,))
+    [rendered] = render(
+        evaluate(ctx, knowledge.rules, facts, situation()),
+        CardInputs(situation=situation(), facts=facts),
+        ctx=ctx,
+        text=no_date_values,
+        override_catalogue=knowledge.override_reasons,
+        new_uuid=lambda: "uuid",
+    )
+    assert rendered.card["summary"] == (
+        "Heart attack 1 month ago (14 Oct): defer ketamine infusion; eligible from 15 Apr 2027"
+    )
+
+
+# ------------------------------------------------------------------------- when the hold request is offered
+
+
+def rules_with(knowledge: Knowledge, rule_id: str, change: Any) -> list[Rule]:
+    """The shipped rules with one rule replaced by `change(rule)`."""
+    return [change(r) if r.id == rule_id else r for r in knowledge.rules]
+
+
+def benzo_cards(
+    ctx: EngineContext, rules: list[Rule], knowledge: Knowledge, facts: PatientFacts, screen: Any
+) -> list[dict[str, Any]]:
+    rendered = render(
+        evaluate(ctx, rules, facts, screen),
+        CardInputs(situation=screen, facts=facts),
+        ctx=ctx,
+        text=knowledge.card_text,
+        override_catalogue=knowledge.override_reasons,
+        new_uuid=lambda: "uuid",
+    )
+    return [r.card for r in rendered]
+
+
+def reword_above_threshold(**changes: Any) -> Any:
+    def change(rule: Rule) -> Rule:
+        bands = tuple(replace(b, **changes) if b.id == "above-threshold" else b for b in rule.bands)
+        return replace(rule, bands=bands)
+
+    return change
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        # the hold plan in the detail only, a summary without the short hold
+        {"summary": string.Template("Benzodiazepines $total $basis_unit (over $threshold $basis_unit)")},
+        # the short hold in the summary only, a detail without the plan
+        {"detail": string.Template("Regular benzodiazepines add up to $total $basis_unit.")},
+    ],
+)
+def test_a_band_that_words_the_hold_in_its_summary_or_its_detail_alone_offers_the_request(
+    ctx: EngineContext, knowledge: Knowledge, changes: dict[str, Any]
+) -> None:
+    rules = rules_with(knowledge, BENZO_RULE, reword_above_threshold(**changes))
+    facts = PatientFacts(None, medications=(medication(ALPRAZOLAM, per_day=4),))
+    card = card_of(
+        benzo_cards(ctx, rules, knowledge, facts, ordered_for(date(2026, 12, 1))), "Benzodiazepines"
+    )
+    assert [s["label"] for s in card["suggestions"]] == ["Ask the prescriber to confirm the hold plan"]
+
+
+def test_an_information_only_band_that_words_a_hold_offers_no_request(
+    ctx: EngineContext, knowledge: Knowledge
+) -> None:
+    rules = rules_with(knowledge, BENZO_RULE, reword_above_threshold(indicator="info"))
+    facts = PatientFacts(None, medications=(medication(ALPRAZOLAM, per_day=4),))
+    # with the order's own instructions, it is one of two points on the "Also noted" card: no request there
+    all_cards = benzo_cards(ctx, rules, knowledge, facts, ordered_for(date(2026, 12, 1)))
+    card = card_of(all_cards, "Also noted")
+    assert card["extension"]["ketamine-cds-findings"][0]["rule"] == BENZO_RULE
+    assert card["indicator"] == "info"
+    assert "suggestions" not in card
+
+
+def test_a_rule_that_words_a_hold_without_hold_hours_asks_in_the_dated_wording(
+    ctx: EngineContext, knowledge: Knowledge
+) -> None:
+    # the rule words $hold_short and $hold_plan but sets no hold hours, so there is no hold state: the
+    # request still goes out, in the wording for a session with a date (card-text hold_request_text.dated)
+    def no_hold_hours(rule: Rule) -> Rule:
+        kept = {
+            k: v for k, v in rule.parameters.items() if k not in {"hold_hours_before", "resume_hours_after"}
+        }
+        return replace(rule, parameters=kept)
+
+    rules = rules_with(knowledge, BENZO_RULE, no_hold_hours)
+    facts = PatientFacts(None, medications=(medication(ALPRAZOLAM, per_day=4),))
+    card = card_of(
+        benzo_cards(ctx, rules, knowledge, facts, ordered_for(date(2026, 12, 1))), "Benzodiazepines"
+    )
+    [payload] = card["suggestions"][0]["actions"][0]["resource"]["payload"]
+    assert payload["contentString"].startswith(
+        "Planned ketamine session $session. Please confirm whether the "
+    )
+    assert (
+        "benzodiazepine (alprazolam 0.25 MG Oral Tablet) can be held: last dose by"
+        in payload["contentString"]
+    )
+
+
+def test_a_hold_request_is_about_ten_medicine_records_at_most(
+    ctx: EngineContext, knowledge: Knowledge
+) -> None:
+    records = tuple(medication(ALPRAZOLAM, per_day=4) for _ in range(11))
+    facts = PatientFacts(None, medications=records)
+    card = card_of(cards(ctx, knowledge, facts, ordered_for(date(2026, 12, 1))), "Benzodiazepines")
+    about = card["suggestions"][0]["actions"][0]["resource"]["about"]
+    assert about == [{"reference": r.source.reference()} for r in records[:10]]
+
+
+def test_a_hold_request_for_an_order_without_a_session_date_names_no_date(
+    ctx: EngineContext, knowledge: Knowledge
+) -> None:
+    # a ketamine order with no planned start: the hold is in hours, and the request gives no date for it
+    screen = situation(hook="order-select", ketamine_orders=(medication(KETAMINE, draft=True),))
+    facts = PatientFacts(None, medications=(medication(ALPRAZOLAM, per_day=4),))
+    card = card_of(cards(ctx, knowledge, facts, screen), "Benzodiazepines")
+    assert card["summary"] == f"{BENZO_SUMMARY}: hold 48 h before each session, resume 6 h after"
+    resource = card["suggestions"][0]["actions"][0]["resource"]
+    assert resource["resourceType"] == "CommunicationRequest"
+    assert "occurrenceDateTime" not in resource
+
+
+# ------------------------------------------------------------- override reasons, links and fingerprints
+
+OVERRIDE_SYSTEM = "https://ketamine-cds.example.org/fhir/CodeSystem/ketamine-override-reason"
+HL7_REASONS = "http://cds-hooks.hl7.org/CodeSystem/non-adherence-reason"
+RECORD_OUT_OF_DATE = {
+    "system": OVERRIDE_SYSTEM,
+    "code": "record-out-of-date",
+    "display": "The record is out of date: the condition has resolved or the medicine was stopped",
+}
+ALREADY_ADDRESSED = {
+    "system": OVERRIDE_SYSTEM,
+    "code": "already-addressed",
+    "display": "Already addressed with the patient",
+}
+KETALAR_URL = "https://dailymed.nlm.nih.gov/dailymed/drugInfo.cfm?setid=14e8f864-8b8a-4e7e-8439-e510d3107063"
+SPRAVATO_URL = "https://dailymed.nlm.nih.gov/dailymed/drugInfo.cfm?setid=d81a6a79-a74a-44b7-822c-0dfa3036eaed"
+JANSSEN_URL = (
+    "https://www.jnjmedicalconnect.com/products/spravato/medical-content/"
+    "use-of-spravato-in-patients-with-cardiovascular-or-cerebrovascular-conditions"
+)
+
+
+def test_the_review_offers_each_override_reason_and_cited_page_once_and_a_fingerprint_of_its_findings(
+    ctx: EngineContext, knowledge: Knowledge
+) -> None:
+    # at order-sign, an infarction 9 months before the session (cardiology review, a warning) and
+    # interstitial cystitis (information) share the review card. Override reasons: the infarction's
+    # (cleared-by-specialist, record-out-of-date, risk-benefit-ratio), then cystitis's new one
+    # (already-addressed; record-out-of-date again is not repeated). Links: the infarction's Ketalar and
+    # Janssen pages (its clinic FAQ has no address), then cystitis's Spravato page (its Ketalar page is the
+    # same address, not repeated).
+    order = ketamine_order("ket1", date(2026, 11, 23))
+    conditions = (
+        condition(MI, date(2026, 2, 22)),
+        condition(Concept(text="interstitial cystitis"), date(2026, 10, 1)),
+    )
+    facts = PatientFacts(None, medications=(order,), conditions=conditions)
+    screen = ordered_for(date(2026, 11, 23), order, hook="order-sign")
+    findings = evaluate(ctx, knowledge.rules, facts, screen)
+    [review] = render(
+        findings,
+        CardInputs(situation=screen, facts=facts),
+        ctx=ctx,
+        text=knowledge.card_text,
+        override_catalogue=knowledge.override_reasons,
+        new_uuid=lambda: "uuid",
+    )
+    assert [f.rule.id for f in review.findings] == ["recent-myocardial-infarction", "interstitial-cystitis"]
+    assert review.card["overrideReasons"] == [
+        {
+            "system": OVERRIDE_SYSTEM,
+            "code": "cleared-by-specialist",
+            "display": "Cleared for this treatment by a specialist (cardiology, neurology or obstetrics)",
+        },
+        RECORD_OUT_OF_DATE,
+        {
+            "system": HL7_REASONS,
+            "code": "risk-benefit-ratio",
+            "display": "Recipient assessment of risk/benefit ratio",
+        },
+        ALREADY_ADDRESSED,
+    ]
+    assert review.card["links"] == [
+        {
+            "label": "KETALAR (ketamine hydrochloride) injection, US prescribing information (blood pressure "
+            "elevation as a hazard)",
+            "url": KETALAR_URL,
+            "type": "absolute",
+        },
+        {
+            "label": "Janssen Medical Information: SPRAVATO in patients with cardiovascular or "
+            "cerebrovascular conditions (trial exclusions)",
+            "url": JANSSEN_URL,
+            "type": "absolute",
+        },
+        {
+            "label": "SPRAVATO (esketamine) nasal spray, US prescribing information",
+            "url": SPRAVATO_URL,
+            "type": "absolute",
+        },
+    ]
+    # a card of several findings is fingerprinted by theirs, joined by "|", in 32 hex digits
+    joined = "|".join(f.fingerprint for f in review.findings)
+    assert review.fingerprint == hashlib.sha256(joined.encode()).hexdigest()[:32]
+    assert len(review.fingerprint) == 32
+
+
+def test_a_card_of_one_finding_keeps_that_finding_s_fingerprint(
+    ctx: EngineContext, knowledge: Knowledge
+) -> None:
+    facts = PatientFacts(None, conditions=(condition(MI, date(2026, 10, 10)),))
+    [finding] = evaluate(ctx, knowledge.rules, facts, situation())
+    [rendered] = render(
+        [finding],
+        CardInputs(situation=situation(), facts=facts),
+        ctx=ctx,
+        text=knowledge.card_text,
+        override_catalogue=knowledge.override_reasons,
+        new_uuid=lambda: "uuid",
+    )
+    assert rendered.fingerprint == finding.fingerprint
+
+
+def test_a_rule_that_names_no_override_reasons_offers_its_category_s(
+    ctx: EngineContext, knowledge: Knowledge
+) -> None:
+    # bipolar disorder is "information": card-text default_override_reasons gives record-out-of-date, then
+    # already-addressed (the rule's own list, in the other order, is set aside here)
+    rules = rules_with(knowledge, "bipolar-disorder", lambda r: replace(r, override_reasons=()))
+    facts = PatientFacts(None, conditions=(condition(Concept(text="bipolar disorder"), date(2026, 10, 1)),))
+    [card] = benzo_cards(ctx, rules, knowledge, facts, situation())
+    assert card["overrideReasons"] == [RECORD_OUT_OF_DATE, ALREADY_ADDRESSED]
+
+
+def test_a_rule_s_own_override_reasons_are_offered_in_its_order(
+    ctx: EngineContext, knowledge: Knowledge
+) -> None:
+    # the benzodiazepine rule names prescriber-consulted, record-out-of-date, risk-benefit-ratio; its
+    # category's defaults would start with risk-benefit-ratio
+    facts = PatientFacts(None, medications=(medication(ALPRAZOLAM, per_day=4),))
+    card = card_of(cards(ctx, knowledge, facts, situation()), "Benzodiazepines")
+    assert [r["code"] for r in card["overrideReasons"]] == [
+        "prescriber-consulted",
+        "record-out-of-date",
+        "risk-benefit-ratio",
+    ]
