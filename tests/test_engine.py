@@ -1137,3 +1137,207 @@ def test_the_unreadable_records_finding_lists_each_record_by_its_name_once(
 
 def test_a_value_just_below_zero_is_written_0_not_minus_0() -> None:
     assert fmt_number(-0.001) == "0"
+
+
+# ------------------------------------------------- dose bands, indication and long-acting values by hand
+THEOPHYLLINE = VALUESET + "theophylline-medications"
+
+
+def test_an_undated_indication_named_in_words_is_cited_by_name_without_a_date(
+    ctx: EngineContext, knowledge: Knowledge
+) -> None:
+    # 4 x 0.25 mg clonazepam = 20 mg/day diazepam-eq, over 8, beside "Epilepsy" written in words with no
+    # onset and no recorded date: the antiepileptic band, the condition cited as matched by name, undated
+    words = ConditionFact(
+        SourceRef("Condition", fact_id("c")), Concept(text="Epilepsy"), "active", None, None, None
+    )
+    daily = medication(CLONAZEPAM, per_day=4)
+    found = finding(
+        ctx,
+        knowledge,
+        "benzodiazepine-response",
+        PatientFacts(None, medications=(daily,), conditions=(words,)),
+    )
+    assert found is not None
+    assert (found.band.id, found.values["indication"]) == ("antiepileptic-above-threshold", "Epilepsy")
+    cited = found.hits[1]
+    assert (cited.source, cited.match_method, cited.date, cited.date_basis, cited.notes) == (
+        words.source,
+        "name",
+        None,
+        None,
+        ("by-name",),
+    )
+
+
+def test_a_regular_dose_with_no_indication_states_the_indication_unknown_and_names_its_bases(
+    ctx: EngineContext, knowledge: Knowledge
+) -> None:
+    # 4 x 0.25 mg clonazepam = 20 mg/day diazepam-eq, over 8 (clonazepam's half-life, 18-50 h, reaches
+    # 24): no seizure disorder, so the card's indication is "?"; the basis and the equivalence table
+    # decided the total, so both are reported as parameters used
+    found = benzodiazepines(ctx, knowledge, medication(CLONAZEPAM, per_day=4))
+    assert (found.band.id, found.values["indication"]) == ("above-threshold-long-acting", "?")
+    assert {"basis", "equivalence_table"} <= set(found.parameters_used)
+
+
+def test_every_long_acting_benzodiazepine_is_named_with_the_longest_half_life(
+    ctx: EngineContext, knowledge: Knowledge
+) -> None:
+    # clonazepam 4 x 0.25 mg = 1 mg = 20 mg/day diazepam-eq (half-life 18-50 h); diazepam 1 x 5 mg =
+    # 5 mg/day (20-100 h, 36-200 h with its metabolite). 25 over 8, both reach 24 h: named in order,
+    # and the longest half-life is diazepam's metabolite's 200 h
+    found = benzodiazepines(
+        ctx,
+        knowledge,
+        medication(CLONAZEPAM, per_day=4),
+        medication(Concept(text="diazepam 5 MG Oral Tablet"), per_day=1),
+    )
+    assert (found.band.id, found.values["total"]) == ("above-threshold-long-acting", "25")
+    assert (found.values["long_acting"], found.values["half_life_hours"]) == ("clonazepam, diazepam", "200")
+
+
+def test_a_dose_exactly_at_the_evidence_level_is_at_most_the_evidence_level(
+    ctx: EngineContext, knowledge: Knowledge
+) -> None:
+    # diazepam 4 x 2 mg = 8 mg/day = 8 mg/day diazepam-eq: not over the threshold of 8, not over the
+    # evidence's 8, at most 8
+    found = benzodiazepines(ctx, knowledge, medication(Concept(text="diazepam 2 MG Oral Tablet"), per_day=4))
+    assert (found.band.id, found.values["total"], found.values["evidence_total"]) == (
+        "regular-below-threshold",
+        "8",
+        "8",
+    )
+
+
+def test_a_dose_in_mg_of_a_drug_without_an_equivalent_is_not_comparable_with_the_evidence(
+    ctx: EngineContext, knowledge: Knowledge
+) -> None:
+    # totalled in mg of the drug, threshold 100: 1 x 20 mg halazepam = 20 mg/day, at most 100; the
+    # Ashton table gives halazepam no equivalent, so its evidence total is unknown: not "at most 8"
+    in_mg = with_parameters(ctx, basis="drug-mg", threshold="100")
+    halazepam = medication(Concept(text="halazepam 20 MG Oral Tablet"), per_day=1)
+    found = benzodiazepines(in_mg, knowledge, halazepam)
+    assert (found.band.id, found.values["total"], found.values["evidence_total"]) == (
+        "regular-not-comparable",
+        "20",
+        "?",
+    )
+
+
+def test_as_needed_only_means_no_regular_and_no_uncomputed_dose(
+    ctx: EngineContext, knowledge: Knowledge
+) -> None:
+    # a rule with the as-needed band alone: as-needed clonazepam holds it; beside a regular 20 mg/day, or
+    # beside a record with no dose at all, the use is not as needed only
+    template = rule(knowledge, "benzodiazepine-response")
+    only = replace(template, bands=tuple(b for b in template.bands if b.id == "as-needed-only"))
+    prn = {
+        "asNeededBoolean": True,
+        "doseAndRate": [{"doseQuantity": {"value": 1, "unit": "{tbl}"}}],
+    }
+    as_needed = with_dosages(medication(CLONAZEPAM), prn)
+
+    def band(*meds: MedicationFact) -> str | None:
+        found = evaluate_rule(ctx, only, PatientFacts(None, medications=meds), situation())
+        return None if found is None else found.band.id
+
+    assert band(as_needed) == "as-needed-only"
+    assert band(as_needed, medication(CLONAZEPAM, per_day=4)) is None
+    assert band(as_needed, medication(CLONAZEPAM)) is None
+
+
+def test_the_first_dose_band_that_holds_answers_even_before_a_more_severe_one(
+    ctx: EngineContext, knowledge: Knowledge
+) -> None:
+    # bands reordered: regular use (information) before above-threshold (warning). 20 mg/day holds both;
+    # the dose describes one total, so the first is the answer
+    template = rule(knowledge, "benzodiazepine-response")
+    by_id = {b.id: b for b in template.bands}
+    reordered = replace(template, bands=(by_id["regular-not-comparable"], by_id["above-threshold"]))
+    facts = PatientFacts(None, medications=(medication(CLONAZEPAM, per_day=4),))
+    found = evaluate_rule(ctx, reordered, facts, situation())
+    assert found is not None
+    assert (found.band.id, found.indicator) == ("regular-not-comparable", "info")
+
+
+def test_a_medicine_counts_for_the_first_presence_band_it_meets_and_later_bands_still_run(
+    ctx: EngineContext, knowledge: Knowledge
+) -> None:
+    # band 1 (information): theophylline; band 2 (warning): theophylline or a benzodiazepine. The
+    # theophylline order counts for band 1 only; band 2 is met by the clonazepam order, and wins as the
+    # more severe, with the theophylline listed below it
+    template = rule(knowledge, "theophylline-seizure-threshold")
+    [in_use] = template.bands
+    listed = replace(in_use, id="listed", indicator="info")
+    wider = replace(in_use, match=(THEOPHYLLINE, BENZODIAZEPINES))
+    two = replace(template, bands=(listed, wider))
+    theophylline = medication(Concept(text="theophylline 300 MG Extended Release Oral Tablet"))
+    clonazepam = medication(CLONAZEPAM)
+    found = evaluate_rule(ctx, two, PatientFacts(None, medications=(theophylline, clonazepam)), situation())
+    assert found is not None
+    assert (found.band.id, [h.source for h in found.hits]) == ("in-use", [clonazepam.source])
+    assert [h.source for h in found.other_hits] == [theophylline.source]
+
+
+def test_a_stopped_medicine_is_passed_over_and_the_current_ones_named_in_order(
+    ctx: EngineContext, knowledge: Knowledge
+) -> None:
+    # the first theophylline ended 21 days ago: passed over, the next two are current and both named,
+    # alphabetically, joined by "; "
+    stopped = replace(
+        medication(Concept(text="theophylline 300 MG Extended Release Oral Tablet")),
+        effective_end=TODAY - timedelta(days=21),
+    )
+    slow = medication(Concept(text="theophylline 300 MG Extended Release Oral Tablet"))
+    small = medication(Concept(text="theophylline 100 MG Extended Release Oral Tablet"))
+    found = finding(
+        ctx,
+        knowledge,
+        "theophylline-seizure-threshold",
+        PatientFacts(None, medications=(stopped, slow, small)),
+    )
+    assert found is not None
+    assert [h.source for h in found.hits] == [slow.source, small.source]
+    assert found.values["medication"] == (
+        "theophylline 100 MG Extended Release Oral Tablet; theophylline 300 MG Extended Release Oral Tablet"
+    )
+
+
+def test_an_allergy_counts_for_every_substance_it_names_in_record_order(
+    ctx: EngineContext, knowledge: Knowledge
+) -> None:
+    # the first allergy names ketamine then penicillin: still a ketamine allergy. A band over two value
+    # sets lists both ketamine allergies in record order
+    first = AllergyFact(
+        SourceRef("AllergyIntolerance", fact_id("a")), (KETAMINE, Concept(text="penicillin")), "active", None
+    )
+    second = AllergyFact(SourceRef("AllergyIntolerance", fact_id("a")), (KETAMINE,), "active", None)
+    template = rule(knowledge, "ketamine-hypersensitivity")
+    documented = next(b for b in template.bands if b.id == "documented-allergy")
+    wider = replace(
+        template,
+        bands=(replace(documented, match=(*documented.match, VALUESET + "ketamine-allergy-condition")),),
+    )
+    found = evaluate_rule(ctx, wider, PatientFacts(None, allergies=(first, second)), situation())
+    assert found is not None
+    assert (found.band.id, [h.source for h in found.hits]) == (
+        "documented-allergy",
+        [first.source, second.source],
+    )
+    alone = finding(ctx, knowledge, "ketamine-hypersensitivity", PatientFacts(None, allergies=(first,)))
+    assert alone is not None
+    assert alone.band.id == "documented-allergy"
+
+
+def test_the_switch_that_gates_a_band_is_not_reported_as_a_parameter_used(
+    ctx: EngineContext, knowledge: Knowledge
+) -> None:
+    # the ketamine session band is gated by "enabled" and its text quotes the two fasting times only
+    order = medication(KETAMINE, draft=True)
+    ordered = situation(hook="order-select", ketamine_orders=(order,))
+    found = evaluate_rule(
+        ctx, rule(knowledge, "ordering-instructions"), PatientFacts(None, medications=(order,)), ordered
+    )
+    assert found is not None
+    assert found.parameters_used == ("solids_hours", "clear_liquids_hours")
