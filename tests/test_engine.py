@@ -1341,3 +1341,19 @@ def test_the_switch_that_gates_a_band_is_not_reported_as_a_parameter_used(
     )
     assert found is not None
     assert found.parameters_used == ("solids_hours", "clear_liquids_hours")
+
+
+def test_a_band_of_a_dose_rule_with_no_dose_condition_lists_its_records_without_a_total(
+    ctx: EngineContext, knowledge: Knowledge
+) -> None:
+    # a band over the benzodiazepine value set that asks nothing of the dose: the clonazepam order is
+    # listed as a record in use, with no arithmetic and no total on the card
+    template = rule(knowledge, "benzodiazepine-response")
+    listing = replace(template.bands[-1], id="listed", when={}, match=(BENZODIAZEPINES,))
+    record = medication(CLONAZEPAM, per_day=4)
+    found = evaluate_rule(
+        ctx, replace(template, bands=(listing,)), PatientFacts(None, medications=(record,)), situation()
+    )
+    assert found is not None
+    assert rows(found) == [(record.source, None, ())]
+    assert "total" not in found.values
