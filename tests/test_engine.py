@@ -1357,3 +1357,36 @@ def test_a_band_of_a_dose_rule_with_no_dose_condition_lists_its_records_without_
     assert found is not None
     assert rows(found) == [(record.source, None, ())]
     assert "total" not in found.values
+
+
+def test_a_condition_met_by_a_milder_band_first_is_not_counted_again_by_a_severer_one(
+    ctx: EngineContext, knowledge: Knowledge
+) -> None:
+    # bands reordered: within 12 months (warning) before within 6 months (critical). An infarction 2
+    # months ago meets the first and counts there only: the card is the warning, nothing else listed
+    template = rule(knowledge, "recent-myocardial-infarction")
+    by_id = {b.id: b for b in template.bands}
+    reordered = replace(
+        template, bands=(by_id["within-review-window"], by_id["within-contraindication-window"])
+    )
+    recent = condition(MI, months_ago(2))
+    found = evaluate_rule(ctx, reordered, PatientFacts(None, conditions=(recent,)), situation())
+    assert found is not None
+    assert (found.band.id, found.indicator, found.other_hits) == ("within-review-window", "warning", ())
+
+
+def test_an_order_shown_by_a_session_band_still_counts_as_a_medicine_in_use(
+    ctx: EngineContext, knowledge: Knowledge
+) -> None:
+    # the ketamine session band (information) shows the ordered ketamine; a presence band (warning) over
+    # the ketamine substances after it still finds the same order, and as the more severe it answers
+    instructions = rule(knowledge, "ordering-instructions")
+    session = next(b for b in instructions.bands if b.id == "ketamine")
+    [in_use] = rule(knowledge, "theophylline-seizure-threshold").bands
+    presence = replace(in_use, id="ketamine-in-use", match=(VALUESET + "ketamine-substances",))
+    two = replace(instructions, bands=(session, presence))
+    order = medication(KETAMINE, draft=True)
+    ordered = situation(hook="order-select", ketamine_orders=(order,))
+    found = evaluate_rule(ctx, two, PatientFacts(None, medications=(order,)), ordered)
+    assert found is not None
+    assert (found.band.id, [h.source for h in found.hits]) == ("ketamine-in-use", [order.source])
