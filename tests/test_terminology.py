@@ -839,3 +839,234 @@ def test_unknown_extensions_and_unreadable_half_lives_are_left_alone(profiles_co
     assert loaded.match(MI_ACUTE, concept(Coding(ICD, "I21.4"))) is not None
     assert loaded.longest_half_life_hours("clonazepam") is None
     assert loaded.longest_half_life_hours("diazepam") == 200.0
+
+
+# ------------------------------------------------------- where a malformed part is, and what loads as written
+
+EXT = "https://ketamine-cds.example.org/fhir/StructureDefinition/"
+
+
+def _set_item(*path: str | int, value: Any) -> Callable[[Any], None]:
+    """A change that puts `value` at `path` (keys and list indexes) inside the JSON document."""
+
+    def change(data: Any) -> None:
+        for step in path[:-1]:
+            data = data[step]
+        data[path[-1]] = value
+
+    return change
+
+
+def _drop(*path: str | int) -> Callable[[Any], None]:
+    def change(data: Any) -> None:
+        for step in path[:-1]:
+            data = data[step]
+        del data[path[-1]]
+
+    return change
+
+
+@pytest.mark.parametrize(
+    ("file", "change", "message"),
+    [
+        (
+            "tables/blood-pressure-codes.json",
+            _set_item("panel", value=None),
+            "tables/blood-pressure-codes.json: panel: expected an object",
+        ),
+        (
+            "tables/blood-pressure-codes.json",
+            _set_item("diastolic", "system", value=" "),
+            "tables/blood-pressure-codes.json: diastolic.system: expected a non-empty string",
+        ),
+        (
+            "tables/blood-pressure-codes.json",
+            _set_item("systolic", "system", value="http://example.org/vitals"),
+            "tables/blood-pressure-codes.json: systolic.system is not in tables/code-systems.json",
+        ),
+        (
+            "valuesets/mi-acute.json",
+            _set_item("extension", value={"url": EXT + "match-name"}),
+            "valuesets/mi-acute.json: extension: expected a list",
+        ),
+        (
+            "valuesets/mi-acute.json",
+            _set_item("extension", value=["match-name"]),
+            "valuesets/mi-acute.json: extension[0]: expected an object",
+        ),
+        (
+            "valuesets/benzodiazepine-medications.json",
+            _set_item(
+                "extension",
+                value=[
+                    {"url": EXT + "match-ingredient", "valueString": "clonazepam"},
+                    {"url": EXT + "match-brand"},
+                ],
+            ),
+            "benzodiazepine-medications.json: extension[1].valueString: expected a non-empty string",
+        ),
+        (
+            "valuesets/non-immune-reactions.json",
+            _set_item("extension", value=[{"url": EXT + "match-reaction-name", "valueString": "   "}]),
+            "valuesets/non-immune-reactions.json: extension[0].valueString: expected a non-empty string",
+        ),
+        (
+            "valuesets/mi-history.json",
+            _set_item("extension", value=[{"url": EXT + "match-history-of"}]),
+            "valuesets/mi-history.json: extension[0].valueCanonical: expected a non-empty string",
+        ),
+        (
+            "valuesets/stroke.json",
+            _set_item("url", value=""),
+            "valuesets/stroke.json: url: expected a non-empty string",
+        ),
+        (
+            "valuesets/mi-acute.json",
+            _drop("expansion", "contains", 0, "system"),
+            "valuesets/mi-acute.json: expansion.contains[0].system: expected a non-empty string",
+        ),
+        (
+            "valuesets/mi-acute.json",
+            _drop("expansion", "contains", 0, "code"),
+            "valuesets/mi-acute.json: expansion.contains[0].code: expected a non-empty string",
+        ),
+        (
+            "valuesets/mi-acute.json",
+            _drop("expansion"),
+            "valuesets/mi-acute.json: expansion: expected an object",
+        ),
+        (
+            "valuesets/mi-acute.json",
+            _drop("expansion", "timestamp"),
+            "valuesets/mi-acute.json: expansion.timestamp: expected a non-empty string",
+        ),
+        (
+            "valuesets/mi-acute.json",
+            _set_item("expansion", "contains", value={}),
+            "valuesets/mi-acute.json: expansion.contains: expected a list",
+        ),
+        (
+            "valuesets/mi-acute.json",
+            _set_item("expansion", "contains", 0, value="I21"),
+            "valuesets/mi-acute.json: expansion.contains[0]: expected an object",
+        ),
+        (
+            "valuesets/mi-acute.json",
+            _set_item("compose", value=[]),
+            "valuesets/mi-acute.json: compose: expected an object",
+        ),
+        (
+            "valuesets/mi-acute.json",
+            _set_item("compose", "include", value={}),
+            "valuesets/mi-acute.json: compose.include: expected a list",
+        ),
+        (
+            "valuesets/mi-acute.json",
+            _set_item("compose", "include", 0, value="I21"),
+            "valuesets/mi-acute.json: compose.include[0]: expected an object",
+        ),
+        (
+            "valuesets/mi-acute.json",
+            _set_item("compose", "include", 0, "concept", value={}),
+            "valuesets/mi-acute.json: compose.include[0].concept: expected a list",
+        ),
+        (
+            "valuesets/benzodiazepine-medications.json",
+            _set_item("compose", "include", 0, "concept", 0, value={"display": "a concept without a code"}),
+            "valuesets/benzodiazepine-medications.json: compose.include[0].code: expected a non-empty string",
+        ),
+        (
+            "valuesets/benzodiazepine-medications.json",
+            _set_item("compose", "include", 0, "concept", 0, value="197528"),
+            "valuesets/benzodiazepine-medications.json: compose.include[0].concept[0]: expected an object",
+        ),
+        (
+            "valuesets/mi-acute.json",
+            _set_item("compose", "include", 1, "filter", value={}),
+            "valuesets/mi-acute.json: compose.include[1].filter: expected a list",
+        ),
+        (
+            "valuesets/mi-acute.json",
+            _set_item("compose", "include", 1, "filter", 0, value="I21"),
+            "valuesets/mi-acute.json: compose.include[1].filter[0]: expected an object",
+        ),
+        (
+            "valuesets/mi-acute.json",
+            _drop("compose", "include", 1, "filter", 0, "value"),
+            "valuesets/mi-acute.json: compose.include[1].filter[0].code: expected a non-empty string",
+        ),
+    ],
+)
+def test_a_malformed_part_is_named_by_its_file_and_place(
+    profiles_copy: Path, file: str, change: Callable[[Any], None], message: str
+) -> None:
+    edit(profiles_copy / file, change)
+    with pytest.raises(ConfigError) as raised:
+        Terminology.load(profiles_copy)
+    assert message in str(raised.value)
+
+
+@pytest.mark.parametrize("file", ["tables/blood-pressure-codes.json", "valuesets/stroke.json"])
+def test_a_table_or_set_that_is_not_an_object_is_named(profiles_copy: Path, file: str) -> None:
+    (profiles_copy / file).write_text("[]", encoding="utf-8")
+    with pytest.raises(ConfigError) as raised:
+        Terminology.load(profiles_copy)
+    assert f"{file}: expected an object" in str(raised.value)
+
+
+def test_a_half_life_missing_or_not_written_as_text_is_unknown(profiles_copy: Path) -> None:
+    def change(data: Any) -> None:
+        del data["ingredients"]["clonazepam"]["half_life_h"]
+        data["ingredients"]["lorazepam"]["half_life_h"] = 20
+
+    edit(profiles_copy / "tables" / "diazepam-equivalence.json", change)
+    loaded = Terminology.load(profiles_copy)
+    assert loaded.longest_half_life_hours("clonazepam") is None
+    assert loaded.longest_half_life_hours("lorazepam") is None
+    assert loaded.longest_half_life_hours("diazepam") == 200.0  # "20-100 [36-200]"
+
+
+def test_a_product_code_listed_without_a_text_display_has_no_product_name(profiles_copy: Path) -> None:
+    def change(data: Any) -> None:
+        for entry in data["expansion"]["contains"]:
+            if entry["code"] == "197528":
+                del entry["display"]
+            if entry["code"] == "104683":
+                entry["display"] = 104683
+
+    edit(profiles_copy / "valuesets" / "benzodiazepine-medications.json", change)
+    loaded = Terminology.load(profiles_copy)
+    assert loaded.product_names(concept(rx("197528"))) == ()
+    assert loaded.product_names(concept(rx("104683"))) == ()
+    found = loaded.match(BENZO, concept(rx("197528")))
+    assert found is not None
+    assert found.method == "code"
+
+
+def test_a_set_that_counts_past_mentions_keeps_them(profiles_copy: Path, term: Terminology) -> None:
+    # pregnancy.json says "ignore" (extension[10]); written "count", a past pregnancy is a pregnancy mention
+    edit(
+        profiles_copy / "valuesets" / "pregnancy.json", _set_item("extension", 10, "valueCode", value="count")
+    )
+    loaded = Terminology.load(profiles_copy)
+    past = concept(text="history of pregnancy")
+    assert term.match(BASE + "pregnancy", past) is None
+    found = loaded.match(BASE + "pregnancy", past)
+    assert found is not None
+    assert (found.method, found.term) == ("name", "pregnancy")
+
+
+def test_a_reaction_name_is_read_as_written_in_any_spacing(profiles_copy: Path, term: Terminology) -> None:
+    reactions = BASE + "non-immune-reactions"
+    found = term.match(reactions, concept(text="Double  vision after the dose"))
+    assert found is not None
+    assert (found.method, found.term) == ("name", "double vision")
+    assert term.match(reactions, concept(text="felt fine")) is None
+    # a name whose capitals are not its small letters twice over ("ß" has no one-letter capital)
+    edit(
+        profiles_copy / "valuesets" / "non-immune-reactions.json",
+        _extension("match-reaction-name", valueString="Schweißausbruch"),
+    )
+    found = Terminology.load(profiles_copy).match(reactions, concept(text="Schweißausbruch nach Gabe"))
+    assert found is not None
+    assert found.term == "schweißausbruch"
