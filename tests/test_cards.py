@@ -9,13 +9,22 @@ from __future__ import annotations
 
 import hashlib
 import string
+from collections.abc import Sequence
 from dataclasses import replace
 from datetime import date, datetime
 from typing import Any
 
 import pytest
 
-from cds.clinical.cards import CardInputs, CardLinks, CardText, _Renderer, onset_age_text, render
+from cds.clinical.cards import (
+    CardInputs,
+    CardLinks,
+    CardText,
+    RenderedCard,
+    _Renderer,
+    onset_age_text,
+    render,
+)
 from cds.clinical.engine import EngineContext, evaluate
 from cds.clinical.knowledge import Knowledge
 from cds.clinical.policy import SITE_ORIGIN, ResolvedParameter
@@ -46,19 +55,32 @@ def ctx(knowledge: Knowledge) -> EngineContext:
     return knowledge.engine_context()
 
 
-def cards(
-    ctx: EngineContext, knowledge: Knowledge, facts: PatientFacts, screen: Any, **inputs: Any
-) -> list[dict[str, Any]]:
-    findings = evaluate(ctx, knowledge.rules, facts, screen)
-    rendered = render(
+def render_chart(
+    ctx: EngineContext,
+    knowledge: Knowledge,
+    facts: PatientFacts,
+    screen: Any,
+    *,
+    rules: Sequence[Rule] | None = None,
+    text: CardText | None = None,
+    **inputs: Any,
+) -> list[RenderedCard]:
+    """The chart screened with `rules` (the shipped ones unless given) and worded with `text`."""
+    findings = evaluate(ctx, knowledge.rules if rules is None else rules, facts, screen)
+    return render(
         findings,
         CardInputs(situation=screen, facts=inputs.pop("with_facts", facts), **inputs),
         ctx=ctx,
-        text=knowledge.card_text,
+        text=knowledge.card_text if text is None else text,
         override_catalogue=knowledge.override_reasons,
         new_uuid=lambda: "uuid",
     )
-    return [r.card for r in rendered]
+
+
+def cards(
+    ctx: EngineContext, knowledge: Knowledge, facts: PatientFacts, screen: Any, **inputs: Any
+) -> list[dict[str, Any]]:
+    return [r.card for r in render_chart(ctx, knowledge, facts, screen, **inputs)]
 
 
 def ketamine_order(order_id: str, planned: date) -> MedicationFact:
@@ -494,14 +516,7 @@ def test_each_card_is_filed_under_its_rule_or_its_frame_with_that_version(
     )
     facts = PatientFacts(None, conditions=conditions)
     screen = situation()
-    rendered = render(
-        evaluate(ctx, knowledge.rules, facts, screen),
-        CardInputs(situation=screen, facts=facts),
-        ctx=ctx,
-        text=knowledge.card_text,
-        override_catalogue=knowledge.override_reasons,
-        new_uuid=lambda: "uuid",
-    )
+    rendered = render_chart(ctx, knowledge, facts, screen)
     assert [(r.topic, r.version, len(r.findings)) for r in rendered] == [
         ("recent-myocardial-infarction", "1.0.1", 1),
         ("also-noted", "2.0.0", 2),
@@ -821,15 +836,7 @@ def test_a_date_basis_the_wording_file_does_not_name_leaves_the_bare_date(
 ) -> None:
     no_bases = CardText({**knowledge.card_text.raw, "date_basis": {}})
     facts = PatientFacts(None, conditions=(condition(MI, date(2026, 10, 10)),))
-    findings = evaluate(ctx, knowledge.rules, facts, situation())
-    [rendered] = render(
-        findings,
-        CardInputs(situation=situation(), facts=facts),
-        ctx=ctx,
-        text=no_bases,
-        override_catalogue=knowledge.override_reasons,
-        new_uuid=lambda: "uuid",
-    )
+    [rendered] = render_chart(ctx, knowledge, facts, situation(), text=no_bases)
     assert rendered.card["detail"].split("\n\n")[1] == "- Myocardial infarction, 10 Oct"
 
 
@@ -983,15 +990,7 @@ def test_a_setting_described_with_its_own_full_stop_gets_no_second_one(
     facts = PatientFacts(None, conditions=(condition(MI, date(2026, 10, 10)),))
     site = site_set(ctx, MI_RULE, critical_months=3)
     screen = situation()
-    findings = evaluate(site, tuple(reworded(r) for r in knowledge.rules), facts, screen)
-    rendered = render(
-        findings,
-        CardInputs(situation=screen, facts=facts),
-        ctx=site,
-        text=knowledge.card_text,
-        override_catalogue=knowledge.override_reasons,
-        new_uuid=lambda: "uuid",
-    )
+    rendered = render_chart(site, knowledge, facts, screen, rules=[reworded(r) for r in knowledge.rules])
     [card] = [r.card for r in rendered]
     assert card["detail"].split("\n\n")[2] == (
         "Clinic setting: Myocardial infarction within this many months, as coded in ICD-10 chapter IX, "
@@ -1103,14 +1102,7 @@ def test_a_wording_file_without_date_values_leaves_the_bare_date(
         onset_age=OnsetAge(45, 45, "a", None, None),
     )
     facts = PatientFacts(None, conditions=(infarction,))
-    [rendered] = render(
-        evaluate(ctx, knowledge.rules, facts, situation()),
-        CardInputs(situation=situation(), facts=facts),
-        ctx=ctx,
-        text=no_date_values,
-        override_catalogue=knowledge.override_reasons,
-        new_uuid=lambda: "uuid",
-    )
+    [rendered] = render_chart(ctx, knowledge, facts, situation(), text=no_date_values)
     assert rendered.card["summary"] == (
         "Heart attack 1 month ago (14 Oct): defer ketamine infusion; eligible from 15 Apr 2027"
     )
@@ -1127,15 +1119,7 @@ def rules_with(knowledge: Knowledge, rule_id: str, change: Any) -> list[Rule]:
 def benzo_cards(
     ctx: EngineContext, rules: list[Rule], knowledge: Knowledge, facts: PatientFacts, screen: Any
 ) -> list[dict[str, Any]]:
-    rendered = render(
-        evaluate(ctx, rules, facts, screen),
-        CardInputs(situation=screen, facts=facts),
-        ctx=ctx,
-        text=knowledge.card_text,
-        override_catalogue=knowledge.override_reasons,
-        new_uuid=lambda: "uuid",
-    )
-    return [r.card for r in rendered]
+    return cards(ctx, knowledge, facts, screen, rules=rules)
 
 
 def reword_above_threshold(**changes: Any) -> Any:
@@ -1266,15 +1250,7 @@ def test_the_review_offers_each_override_reason_and_cited_page_once_and_a_finger
     )
     facts = PatientFacts(None, medications=(order,), conditions=conditions)
     screen = ordered_for(date(2026, 11, 23), order, hook="order-sign")
-    findings = evaluate(ctx, knowledge.rules, facts, screen)
-    [review] = render(
-        findings,
-        CardInputs(situation=screen, facts=facts),
-        ctx=ctx,
-        text=knowledge.card_text,
-        override_catalogue=knowledge.override_reasons,
-        new_uuid=lambda: "uuid",
-    )
+    [review] = render_chart(ctx, knowledge, facts, screen)
     assert [f.rule.id for f in review.findings] == ["recent-myocardial-infarction", "interstitial-cystitis"]
     assert review.card["overrideReasons"] == [
         {
