@@ -314,6 +314,19 @@ def _load_patients(base_url: str, token: str, patients: list[PatientRecord]) -> 
     return loaded
 
 
+def _profile(bodies: dict[int, bytes], size: int, requests: int, gc_requests: int) -> dict[str, Any]:
+    """cProfile of one size's prefetch request in a fresh interpreter, or {"error": why} if it failed."""
+    _log(f"profiling the {size}-resource prefetch request in process ({requests} requests)")
+    try:
+        return {
+            "size": size,
+            **profile_in_subprocess(bodies[size], SERVICE_PATH, requests=requests, gc_requests=gc_requests),
+        }
+    except Exception as exc:
+        _log(f"profiling failed: {type(exc).__name__}: {exc}")
+        return {"error": f"{type(exc).__name__}: {str(exc)[:500]}"}
+
+
 def _worker_cpu(server: servers.Server) -> Callable[[], dict[str, float]]:
     return lambda: {"server workers": server.worker_cpu()}
 
@@ -555,38 +568,15 @@ def main(argv: list[str] | None = None) -> int:
         results["meta"]["reference_ms"]["end"] = reference_speed(reference)
         stack.close()  # stop every server before profiling in process
         profile_size = PROFILE_SIZE if PROFILE_SIZE in sizes else sizes[-1]
-        _log(
-            f"profiling the {profile_size}-resource prefetch request in process "
-            f"({args.profile_requests} requests)"
-        )
-        try:
-            results["profile"] = {
-                "size": profile_size,
-                **profile_in_subprocess(
-                    prefetch_bodies[profile_size],
-                    SERVICE_PATH,
-                    requests=args.profile_requests,
-                    gc_requests=20 if args.quick else 80,
-                ),
-            }
-        except Exception as exc:  # keep the measurements; say why the profile is missing
-            _log(f"profiling failed: {type(exc).__name__}: {exc}")
-            results["profile_error"] = f"{type(exc).__name__}: {str(exc)[:500]}"
-        small = sizes[0]
-        if small != profile_size:  # the fixed cost per call, which dominates small requests
-            _log(f"profiling the {small}-resource prefetch request in process")
-            try:
-                results["profile_small"] = {
-                    "size": small,
-                    **profile_in_subprocess(
-                        prefetch_bodies[small],
-                        SERVICE_PATH,
-                        requests=args.profile_requests * 10,
-                        gc_requests=20,
-                    ),
-                }
-            except Exception as exc:
-                _log(f"profiling failed: {type(exc).__name__}: {exc}")
+        profile = _profile(prefetch_bodies, profile_size, args.profile_requests, 20 if args.quick else 80)
+        if "error" in profile:  # keep the measurements; say why the profile is missing
+            results["profile_error"] = profile["error"]
+        else:
+            results["profile"] = profile
+        if sizes[0] != profile_size:  # the fixed cost per call, which dominates small requests
+            small = _profile(prefetch_bodies, sizes[0], args.profile_requests * 10, 20)
+            if "error" not in small:
+                results["profile_small"] = small
     results["meta"]["duration_s"] = time.monotonic() - started
     results["meta"]["loadavg_at_end"] = Path("/proc/loadavg").read_text().split()[:3]
     results["analysis"] = analyse(results)

@@ -1278,8 +1278,9 @@ def test_a_mass_dose_naming_its_ingredient_reads_on_an_unparsed_combination(voca
 )
 def test_the_r5_as_needed_fields_make_a_dose_as_needed(vocab: DosingVocabulary, flag: dict[str, Any]) -> None:
     # at most 4 tablets of 0.5 mg a day: 2 mg/day as needed
-    limit = {"numerator": {"value": 4, "unit": "tablet"}, "denominator": {"value": 1, "code": "d"}}
-    dosage = {**flag, "doseAndRate": dose(1, "tablet"), "maxDosePerPeriod": limit}
+    dosage = prn_limited((4, "tablet", 1, "d"))
+    del dosage["asNeededBoolean"]  # the R4 flag: only the R5 one says "as needed" here
+    dosage.update(flag)
     result = daily_dose(med(CLONAZEPAM_05, dosage), "clonazepam", vocab)
     assert result == DailyDose(
         "clonazepam",
