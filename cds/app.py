@@ -18,7 +18,7 @@ from flask import Flask
 from cds.clinical.knowledge import Knowledge, load_knowledge
 from cds.config import Settings, load_settings
 from cds.storage.guard import Guard
-from cds.storage.shared_state import make_shared_state, redis_client
+from cds.storage.shared_state import make_shared_state, redis_for_readiness
 from cds.storage.store import Store
 from cds.web.api import bp
 from cds.web.auth import ClientAuthenticator
@@ -109,7 +109,7 @@ def create_app(
         authenticator=authenticator,
         hash_key=hash_key,
         db_guard=db_guard,
-        redis=redis_client(settings.redis_url, settings.redis_timeout_s) if settings.redis_url else None,
+        redis=redis_for_readiness(settings),
         new_uuid=new_uuid,
     )
     if draining is not None:

@@ -20,10 +20,10 @@ from flask import Flask
 
 import cds.app
 from cds.clinical.knowledge import Knowledge
+from cds.storage.redis_state import RedisSeenFindings
 from cds.storage.shared_state import (
     DatabaseSeenFindings,
     InProcessSeenFindings,
-    RedisSeenFindings,
     make_shared_state,
 )
 from tests.support.backends import fresh_postgres_schema, redis_prefix, redis_url_or_skip

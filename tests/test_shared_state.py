@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -18,20 +20,18 @@ import redis.retry
 
 from cds.config import Settings
 from cds.errors import ConfigError
+from cds.storage.redis_state import RedisReplayCache, RedisSeenFindings, redis_client
 from cds.storage.shared_state import (
     DatabaseReplayCache,
     DatabaseSeenFindings,
     FallbackReplayCache,
     InProcessReplayCache,
     InProcessSeenFindings,
-    RedisReplayCache,
-    RedisSeenFindings,
     ReplayCache,
     SeenFindings,
     SharedStateUnavailable,
     make_shared_state,
     redact_url,
-    redis_client,
 )
 from cds.storage.store import Store
 from tests.support.backends import fresh_postgres_schema, redis_prefix, redis_url_or_skip
@@ -352,3 +352,23 @@ def test_redact_url() -> None:
     assert redact_url("redis://:pw@cache.example.org:6380/1") == "redis://:***@cache.example.org:6380/1"
     assert redact_url("redis://user:pw@cache/0") == "redis://user:***@cache/0"
     assert redact_url("redis://cache/0") == "redis://cache/0"
+
+
+def test_a_site_without_redis_never_loads_the_redis_package(tmp_path: Path) -> None:
+    """The redis package costs each worker ~6 MB; only a deployment that configures Redis pays for it."""
+    program = f"""
+import sys
+from cds.app import create_app
+from cds.config import load_settings
+settings = load_settings(environ={{}}, overrides={{
+    "dev_mode": True, "database_url": "sqlite:///{tmp_path}/db.sqlite3", "work_dir": "{tmp_path}",
+    "outbox_dir": "{tmp_path}/outbox", "audit_hash_key": "k" * 32}})
+app = create_app(settings)
+assert app.test_client().get("/readyz").status_code == 200
+print(sorted(name for name in sys.modules if name == "redis" or name.startswith("redis.")))
+"""
+    finished = subprocess.run(
+        [sys.executable, "-c", program], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert finished.returncode == 0, finished.stderr[-2000:]
+    assert finished.stdout.strip().splitlines()[-1] == "[]"

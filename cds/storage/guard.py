@@ -19,7 +19,6 @@ from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any, TypeVar
 
-import redis
 import sqlalchemy as sa
 
 from cds.errors import ServiceUnavailable
@@ -28,8 +27,9 @@ __all__ = ["Guard", "StorageUnavailable"]
 
 T = TypeVar("T")
 
-# What a dependency that is down or unreachable raises; anything else is a bug and propagates as such.
-_OUTAGE = (sa.exc.OperationalError, sa.exc.InterfaceError, sa.exc.TimeoutError, redis.RedisError, OSError)
+# What a database that is down or unreachable raises; anything else is a bug and propagates as such.
+# (Redis calls are not guarded: the Redis backends bound and catch their own failures.)
+_OUTAGE = (sa.exc.OperationalError, sa.exc.InterfaceError, sa.exc.TimeoutError, OSError)
 
 
 class StorageUnavailable(ServiceUnavailable):

@@ -38,18 +38,18 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
-from typing import Any, Protocol, TypeVar, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
 from urllib.parse import urlsplit, urlunsplit
 
-import redis
 import sqlalchemy as sa
-from redis.backoff import ExponentialBackoff
-from redis.retry import Retry
 
 from cds.config import Settings
-from cds.errors import ConfigError, ServiceUnavailable
+from cds.errors import ServiceUnavailable
 from cds.storage.guard import Guard
 from cds.storage.store import Store
+
+if TYPE_CHECKING:  # imported at run time only where Redis is configured (see make_shared_state)
+    import redis
 
 __all__ = [
     "DatabaseReplayCache",
@@ -57,14 +57,12 @@ __all__ = [
     "FallbackReplayCache",
     "InProcessReplayCache",
     "InProcessSeenFindings",
-    "RedisReplayCache",
-    "RedisSeenFindings",
     "ReplayCache",
     "SeenFindings",
     "SharedStateUnavailable",
-    "connect_redis",
     "make_shared_state",
-    "redis_client",
+    "redact_url",
+    "redis_for_readiness",
 ]
 
 log = logging.getLogger(__name__)
@@ -72,7 +70,6 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 DEFAULT_PREFIX = "ketamine-cds:"
-_REDIS_TIMEOUT_S = 1.0
 _PRUNE_EVERY = 1024  # in-process maps drop expired entries every this many writes
 
 
@@ -205,74 +202,6 @@ class InProcessReplayCache:
 
 
 # --------------------------------------------------------------------------------------------------
-# Redis
-# --------------------------------------------------------------------------------------------------
-
-
-def _redis_set_nx(client: redis.Redis, key: str, ttl_s: float) -> bool:
-    """SET key 1 NX PX ttl: True when the key did not exist (atomic across all clients)."""
-    return bool(client.set(key, b"1", nx=True, px=max(int(ttl_s * 1000), 1)))
-
-
-class RedisSeenFindings:
-    def __init__(self, client: redis.Redis, prefix: str = DEFAULT_PREFIX) -> None:
-        self._client = client
-        self._prefix = prefix + "seen:"
-
-    def first_showing(self, key: str, fingerprint: str, window_s: int) -> bool:
-        if window_s <= 0:
-            return True
-        try:
-            return _redis_set_nx(self._client, self._prefix + _digest(key, fingerprint), window_s)
-        except redis.RedisError as exc:
-            log.warning("repeat suppression unavailable, showing the card: %s", type(exc).__name__)
-            return True
-
-    def record_shown(self, items: Sequence[tuple[str, str, str]], window_s: int) -> None:
-        if window_s <= 0 or not items:
-            return
-        try:
-            pipeline = self._client.pipeline(transaction=False)
-            for key, fingerprint, card in items:
-                pipeline.set(self._prefix + _digest(key, fingerprint), card.encode("utf-8"), ex=window_s)
-            pipeline.execute()
-        except redis.RedisError as exc:
-            log.warning("repeat suppression unavailable: %s", type(exc).__name__)
-
-    def was_shown(self, key: str, fingerprint: str, window_s: int) -> bool:
-        return self.shown_cards([(key, fingerprint)], window_s)[0] is not None
-
-    def shown_cards(self, items: Sequence[tuple[str, str]], window_s: int) -> list[str | None]:
-        if window_s <= 0 or not items:
-            return [None] * len(items)
-        try:
-            values = self._client.mget([self._prefix + _digest(key, print_) for key, print_ in items])
-        except redis.RedisError as exc:
-            log.warning("repeat suppression unavailable, showing the card: %s", type(exc).__name__)
-            return [None] * len(items)
-        return [_card_of(value) for value in values]
-
-
-def _card_of(value: Any) -> str | None:
-    if value is None:
-        return None
-    card = value.decode("utf-8") if isinstance(value, bytes) else str(value)
-    return "" if card == "1" else card  # "1": set by first_showing, which records no card
-
-
-class RedisReplayCache:
-    def __init__(self, client: redis.Redis, prefix: str = DEFAULT_PREFIX) -> None:
-        self._client = client
-        self._prefix = prefix + "jti:"
-
-    def add_if_new(self, jti_key: str, ttl_s: int) -> bool:
-        try:
-            return _redis_set_nx(self._client, self._prefix + _digest(jti_key), max(ttl_s, 1))
-        except redis.RedisError as exc:
-            raise SharedStateUnavailable(f"replay cache unavailable: {type(exc).__name__}") from exc
-
-
-# --------------------------------------------------------------------------------------------------
 # Database (the store's shared_marker table)
 # --------------------------------------------------------------------------------------------------
 
@@ -387,32 +316,6 @@ def redact_url(url: str) -> str:
     return urlunsplit((parts.scheme, user + host, parts.path, parts.query, parts.fragment))
 
 
-def redis_client(url: str, timeout_s: float = _REDIS_TIMEOUT_S) -> redis.Redis:
-    """A Redis client for `url` with short timeouts and a single quick retry: a Redis outage must cost a
-    call a few seconds at most, never the default exponential back-off."""
-    return redis.Redis.from_url(
-        url,
-        socket_connect_timeout=timeout_s,
-        socket_timeout=timeout_s,
-        health_check_interval=30,
-        retry=Retry(ExponentialBackoff(cap=0.2, base=0.05), retries=1),
-    )
-
-
-def connect_redis(url: str, timeout_s: float = _REDIS_TIMEOUT_S, *, check: bool = True) -> redis.Redis:
-    """`redis_client(url)`, checked with PING unless `check` is false. Raises ConfigError when Redis cannot
-    be reached (start-up stops with the URL, password hidden)."""
-    try:
-        client = redis_client(url, timeout_s)
-        if check:
-            client.ping()
-    except (redis.RedisError, ValueError) as exc:
-        raise ConfigError(
-            f"KETAMINE_CDS_REDIS_URL: cannot reach Redis at {redact_url(url)}: {type(exc).__name__}: {exc}"
-        ) from exc
-    return client
-
-
 def make_shared_state(
     settings: Settings,
     store: Store | None = None,
@@ -431,6 +334,13 @@ def make_shared_state(
     database calls; `on_error` hears of every replay-cache failure, by backend.
     """
     if settings.redis_url:
+        # imported here: the redis package costs every worker ~6 MB, and most sites run without Redis
+        from cds.storage.redis_state import (  # noqa: PLC0415
+            RedisReplayCache,
+            RedisSeenFindings,
+            connect_redis,
+        )
+
         client = connect_redis(settings.redis_url, settings.redis_timeout_s, check=check)
         fallback = DatabaseReplayCache(store, guard=guard, on_error=on_error) if store is not None else None
         replay = FallbackReplayCache(RedisReplayCache(client, prefix), fallback, on_error)
@@ -440,3 +350,12 @@ def make_shared_state(
             store, guard=guard, on_error=on_error
         )
     return InProcessSeenFindings(), InProcessReplayCache()
+
+
+def redis_for_readiness(settings: Settings) -> redis.Redis | None:
+    """A client for the readiness probe's PING, or None where Redis is not configured."""
+    if not settings.redis_url:
+        return None
+    from cds.storage.redis_state import redis_client  # noqa: PLC0415  (as in make_shared_state)
+
+    return redis_client(settings.redis_url, settings.redis_timeout_s)

@@ -16,9 +16,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import redis
 import requests
 import sqlalchemy as sa
 from flask import Request
@@ -38,6 +37,9 @@ from cds.web.auth import ClientAuthenticator, VerifiedClient, expected_audience
 from cds.web.cors import CorsPolicy
 from cds.web.logs import SAFE_EXTRA
 from cds.web.metrics import Metrics
+
+if TYPE_CHECKING:  # the redis package is imported only where Redis is configured
+    import redis
 
 audit_log = logging.getLogger("cds.audit")
 log = logging.getLogger("cds.web.runtime")
@@ -343,8 +345,10 @@ class Runtime:
         except (ServiceUnavailable, sa.exc.SQLAlchemyError) as exc:
             problems["database"] = f"unreachable ({type(exc).__name__})"
         if self.redis is not None:
+            from redis import RedisError  # noqa: PLC0415  (loaded already: the client came from it)
+
             try:
                 self.redis.ping()
-            except redis.RedisError as exc:
+            except RedisError as exc:
                 problems["redis"] = f"unreachable ({type(exc).__name__})"
         return problems
