@@ -83,6 +83,8 @@ class Settings:
     # serving: writable scratch space (temp files, worker heartbeats, metrics) and the SIGTERM drain period
     work_dir: str = "/tmp"  # noqa: S108 -- the documented default; an emptyDir under a read-only root
     drain_s: float = 5.0
+    # glibc malloc arenas per process (0: the C library's default, 8 per core); see cds/web/serving.py
+    malloc_arena_max: int = 2
     audit_retention_days: int = 365
     repeat_suppression_s: int = 3600  # 0 disables "no repeats across hooks"
     # client authentication
@@ -324,7 +326,13 @@ def validate(settings: Settings) -> None:
     for name in positive:
         if getattr(settings, name) <= 0:
             raise ConfigError(f"{ENV_PREFIX}{name.upper()} must be greater than zero")
-    for name in ("audit_retention_days", "repeat_suppression_s", "jwt_leeway_s", "drain_s"):
+    for name in (
+        "audit_retention_days",
+        "repeat_suppression_s",
+        "jwt_leeway_s",
+        "drain_s",
+        "malloc_arena_max",
+    ):
         if getattr(settings, name) < 0:
             raise ConfigError(f"{ENV_PREFIX}{name.upper()} must not be negative")
     if settings.public_base_url:

@@ -10,12 +10,18 @@
 * **Metrics across workers.** A fresh ``PROMETHEUS_MULTIPROC_DIR`` under ``work_dir`` unless one is set;
   a stopped worker's series are marked dead.
 * **JSON logs.** gunicorn's own lines use the service's JSON formatter.
+* **Few malloc arenas.** glibc gives each thread that allocates its own arena (up to 8 per core), and memory
+  freed in one arena is not reused by another, so each of a worker's threads keeps the high-water mark of
+  the largest request it has served. ``malloc_arena_max`` (default 2) caps them in the master, before
+  anything forks or starts a thread; the workers inherit it. Measured with four concurrent 5,000-resource
+  requests: peak worker RSS 166 MB with glibc's default, 131 MB with 2 (bench/README.md).
 """
 
 from __future__ import annotations
 
 import atexit
 import contextlib
+import ctypes
 import logging
 import mmap
 import os
@@ -148,12 +154,30 @@ def prepare_work_dir(settings: Settings) -> Path:
     return work
 
 
+_M_ARENA_MAX = -8  # glibc's mallopt parameter number (malloc.h)
+
+
+def limit_malloc_arenas(count: int) -> bool:
+    """Cap glibc's malloc arenas at `count` for this process and the workers it forks. Must run before a
+    second thread allocates (glibc fixes the limit when it first needs it). False when not applied:
+    `count` 0, or a C library without mallopt (musl, macOS), where the default stays."""
+    if count <= 0:
+        return False
+    try:
+        mallopt = ctypes.CDLL(None).mallopt  # the C library this process already runs on
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
+    return bool(mallopt(_M_ARENA_MAX, count))
+
+
 def serve(settings: Settings, host: str, port: int, build: Callable[[Settings, bool], Any]) -> None:
     """Build once in the master (migrate, check, resolve the pseudonym key), then serve with workers.
 
     `build(settings, maintenance)` returns the Flask app; the master's copy is only a start-up check and
     is closed before forking (pooled connections must not be inherited).
     """
+    limit_malloc_arenas(settings.malloc_arena_max)  # first: before build() starts any thread
     work = Path(settings.work_dir)
     logging.captureWarnings(True)  # warnings become log records, so JSON lines
     master_app = build(settings, True)
