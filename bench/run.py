@@ -59,12 +59,13 @@ QUICK_SIZES = (50, 1000)
 PROFILE_SIZE = 1000
 # mode name -> BENCH_FLOOR_PARSER (bench/floor_app.py); "floor" is the standard library, the targets' floor
 FLOOR_PARSERS = {"floor": "json", "floor-orjson": "orjson", "floor-msgspec": "msgspec"}
+FETCHING = ("fhir-floor", "fhir")  # modes that read the chart from sekmet
 
 
 def _iterations(size: int, mode: str, quick: bool) -> int:
     if quick:
-        return 10 if mode == "fhir" else 20
-    if mode == "fhir":
+        return 10 if mode in FETCHING else 20
+    if mode in FETCHING:
         return 200 if size <= 200 else 100 if size <= 1000 else 20
     return 300 if size <= 200 else 200 if size <= 1000 else 50
 
@@ -408,6 +409,22 @@ def start_servers(
         p.size: json.dumps(p.fhir_request(fhir.base_url, fhir.token), separators=(",", ":")).encode()
         for p in patients
     }
+    _log("fhir-floor: gunicorn + bench/floor_app.py (fetch the chart, parse, no screening)")
+    fetch_floor = stack.enter_context(
+        servers.running_gunicorn(
+            "fhir-floor",
+            servers.floor_command(args.workers),
+            workers=args.workers,
+            workdir=workdir,
+            env={"BENCH_FLOOR_PARSER": "json", "BENCH_FLOOR_FETCH": "1"},
+        )
+    )
+    floor_cpu = _worker_cpu(fetch_floor)
+
+    def floor_counters() -> dict[str, float]:
+        return {**floor_cpu(), "sekmet": sum(servers.cpu_seconds(pid) for pid in sekmet)}
+
+    modes.append(Mode("fhir-floor", fetch_floor, fhir_bodies, floor_counters))
     _log("fhir: a second ketamine-cds serve --dev for the FHIR fallback")
     fallback = stack.enter_context(_service("service-fhir", args, workdir))
 
@@ -418,6 +435,7 @@ def start_servers(
         }
 
     modes.append(Mode("fhir", fallback, fhir_bodies, counters))
+    results["modes"]["fhir-floor"] = {"sizes": {}}
     results["modes"]["fhir"] = {
         "sizes": {},
         "sekmet": {
