@@ -127,7 +127,9 @@ def test_token_and_accept_on_every_page_and_next_links_absolute_or_relative(
             assert request.headers["authorization"] == f"Bearer {TOKEN}"
             assert request.headers["accept"] == "application/fhir+json"
             assert request.target.startswith("/fhir/Patient?")
-        assert rows(server.requests[0].target)["_count"] == ["200"]  # added: the query had none
+        assert rows(server.requests[0].target)["_count"] == [
+            "1000"
+        ]  # added (the default page size): the query had none
 
 
 def test_no_token_means_no_authorization_header(session: RecordingSession) -> None:
@@ -314,7 +316,9 @@ def test_page_limit(session: RecordingSession) -> None:
 
 def test_paging_loop_is_detected(session: RecordingSession) -> None:
     with ScriptedServer() as server:
-        server.script = lambda _t: Reply(body=bundle([patient("a")], f"{server.base_url}/Patient?_count=200"))
+        server.script = lambda _t: Reply(
+            body=bundle([patient("a")], f"{server.base_url}/Patient?_count=1000")
+        )
         with pytest.raises(FhirError, match="loops"):
             client(server.base_url, session).search("Patient")
         assert len(server.requests) == 1  # the next link is the page just read
