@@ -315,45 +315,43 @@ class Outbox:
             ).fetchall()
             if not rows:
                 return 0
-            done = self._ship_rows(rows)
-            if done is None:
+            if not self._ship_rows(rows):
                 return None
-            conn.executemany("DELETE FROM pending WHERE id = ?", [(row_id,) for row_id in done])
-            return len(done)
+            # the batch is the oldest rows and ids only grow (AUTOINCREMENT): one range delete, not one
+            # statement per row (which was a third of the shipper's time)
+            conn.execute("DELETE FROM pending WHERE id <= ?", (rows[-1][0],))
+            return len(rows)
         finally:
             if not own:
                 conn.close()
 
-    def _ship_rows(self, rows: list[tuple[int, str, str]]) -> list[int] | None:
-        """Ship rows grouped by kind; the ids that may be deleted (stored, or dropped as unacceptable)."""
-        by_kind: dict[str, list[tuple[int, Record]]] = {}
-        done: list[int] = []
-        for row_id, kind, payload in rows:
+    def _ship_rows(self, rows: list[tuple[int, str, str]]) -> bool:
+        """Ship rows grouped by kind. True when every row may be deleted (stored, or dropped as
+        unacceptable); False when the database failed and all of them must stay."""
+        by_kind: dict[str, list[Record]] = {}
+        for _row_id, kind, payload in rows:
             try:
-                by_kind.setdefault(kind, []).append((row_id, _decode(kind, payload)))
+                by_kind.setdefault(kind, []).append(_decode(kind, payload))
             except (ValueError, TypeError, KeyError) as exc:
                 self._metrics.count_outbox(kind, "dropped")
                 log.error("outbox: unreadable %s record dropped (%s)", kind, type(exc).__name__)
-                done.append(row_id)
-        for kind, items in by_kind.items():
+        for kind, records in by_kind.items():
             try:
-                self._ship(kind, [record for _, record in items])
+                self._ship(kind, records)
             except _PERMANENT:
-                done += self._ship_one_by_one(kind, items)
+                self._ship_one_by_one(kind, records)
             except Exception as exc:  # the database is down or hung: keep everything, retry later
-                self._metrics.count_outbox(kind, "retried", len(items))
+                self._metrics.count_outbox(kind, "retried", len(records))
                 self._note_failure(exc)
-                return None
+                return False
             else:
-                self._metrics.count_outbox(kind, "shipped", len(items))
-                done += [row_id for row_id, _ in items]
+                self._metrics.count_outbox(kind, "shipped", len(records))
         self._note_success()
-        return done
+        return True
 
-    def _ship_one_by_one(self, kind: str, items: list[tuple[int, Record]]) -> list[int]:
+    def _ship_one_by_one(self, kind: str, records: list[Record]) -> None:
         """A batch the database refused as a whole: find the record it cannot accept and drop only that."""
-        done = []
-        for row_id, record in items:
+        for record in records:
             try:
                 self._ship(kind, [record])
             except _PERMANENT as exc:
@@ -361,8 +359,6 @@ class Outbox:
                 log.error("outbox: %s record refused by the database (%s): dropped", kind, type(exc).__name__)
             else:
                 self._metrics.count_outbox(kind, "shipped")
-            done.append(row_id)
-        return done
 
     def _note_failure(self, exc: Exception) -> None:
         self._failures += 1
