@@ -10,6 +10,7 @@ from __future__ import annotations
 import difflib
 import ipaddress
 import json
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
@@ -304,7 +305,15 @@ def _check_url_of(where: str, value: str) -> None:
         raise ConfigError(f"{where} must be an absolute http(s) URL, got {value!r}")
 
 
+_MAX_MALLOC_ARENAS = 1024
+
+
 def validate(settings: Settings) -> None:
+    for setting in fields(settings):
+        value = getattr(settings, setting.name)
+        # nan and inf parse as floats and pass every comparison below: a drain of nan seconds never ends
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{ENV_PREFIX}{setting.name.upper()} must be a finite number, got {value!r}")
     positive = (
         "max_body_bytes",
         "max_json_depth",
@@ -338,6 +347,8 @@ def validate(settings: Settings) -> None:
     ):
         if getattr(settings, name) < 0:
             raise ConfigError(f"{ENV_PREFIX}{name.upper()} must not be negative")
+    if settings.malloc_arena_max > _MAX_MALLOC_ARENAS:
+        raise ConfigError(f"{ENV_PREFIX}MALLOC_ARENA_MAX must be at most {_MAX_MALLOC_ARENAS}")
     if settings.public_base_url:
         _check_url("public_base_url", settings.public_base_url)
     for url in settings.fhir_server_allowlist:

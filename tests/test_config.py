@@ -178,3 +178,25 @@ def test_main_reports_config_errors_in_process(capsys: pytest.CaptureFixture[str
         patch.setenv("KETAMINE_CDS_DATABSE_URL", "x")
         assert main(["migrate"]) == 2
     assert capsys.readouterr().err.count("\n") == 1
+
+
+@pytest.mark.parametrize(
+    ("variable", "raw"),
+    [
+        ("DRAIN_S", "nan"),  # a drain of nan seconds never ends: SIGTERM would never stop the service
+        ("STORAGE_WAIT_S", "inf"),
+        ("FHIR_TIME_BUDGET_S", "-inf"),
+        ("OUTBOX_INTERVAL_S", "NaN"),
+        ("REQUEST_TIME_BUDGET_S", "infinity"),
+    ],
+)
+def test_seconds_must_be_finite(variable: str, raw: str) -> None:
+    with pytest.raises(ConfigError, match=f"KETAMINE_CDS_{variable} must be a finite number"):
+        load_settings(environ={"KETAMINE_CDS_DEV_MODE": "true", f"KETAMINE_CDS_{variable}": raw})
+
+
+def test_malloc_arenas_have_a_ceiling() -> None:
+    dev = {"KETAMINE_CDS_DEV_MODE": "true"}
+    assert load_settings(environ={**dev, "KETAMINE_CDS_MALLOC_ARENA_MAX": "1024"}).malloc_arena_max == 1024
+    with pytest.raises(ConfigError, match="KETAMINE_CDS_MALLOC_ARENA_MAX must be at most 1024"):
+        load_settings(environ={**dev, "KETAMINE_CDS_MALLOC_ARENA_MAX": "1025"})
