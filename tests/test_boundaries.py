@@ -616,3 +616,18 @@ def test_note_codes_become_sentences() -> None:
     assert note_text(text, "other:thing", values) == "other:thing"
     with_values = CardText({"notes": {"bp:": "$detail, over $stale_after_days"}})
     assert note_text(with_values, "bp:old", values) == "old, over 365"
+
+
+def test_a_reading_with_a_garbled_systolic_is_said_not_passed_as_normal(
+    screen: Callable[..., ScreenResult],
+) -> None:
+    reading = blood_pressure(120, 80, taken="2026-11-20T09:00:00Z", rid="bp-garbled")
+    reading["component"][0]["valueQuantity"]["value"] = "abc"
+    result = screen(select(observations=[reading]))
+    finding = finding_of(result, "unreadable-records")
+    # the conformance check names the element too: "abc" is not a decimal
+    assert sorted(note for hit in finding.hits for note in hit.notes) == [
+        "nonconformant:component.0.valueQuantity.value",
+        "unreadable:bp-value-unreadable",
+    ]
+    assert [hit.source.id for hit in finding.hits] == ["bp-garbled"]

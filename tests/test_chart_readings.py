@@ -9,6 +9,8 @@ from __future__ import annotations
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
+import pytest
+
 from cds.fhir.facts import BloodPressureSpec, blood_pressure_fact, condition_fact, pair_blood_pressures
 from cds.fhir.model import BloodPressureFact, SourceRef
 
@@ -105,3 +107,43 @@ def test_readings_with_no_time_in_common_are_not_paired_by_date_alone() -> None:
     lone = BloodPressureFact(SourceRef("Observation", "x"), taken, 150, None)
     late = BloodPressureFact(SourceRef("Observation", "y"), taken + timedelta(minutes=11), None, 95)
     assert pair_blood_pressures([lone, late], timedelta(minutes=10)) == [lone, late]
+
+
+def _panel(systolic: Any, diastolic: Any) -> dict[str, Any]:
+    return {
+        "resourceType": "Observation",
+        "id": "panel",
+        "status": "final",
+        "code": {"coding": [{"system": LOINC, "code": "85354-9"}]},
+        "effectiveDateTime": "2026-03-11T09:00:00Z",
+        "component": [
+            {"code": {"coding": [{"system": LOINC, "code": "8480-6"}]}, "valueQuantity": systolic},
+            {"code": {"coding": [{"system": LOINC, "code": "8462-4"}]}, "valueQuantity": diastolic},
+        ],
+    }
+
+
+@pytest.mark.parametrize(
+    "garbled",
+    [
+        {"value": float("nan"), "unit": "mmHg"},
+        {"value": float("inf"), "unit": "mmHg"},
+        {"value": "abc", "unit": "mmHg"},
+        {"value": -5, "unit": "mmHg"},  # outside the plausible range (0 to 400 here)
+        {"value": 2000, "unit": "mmHg"},
+        None,  # the component is coded but carries no value
+    ],
+)
+def test_a_panel_with_one_pressure_unreadable_is_said_and_keeps_the_other(garbled: Any) -> None:
+    reading = blood_pressure_fact(_panel(garbled, {"value": 80, "unit": "mmHg"}), SPEC)
+    assert reading is not None
+    assert (reading.systolic, reading.diastolic, reading.unreadable) == (None, 80, "bp-value-unreadable")
+    reading = blood_pressure_fact(_panel({"value": 150, "unit": "mmHg"}, garbled), SPEC)
+    assert reading is not None
+    assert (reading.systolic, reading.diastolic, reading.unreadable) == (150, None, "bp-value-unreadable")
+
+
+def test_a_panel_with_both_pressures_readable_is_readable() -> None:
+    reading = blood_pressure_fact(_panel({"value": 150, "unit": "mmHg"}, {"value": 80, "unit": "mmHg"}), SPEC)
+    assert reading is not None
+    assert (reading.systolic, reading.diastolic, reading.unreadable) == (150, 80, None)

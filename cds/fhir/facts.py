@@ -564,6 +564,7 @@ def blood_pressure_fact(resource: Mapping[str, Any], spec: BloodPressureSpec) ->
         return None
     codes = keys(resource.get("code"))
     sys_value = dia_value = None
+    half_unreadable = False  # a panel's coded pressure whose value is missing, garbled or implausible
     if codes & spec.systolic:
         sys_value = spec.value(resource.get("valueQuantity"))
     elif codes & spec.diastolic:
@@ -575,8 +576,10 @@ def blood_pressure_fact(resource: Mapping[str, Any], spec: BloodPressureSpec) ->
             component_codes = keys(component.get("code"))
             if component_codes & spec.systolic:
                 sys_value = spec.value(component.get("valueQuantity"))
+                half_unreadable = half_unreadable or sys_value is None
             elif component_codes & spec.diastolic:
                 dia_value = spec.value(component.get("valueQuantity"))
+                half_unreadable = half_unreadable or dia_value is None
     else:
         return None
     period = resource.get("effectivePeriod")
@@ -585,7 +588,9 @@ def blood_pressure_fact(resource: Mapping[str, Any], spec: BloodPressureSpec) ->
     )
     taken = taken or parse_datetime(resource.get("issued"))
     unreadable = None
-    if sys_value is None and dia_value is None:
+    # A reading with one pressure unreadable is still judged on the other, and is said to be unreadable:
+    # "systolic garbled, diastolic 80" must never pass as a normal reading
+    if (sys_value is None and dia_value is None) or half_unreadable:
         unreadable = "bp-value-unreadable"
     elif taken is None:
         unreadable = "bp-date-unreadable"
