@@ -95,7 +95,9 @@ def create_app(
                 issuer.iss,
             )
     app = Flask("cds")
-    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    # one byte over the limit: a chunked body (no Content-Length) is cut there by werkzeug, and the extra
+    # byte is what tells read_json_object it was too large (413) rather than truncated JSON (400)
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes + 1
     app.json.sort_keys = False  # type: ignore[attr-defined]
     runtime = Runtime(
         settings=settings,

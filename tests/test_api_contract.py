@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import re
 from collections.abc import Callable
@@ -131,6 +132,44 @@ def test_body_over_the_limit_is_413(make_app: Callable[..., Flask]) -> None:
     response = client.post("/cds-services/ketamine-patient-view", json=body)
     assert response.status_code == 413
     assert response.get_json()["resourceType"] == "OperationOutcome"
+
+
+def _chunked(client: FlaskClient, body: bytes) -> Any:
+    """A POST with no Content-Length (Transfer-Encoding: chunked), as gunicorn hands it to the app."""
+    return client.post(
+        "/cds-services/ketamine-patient-view",
+        input_stream=io.BytesIO(body),
+        headers={"Content-Type": "application/json", "Transfer-Encoding": "chunked"},
+        environ_overrides={"wsgi.input_terminated": True},
+    )
+
+
+def test_a_chunked_body_over_the_limit_is_413_not_truncated_json(make_app: Callable[..., Flask]) -> None:
+    client = make_app(max_body_bytes=2048).test_client()
+    body = json.dumps(hook_request("patient-view", statements=[med_statement(CLONAZEPAM) for _ in range(40)]))
+    response = _chunked(client, body.encode())
+    assert response.status_code == 413
+    assert response.get_json()["issue"][0]["diagnostics"] == "the request body is over 2048 bytes"
+
+
+def test_a_chunked_body_within_the_limit_is_screened(make_app: Callable[..., Flask]) -> None:
+    client = make_app().test_client()
+    response = _chunked(client, json.dumps(hook_request("patient-view")).encode())
+    assert response.status_code == 200
+    assert "cards" in response.get_json()
+
+
+def test_a_body_that_is_not_utf8_says_so(client: FlaskClient) -> None:
+    response = client.post(
+        "/cds-services/ketamine-patient-view",
+        data=b'{"hook": "\xff"}',  # a lone 0xFF byte: never valid UTF-8
+        headers={"Content-Type": "application/json"},
+    )
+    assert response.status_code == 400
+    assert (
+        response.get_json()["issue"][0]["diagnostics"]
+        == "the request body is not valid JSON: it is not UTF-8 text"
+    )
 
 
 def test_deep_nesting_is_400_not_a_crash(client: FlaskClient) -> None:

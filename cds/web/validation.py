@@ -60,9 +60,12 @@ def read_json_object(raw: bytes, validator: Draft202012Validator, settings: Sett
         raise PayloadTooLarge(f"the request body is over {settings.max_body_bytes} bytes")
     try:
         body = decode_json(raw)
-    except (ValueError, RecursionError) as exc:
-        message = exc.msg if isinstance(exc, json.JSONDecodeError) else "nesting too deep"
-        raise BadRequest(f"the request body is not valid JSON: {message}") from None
+    except json.JSONDecodeError as exc:
+        raise BadRequest(f"the request body is not valid JSON: {exc.msg}") from None
+    except UnicodeDecodeError:
+        raise BadRequest("the request body is not valid JSON: it is not UTF-8 text") from None
+    except RecursionError:
+        raise BadRequest("the request body is not valid JSON: nesting too deep") from None
     return check_json_object(body, validator, settings)
 
 
