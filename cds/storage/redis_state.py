@@ -14,7 +14,7 @@ from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
 from cds.errors import ConfigError
-from cds.storage.shared_state import DEFAULT_PREFIX, SharedStateUnavailable, _digest, redact_url
+from cds.storage.shared_state import DEFAULT_PREFIX, SeenFindings, SharedStateUnavailable, _digest, redact_url
 
 __all__ = ["RedisReplayCache", "RedisSeenFindings", "connect_redis", "redis_client"]
 
@@ -27,7 +27,7 @@ def _redis_set_nx(client: redis.Redis, key: str, ttl_s: float) -> bool:
     return bool(client.set(key, b"1", nx=True, px=max(int(ttl_s * 1000), 1)))
 
 
-class RedisSeenFindings:
+class RedisSeenFindings(SeenFindings):
     def __init__(self, client: redis.Redis, prefix: str = DEFAULT_PREFIX) -> None:
         self._client = client
         self._prefix = prefix + "seen:"
@@ -51,9 +51,6 @@ class RedisSeenFindings:
             pipeline.execute()
         except redis.RedisError as exc:
             log.warning("repeat suppression unavailable: %s", type(exc).__name__)
-
-    def was_shown(self, key: str, fingerprint: str, window_s: int) -> bool:
-        return self.shown_cards([(key, fingerprint)], window_s)[0] is not None
 
     def shown_cards(self, items: Sequence[tuple[str, str]], window_s: int) -> list[str | None]:
         if window_s <= 0 or not items:

@@ -101,9 +101,9 @@ class SeenFindings(Protocol):
         """True when (key, fingerprint) was recorded by `first_showing` and its window has not ended.
 
         Records nothing. The window is the one given when the finding was recorded; `window_s` <= 0 means
-        suppression is off: always False.
+        suppression is off: always False. Every backend answers it from `shown_cards`.
         """
-        ...
+        return self.shown_cards([(key, fingerprint)], window_s)[0] is not None
 
 
 @runtime_checkable
@@ -169,7 +169,7 @@ class _ExpiringSet:
             return sum(1 for expires, _ in self._expiry.values() if expires > now)
 
 
-class InProcessSeenFindings:
+class InProcessSeenFindings(SeenFindings):
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._set = _ExpiringSet(clock)
 
@@ -183,9 +183,6 @@ class InProcessSeenFindings:
             return
         for key, fingerprint, card in items:
             self._set.put(_digest(key, fingerprint), window_s, card)
-
-    def was_shown(self, key: str, fingerprint: str, window_s: int) -> bool:
-        return self.shown_cards([(key, fingerprint)], window_s)[0] is not None
 
     def shown_cards(self, items: Sequence[tuple[str, str]], window_s: int) -> list[str | None]:
         if window_s <= 0:
@@ -228,7 +225,7 @@ class _DatabaseBacked:
         self._on_error = on_error or _ignore
 
 
-class DatabaseSeenFindings(_DatabaseBacked):
+class DatabaseSeenFindings(_DatabaseBacked, SeenFindings):
     def first_showing(self, key: str, fingerprint: str, window_s: int) -> bool:
         if window_s <= 0:
             return True
@@ -249,9 +246,6 @@ class DatabaseSeenFindings(_DatabaseBacked):
             self._run(lambda: self._store.record_markers("seen", markers, window_s, now, cards))
         except (sa.exc.SQLAlchemyError, ServiceUnavailable) as exc:
             log.warning("repeat suppression unavailable: %s", type(exc).__name__)
-
-    def was_shown(self, key: str, fingerprint: str, window_s: int) -> bool:
-        return self.shown_cards([(key, fingerprint)], window_s)[0] is not None
 
     def shown_cards(self, items: Sequence[tuple[str, str]], window_s: int) -> list[str | None]:
         if window_s <= 0 or not items:
